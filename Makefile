@@ -1,0 +1,69 @@
+# jobworker: the two commands users need are `make up` (run) and `make test` (test everything).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST := $(PY) -m pytest
+# xdist workers for the unit suite; e2e uses fewer, each worker starts its own container.
+UNIT_WORKERS ?= auto
+E2E_WORKERS ?= 2
+
+.PHONY: help venv proto lint unit e2e test image up down bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed  ## create .venv with the package and dev tools
+
+proto: $(VENV)/.installed  ## regenerate jobworker/api from proto/ (never edit jobworker/api by hand)
+	rm -rf build/proto && mkdir -p build/proto
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc -I proto --python_out=build/proto --grpc_python_out=build/proto \
+		--mypy_out=build/proto --mypy_grpc_out=build/proto proto/jobworker/v1/jobworker.proto
+	for f in build/proto/jobworker/v1/*.py build/proto/jobworker/v1/*.pyi; do \
+		sed -e 's/^from jobworker\.v1 import/from jobworker.api import/' \
+		    -e 's/^import jobworker\.v1\.jobworker_pb2$$/import jobworker.api.jobworker_pb2/' \
+		    -e 's/jobworker\.v1\.jobworker_pb2\./jobworker.api.jobworker_pb2./g' \
+		    "$$f" > jobworker/api/$$(basename "$$f"); \
+	done
+
+lint: $(VENV)/.installed  ## ruff + mypy --strict
+	$(VENV)/bin/ruff check jobworker pki tests bench
+	$(VENV)/bin/ruff format --check jobworker pki tests bench
+	$(VENV)/bin/mypy
+
+unit: $(VENV)/.installed  ## unit tests (no Docker; root-only tests skip when not root)
+	$(PYTEST) -n $(UNIT_WORKERS) tests/unit
+
+e2e: $(VENV)/.installed  ## end-to-end tests against the Docker image (needs a Docker engine)
+	$(PYTEST) -n $(E2E_WORKERS) tests/e2e
+
+test: unit e2e  ## the whole suite
+
+# Docker image and local deployment (docker/, compose.yaml). EXTRA_CA_BUNDLE names a PEM file of
+# extra CAs that pip inside the build trusts (TLS-intercepting proxies); it is never committed.
+IMAGE ?= jobworker:dev
+BASE_IMAGE ?= python:3.11-slim-bookworm
+LOCAL_BASE_IMAGE ?= jobworker-base:bookworm
+EXTRA_CA_BUNDLE ?=
+
+image:  ## build the Docker image (falls back to a Debian-built base when the base cannot be pulled)
+	IMAGE='$(IMAGE)' BASE_IMAGE='$(BASE_IMAGE)' LOCAL_BASE_IMAGE='$(LOCAL_BASE_IMAGE)' \
+		EXTRA_CA_BUNDLE='$(EXTRA_CA_BUNDLE)' bash docker/build-image.sh
+
+.PHONY: base-image
+base-image:  ## build the local base image from Debian packages (air-gapped hosts; root + debootstrap)
+	bash docker/build-base.sh '$(LOCAL_BASE_IMAGE)'
+
+up: image  ## run pki + server with docker compose (certs in ./certs, server on 127.0.0.1:50051)
+	JW_IMAGE='$(IMAGE)' JW_UID=$$(id -u) JW_GID=$$(id -g) docker compose up -d --wait --wait-timeout 120
+
+down:  ## stop the compose deployment (the state volume and ./certs are kept)
+	JW_IMAGE='$(IMAGE)' docker compose down
+
+clean:  ## remove build artefacts
+	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,49 @@
+"""Typed errors of the job engine; the server maps each class to one gRPC status code.
+
+JobError
+├── InvalidSpecError        bad input: empty command, NUL bytes, negative limits, over a ceiling
+├── StartError              the command could not be started (not found, not executable, bad cwd)
+├── JobNotFoundError        no job with that id
+├── JobNotRunningError      the operation needs a running job (stop of a finished job)
+├── CapacityError           the server's job limit is reached
+├── LimitsUnsupportedError  limits were asked for but this host cannot enforce them
+└── EngineClosedError       the engine is shutting down
+"""
+
+from __future__ import annotations
+
+
+class JobError(Exception):
+    """Root of every error the engine raises on purpose."""
+
+
+class InvalidSpecError(JobError):
+    """The job specification is malformed or exceeds a configured ceiling."""
+
+
+class StartError(JobError):
+    """The command could not be started; no job record is kept."""
+
+
+class JobNotFoundError(JobError):
+    """No job has this id."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} not found")
+        self.job_id = job_id
+
+
+class JobNotRunningError(JobError):
+    """The job has already ended."""
+
+
+class CapacityError(JobError):
+    """The engine runs as many jobs as it is configured to allow."""
+
+
+class LimitsUnsupportedError(JobError):
+    """Resource limits were requested but cgroups cannot be managed on this host."""
+
+
+class EngineClosedError(JobError):
+    """The engine is shutting down and accepts no new work."""

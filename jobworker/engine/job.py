@@ -1,0 +1,117 @@
+"""Job records: what a caller asks for (JobSpec, Limits) and what it gets back (JobStatus, Usage)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class JobState(enum.Enum):
+    """Lifecycle: RUNNING -> one of the ended states, never back."""
+
+    RUNNING = "running"
+    EXITED = "exited"
+    SIGNALED = "signaled"
+    STOPPED = "stopped"
+    OOM_KILLED = "oom_killed"
+    LOST = "lost"
+
+    @property
+    def ended(self) -> bool:
+        return self is not JobState.RUNNING
+
+
+class Stream(enum.Enum):
+    """One of the job's output streams."""
+
+    STDOUT = 1
+    STDERR = 2
+
+
+class StreamSelection(enum.Enum):
+    """Which streams a follower reads; offsets count bytes of the selected view."""
+
+    BOTH = 0
+    STDOUT = 1
+    STDERR = 2
+
+    def includes(self, stream: Stream) -> bool:
+        return self is StreamSelection.BOTH or self.value == stream.value
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one job; None means the server default (or no limit)."""
+
+    cpus: float | None = None
+    memory_bytes: int | None = None
+    io_read_bps: int | None = None
+    io_write_bps: int | None = None
+    pids: int | None = None
+
+    def is_empty(self) -> bool:
+        return all(
+            v is None for v in (self.cpus, self.memory_bytes, self.io_read_bps, self.io_write_bps, self.pids)
+        )
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Resources used by a job; None where the host cannot measure them."""
+
+    cpu_seconds: float | None = None
+    memory_peak_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What to run and on whose behalf."""
+
+    command: str
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    owner: str = ""
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A snapshot of one job."""
+
+    id: str
+    owner: str
+    command: str
+    args: tuple[str, ...]
+    cwd: str
+    state: JobState
+    pid: int
+    started_at: float
+    ended_at: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    limits: Limits = field(default_factory=Limits)
+    usage: Usage = field(default_factory=Usage)
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    output_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """Bytes of one stream; offset counts bytes of the follower's selected view before data[0]."""
+
+    stream: Stream
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class OutputTruncated:
+    """The per-job output cap was reached at offset (of the selected view); later output was dropped."""
+
+    offset: int
+
+
+OutputEvent = OutputChunk | OutputTruncated
