@@ -1,0 +1,235 @@
+"""Job launcher, run as ``python -I -S _shim.py ARGS -- EXE ARGV0 ARGS...`` by the engine.
+
+Why a separate program: the server is multi-threaded (gRPC), where running Python code between fork and exec
+(``preexec_fn``) is unsafe. This fresh, single-threaded interpreter joins the job's cgroup and namespaces before
+the user's command runs its first instruction; every descendant inherits both.
+
+Standard library only, one file: with ``-I -S`` neither site-packages nor this directory is on sys.path.
+
+Process layout with namespaces::
+
+    engine ── shim (host side: waits, forwards SIGTERM)
+                └── init (PID 1 of the job's PID namespace, in the cgroup: reaps orphans)
+                      └── command
+
+Without namespaces (not root) the shim itself joins the cgroup and plays init's part.
+
+Protocol on the status pipe (text lines, each written atomically):
+``pid N`` host pid of init (or of the command without namespaces), ``started`` after a successful exec,
+``failed ERRNO MESSAGE`` when setup or exec failed, ``exit N`` / ``signal N`` when the command ended.
+"""
+
+# Not "signal": it imports enum, which costs milliseconds on every job start.
+import _signal as signal  # type: ignore[import-not-found]
+import ctypes
+import os
+import sys
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWNET = 0x40000000
+CLONE_NEWPID = 0x20000000
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
+
+# The command's environment: exactly what the engine gave us, minus the LC_CTYPE that Python's locale
+# coercion (PEP 538) adds at start-up when the engine did not pass one (--keep-lc-ctype says it did).
+ENVIRON = dict(os.environ)
+
+
+class SetupError(Exception):
+    def __init__(self, errno: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+def report(fd: int, line: str) -> None:
+    try:
+        os.write(fd, (line.replace("\n", " ") + "\n").encode())
+    except OSError:
+        pass  # the engine is gone; nothing left to tell
+
+
+def libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise SetupError(err, f"{what}: {os.strerror(err)}")
+
+
+def join_cgroups(procs_files: list[str]) -> None:
+    for path in procs_files:
+        try:
+            with open(path, "w") as f:
+                f.write("0")
+        except OSError as e:
+            raise SetupError(e.errno or 0, f"joining cgroup {path}: {e.strerror}") from None
+
+
+def setup_namespace_inside(hostname: str) -> None:
+    """Runs as PID 1 of the new namespaces: private mounts, own /proc, loopback up, hostname."""
+    c = libc()
+    check(c.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "making mounts private")
+    check(
+        c.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
+        "mounting /proc",
+    )
+    check(c.sethostname(hostname.encode(), len(hostname.encode())), "setting hostname")
+    import _socket
+    import fcntl
+    import struct
+
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        ifreq = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+    except OSError as e:
+        raise SetupError(e.errno or 0, f"bringing up loopback: {e.strerror}") from None
+    finally:
+        sock.close()
+
+
+def exec_command(exe: str, argv: list[str], err_w: int) -> None:
+    """In the command's process: restore what Python changed, then exec; on failure report and die."""
+    try:
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        os.execve(exe, argv, ENVIRON)
+    except OSError as e:
+        os.write(err_w, f"{e.errno or 0} exec {exe}: {e.strerror}".encode())
+    except BaseException as e:
+        os.write(err_w, f"0 exec {exe}: {e}".encode())
+    os._exit(127)
+
+
+def supervise(exe: str, argv: list[str], status_fd: int, *, pid_namespace: bool) -> int:
+    """Fork the command, report its start, reap every child, report its end; returns our exit code."""
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    child = os.fork()
+    if child == 0:
+        os.close(err_r)
+        exec_command(exe, argv, err_w)
+    os.close(err_w)
+    with os.fdopen(err_r, "rb") as f:
+        failure = f.read()
+    if failure:
+        os.waitpid(child, 0)
+        errno, _, message = failure.decode(errors="replace").partition(" ")
+        report(status_fd, f"failed {errno} {message}")
+        return 127
+    if not pid_namespace:
+        report(status_fd, f"pid {child}")
+    report(status_fd, "started")
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            # As PID 1 of the job, -1 reaches every process of the job, including ones that left the
+            # process group; without a PID namespace only the command itself.
+            os.kill(-1 if pid_namespace else child, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            return 0
+        if pid == child:
+            break
+    if os.WIFSIGNALED(status):
+        report(status_fd, f"signal {os.WTERMSIG(status)}")
+    else:
+        report(status_fd, f"exit {os.waitstatus_to_exitcode(status)}")
+    # Leaving PID 1 makes the kernel kill whatever the command left behind in the namespace.
+    return 0
+
+
+def main(args: list[str]) -> int:
+    status_fd = -1
+    procs_files: list[str] = []
+    namespaces = False
+    hostname = "job"
+    if "--keep-lc-ctype" not in args[: args.index("--")]:
+        ENVIRON.pop("LC_CTYPE", None)
+    while args and args[0] != "--":
+        flag, value = args[0], args[1] if len(args) > 1 else ""
+        if flag == "--status-fd":
+            status_fd = int(value)
+        elif flag == "--cgroup-procs":
+            procs_files.append(value)
+        elif flag == "--hostname":
+            hostname = value
+        elif flag == "--keep-lc-ctype":
+            args = args[1:]
+            continue
+        elif flag == "--namespaces":
+            namespaces = True
+            args = args[1:]
+            continue
+        else:
+            sys.stderr.write(f"jobworker shim: unknown flag {flag}\n")
+            return 126
+        args = args[2:]
+    exe, argv = args[1], args[2:]
+    os.set_inheritable(status_fd, False)
+    # Python ignores SIGPIPE; signals arriving before supervise() installs handlers must not kill us.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        if not namespaces:
+            join_cgroups(procs_files)
+            return supervise(exe, argv, status_fd, pid_namespace=False)
+        c = libc()
+        check(
+            c.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID),
+            "creating namespaces",
+        )
+        init = os.fork()
+        if init == 0:
+            try:
+                join_cgroups(procs_files)
+                setup_namespace_inside(hostname)
+                os._exit(supervise(exe, argv, status_fd, pid_namespace=True))
+            except SetupError as e:
+                report(status_fd, f"failed {e.errno} {e}")
+                os._exit(126)
+            except BaseException as e:
+                report(status_fd, f"failed 0 {e!r}")
+                os._exit(126)
+        report(status_fd, f"pid {init}")
+
+        def forward_to_init(signum: int, _frame: object) -> None:
+            try:
+                os.kill(init, signum)
+            except ProcessLookupError:
+                pass
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, forward_to_init)
+        _, status = os.waitpid(init, 0)
+        if os.WIFSIGNALED(status):
+            # init was killed (stop after the grace period, OOM): the command went with it.
+            report(status_fd, f"signal {os.WTERMSIG(status)}")
+        return 0
+    except SetupError as e:
+        report(status_fd, f"failed {e.errno} {e}")
+        return 126
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,391 @@
+"""JobManager: the job table and the operations on it (start, stop, status, list, follow output)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobworker.engine import records, validation
+from jobworker.engine.cgroups import CgroupDriver, CgroupError, detect_driver, null_driver
+from jobworker.engine.errors import (
+    CapacityError,
+    EngineClosedError,
+    InvalidSpecError,
+    JobNotFoundError,
+    JobNotRunningError,
+    LimitsUnsupportedError,
+    StartError,
+)
+from jobworker.engine.job import (
+    JobSpec,
+    JobState,
+    JobStatus,
+    Limits,
+    OutputEvent,
+    StreamSelection,
+    Usage,
+)
+from jobworker.engine.output import OutputSpool
+from jobworker.engine.spawn import Launched, LaunchError, LaunchSpec
+from jobworker.engine.supervisor import JobSupervisor
+
+log = logging.getLogger("jobworker.engine")
+
+# Bounds the wait for the shim to report "started"; a healthy start takes milliseconds.
+_START_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine runs jobs; every field has a production default except the state directory."""
+
+    state_dir: Path
+    output_cap_bytes: int = 1 << 30
+    max_running_jobs: int = 1000
+    default_grace_seconds: float = 10.0
+    # Run jobs in their own PID/mount/net/UTS/IPC namespaces. None: whenever the host allows it (root).
+    # True: required, open() fails where they cannot be created.
+    namespaces: bool | None = None
+    # Use cgroups when the host allows it; limits are refused where it does not.
+    cgroups: bool = True
+    default_limits: Limits = field(default_factory=Limits)
+    max_limits: Limits = field(default_factory=Limits)
+    default_cwd: str = "/"
+    # Names the cgroup subtree of this server's jobs; servers sharing a host need distinct prefixes,
+    # because open() removes whatever it finds under its own prefix as left over from an earlier run.
+    cgroup_prefix: str = "jobworker"
+    # Injected by tests (fake cgroupfs); detected from the host when None.
+    cgroup_driver: CgroupDriver | None = None
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What isolation this engine provides; shown in health and logs."""
+
+    cgroup_driver: str
+    cgroup_reason: str
+    namespaces: bool
+    limits_supported: bool
+
+
+@dataclass
+class _Job:
+    """One row of the job table: the immutable facts plus, while running, its supervisor."""
+
+    status: JobStatus
+    directory: Path
+    spool: OutputSpool | None = None
+    supervisor: JobSupervisor | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class JobManager:
+    """Owns every job of one server; used from one asyncio event loop."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self._config = config
+        self._jobs: dict[str, _Job] = {}
+        self._running = 0
+        self._closed = False
+        self._driver: CgroupDriver = null_driver("not opened yet")
+        self._namespaces = False
+
+    async def open(self) -> None:
+        """Prepare the state directory, cgroups and namespaces, and reload past jobs."""
+        cfg = self._config
+        (cfg.state_dir / "jobs").mkdir(parents=True, exist_ok=True, mode=0o700)
+        if cfg.cgroup_driver is not None:
+            self._driver = cfg.cgroup_driver
+        elif cfg.cgroups:
+            self._driver = detect_driver(prefix=cfg.cgroup_prefix)
+        else:
+            self._driver = null_driver("cgroups disabled by configuration")
+        removed = self._driver.cleanup_stale()
+        if removed:
+            log.info("removed stale job cgroups", extra={"count": removed})
+        self._namespaces = await self._probe_namespaces()
+        self._reload()
+
+    async def _probe_namespaces(self) -> bool:
+        wanted = self._config.namespaces
+        if wanted is False:
+            return False
+        if os.geteuid() != 0:
+            if wanted:
+                raise EngineClosedError("namespaces need root")
+            return False
+        true = shutil.which("true", path=validation.DEFAULT_PATH) or "/bin/true"
+        try:
+            launched = Launched(
+                LaunchSpec(true, ("true",), validation.job_environment({}), "/", namespaces=True)
+            )
+            try:
+                await launched.wait_started(_START_TIMEOUT)
+            finally:
+                await launched.status.closed
+        except (LaunchError, OSError) as e:
+            if wanted:
+                raise EngineClosedError(f"cannot create job namespaces: {e}") from None
+            log.warning("jobs run without namespaces", extra={"reason": str(e)})
+            return False
+        return True
+
+    def _reload(self) -> None:
+        for directory in sorted((self._config.state_dir / "jobs").iterdir()):
+            try:
+                status = records.load(directory)
+            except (OSError, ValueError, TypeError, KeyError) as e:
+                log.warning(
+                    "skipping unreadable job record",
+                    extra={"path": str(directory), "error": str(e)},
+                )
+                continue
+            if status.state is JobState.RUNNING:
+                status = dataclasses.replace(status, state=JobState.LOST, ended_at=time.time())
+                records.save(directory, status)
+            spool_path = directory / records.SPOOL
+            spool = OutputSpool(spool_path, self._config.output_cap_bytes, create=False)
+            spool.finish()
+            job = _Job(status=status, directory=directory, spool=spool)
+            job.done.set()
+            self._jobs[status.id] = job
+
+    @property
+    def info(self) -> EngineInfo:
+        return EngineInfo(
+            cgroup_driver=self._driver.name,
+            cgroup_reason=self._driver.reason,
+            namespaces=self._namespaces,
+            limits_supported=self._driver.supports_limits(),
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def start(self, spec: JobSpec) -> JobStatus:
+        """Start a job; returns once its command runs, raises a JobError when it cannot."""
+        if self._closed:
+            raise EngineClosedError("the server is shutting down")
+        cfg = self._config
+        validation.check_spec(spec)
+        limits = validation.effective_limits(spec.limits, cfg.default_limits, cfg.max_limits)
+        if self._running >= cfg.max_running_jobs:
+            raise CapacityError(f"the server already runs its maximum of {cfg.max_running_jobs} jobs")
+        if not limits.is_empty() and not self._driver.supports_limits():
+            raise LimitsUnsupportedError(
+                f"resource limits cannot be enforced on this server: {self._driver.reason}"
+            )
+        env = validation.job_environment(spec.env)
+        cwd = validation.resolve_cwd(spec.cwd, cfg.default_cwd)
+        exe = validation.resolve_executable(spec.command, env, cwd)
+
+        job_id = str(uuid.uuid4())
+        directory = records.job_dir(cfg.state_dir, job_id)
+        directory.mkdir(mode=0o700)
+        self._running += 1
+        try:
+            return await self._launch(job_id, directory, spec, limits, env, cwd, exe)
+        except BaseException:
+            self._running -= 1
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+
+    async def _launch(
+        self,
+        job_id: str,
+        directory: Path,
+        spec: JobSpec,
+        limits: Limits,
+        env: dict[str, str],
+        cwd: str,
+        exe: str,
+    ) -> JobStatus:
+        try:
+            cgroup = self._driver.create(job_id, limits)
+        except CgroupError as e:
+            raise StartError(f"cannot set up the job's cgroup: {e}") from None
+        spool: OutputSpool | None = None
+        launched: Launched | None = None
+        try:
+            spool = OutputSpool(directory / records.SPOOL, self._config.output_cap_bytes)
+            launched = Launched(
+                LaunchSpec(
+                    exe=exe,
+                    argv=(spec.command, *spec.args),
+                    env=env,
+                    cwd=cwd,
+                    procs_files=cgroup.procs_files,
+                    namespaces=self._namespaces,
+                    hostname=f"job-{job_id[:8]}",
+                )
+            )
+            await launched.wait_started(_START_TIMEOUT)
+        except BaseException as e:
+            if launched is not None:
+                await _abandon(launched)
+            if spool is not None:
+                spool.finish()
+            with contextlib.suppress(Exception):
+                cgroup.remove()
+            if isinstance(e, LaunchError):
+                raise StartError(f"cannot start {spec.command!r}: {e}") from None
+            if isinstance(e, OSError):
+                raise StartError(f"cannot start {spec.command!r}: {e.strerror or e}") from None
+            raise
+
+        status = JobStatus(
+            id=job_id,
+            owner=spec.owner,
+            command=spec.command,
+            args=tuple(spec.args),
+            cwd=cwd,
+            state=JobState.RUNNING,
+            pid=launched.status.pid,
+            started_at=time.time(),
+            limits=limits,
+        )
+        job = _Job(status=status, directory=directory, spool=spool)
+        job.supervisor = JobSupervisor(
+            launched,
+            cgroup,
+            spool,
+            namespaces=self._namespaces,
+            on_end=lambda s: self._ended(job, s),
+        )
+        self._jobs[job_id] = job
+        records.save(directory, status)
+        log.info("job started", extra={"job_id": job_id, "owner": spec.owner, "pid": status.pid})
+        return status
+
+    def _ended(self, job: _Job, sup: JobSupervisor) -> None:
+        self._running -= 1
+        job.status = _with_output(
+            dataclasses.replace(
+                job.status,
+                state=sup.state,
+                exit_code=sup.exit_code,
+                signal=sup.signal,
+                ended_at=sup.ended_at,
+                usage=sup.final_usage or Usage(),
+            ),
+            job.spool,
+        )
+        job.supervisor = None
+        try:
+            records.save(job.directory, job.status)
+        except OSError as e:
+            log.error("cannot save job record", extra={"job_id": job.status.id, "error": str(e)})
+        job.done.set()
+        log.info(
+            "job ended",
+            extra={
+                "job_id": job.status.id,
+                "state": sup.state.value,
+                "exit_code": sup.exit_code,
+                "signal": sup.signal,
+            },
+        )
+
+    def _get(self, job_id: str) -> _Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise JobNotFoundError(job_id)
+        return job
+
+    def status(self, job_id: str) -> JobStatus:
+        """A snapshot of one job (usage and output counters are live while it runs)."""
+        return self._snapshot(self._get(job_id))
+
+    def _snapshot(self, job: _Job) -> JobStatus:
+        sup = job.supervisor
+        if sup is None:
+            return job.status
+        live = dataclasses.replace(job.status, pid=sup.pid or job.status.pid, usage=sup.usage())
+        return _with_output(live, job.spool)
+
+    def list(
+        self, *, states: Collection[JobState] | None = None, owner: str | None = None
+    ) -> list[JobStatus]:
+        """Jobs in start order, optionally only those in states and of owner."""
+        out = []
+        for job in self._jobs.values():
+            if states and job.status.state not in states:
+                continue
+            if owner is not None and job.status.owner != owner:
+                continue
+            out.append(self._snapshot(job))
+        return out
+
+    async def wait(self, job_id: str) -> JobStatus:
+        """Return the final status once the job has ended."""
+        job = self._get(job_id)
+        await job.done.wait()
+        return job.status
+
+    async def stop(self, job_id: str, grace_seconds: float | None = None) -> JobStatus:
+        """SIGTERM the whole job, SIGKILL after the grace period; returns the final status."""
+        job = self._get(job_id)
+        sup = job.supervisor
+        if sup is None:
+            raise JobNotRunningError(f"job {job_id} has already ended ({job.status.state.value})")
+        grace = self._config.default_grace_seconds if grace_seconds is None else grace_seconds
+        if grace < 0 or grace != grace:
+            raise InvalidSpecError("grace period must not be negative")
+        await sup.stop(grace)
+        await job.done.wait()
+        return job.status
+
+    def follow(
+        self,
+        job_id: str,
+        selection: StreamSelection = StreamSelection.BOTH,
+        offset: int = 0,
+        *,
+        follow: bool = True,
+    ) -> AsyncIterator[OutputEvent]:
+        """Output of the selected streams from offset; with follow, live until the job ends."""
+        job = self._get(job_id)
+        if offset < 0:
+            raise InvalidSpecError("offset must not be negative")
+        assert job.spool is not None
+        return job.spool.follow(selection, offset, follow=follow)
+
+    async def close(self, grace_seconds: float | None = None) -> None:
+        """Refuse new jobs and stop every running one (SIGTERM, SIGKILL after the grace period)."""
+        self._closed = True
+        grace = self._config.default_grace_seconds if grace_seconds is None else grace_seconds
+        running = [job.supervisor for job in self._jobs.values() if job.supervisor is not None]
+        await asyncio.gather(*(sup.stop(grace) for sup in running), return_exceptions=True)
+
+
+def _with_output(status: JobStatus, spool: OutputSpool | None) -> JobStatus:
+    """status with the spool's byte counters and truncation flag."""
+    if spool is None:
+        return status
+    return dataclasses.replace(
+        status,
+        stdout_bytes=spool.stdout_bytes,
+        stderr_bytes=spool.stderr_bytes,
+        output_truncated=spool.truncated,
+    )
+
+
+async def _abandon(launched: Launched) -> None:
+    """Kill a shim whose start failed and wait for it, so no process or fd outlives a failed Start."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(launched.pgid, 9)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(launched.status.closed), 10)
+    for fd in (launched.stdout_fd, launched.stderr_fd):
+        with contextlib.suppress(OSError):
+            os.close(fd)

@@ -1,0 +1,306 @@
+"""Start, stop, status and list: what a caller of the engine sees."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from jobworker.engine import (
+    CapacityError,
+    EngineConfig,
+    InvalidSpecError,
+    JobManager,
+    JobNotFoundError,
+    JobNotRunningError,
+    JobSpec,
+    JobState,
+    Limits,
+    LimitsUnsupportedError,
+    OutputChunk,
+    StartError,
+    Stream,
+    StreamSelection,
+)
+
+PY = sys.executable
+
+
+async def collect(
+    mgr: JobManager,
+    job_id: str,
+    selection: StreamSelection = StreamSelection.BOTH,
+    offset: int = 0,
+    *,
+    follow: bool = True,
+) -> list[OutputChunk]:
+    return [
+        e async for e in mgr.follow(job_id, selection, offset, follow=follow) if isinstance(e, OutputChunk)
+    ]
+
+
+async def wait_for_output(mgr: JobManager, job_id: str, needle: bytes) -> None:
+    """Return once the job has printed needle: the job's own signal that it is ready."""
+    seen = b""
+    async for event in mgr.follow(job_id):
+        if isinstance(event, OutputChunk):
+            seen += event.data
+            if needle in seen:
+                return
+    raise AssertionError(f"job ended without printing {needle!r}")
+
+
+def processes_with(marker: str) -> list[int]:
+    """Host pids whose command line contains marker (to prove nothing of a job survives)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            found.append(int(entry))
+    return found
+
+
+async def test_exit_code_and_output(manager: JobManager) -> None:
+    status = await manager.start(JobSpec("sh", ("-c", "echo hello; exit 3"), owner="alice"))
+    uuid.UUID(status.id, version=4)
+    assert status.state is JobState.RUNNING
+    assert status.owner == "alice"
+    final = await manager.wait(status.id)
+    assert final.state is JobState.EXITED
+    assert final.exit_code == 3
+    assert final.signal is None
+    assert final.ended_at is not None and final.ended_at >= final.started_at
+    assert final.stdout_bytes == 6
+    chunks = await collect(manager, status.id)
+    assert b"".join(c.data for c in chunks) == b"hello\n"
+
+
+async def test_signal_death_is_reported_as_signal(manager: JobManager) -> None:
+    status = await manager.start(JobSpec("sh", ("-c", "kill -KILL $$")))
+    final = await manager.wait(status.id)
+    assert final.state is JobState.SIGNALED
+    assert final.signal == signal.SIGKILL
+    assert final.exit_code is None
+
+
+async def test_job_environment_is_minimal(manager: JobManager) -> None:
+    os.environ["JW_TEST_SECRET"] = "server-only"
+    try:
+        status = await manager.start(JobSpec("env", env={"GREETING": "hi"}))
+        await manager.wait(status.id)
+    finally:
+        del os.environ["JW_TEST_SECRET"]
+    lines = b"".join(c.data for c in await collect(manager, status.id)).decode().splitlines()
+    names = {line.split("=", 1)[0] for line in lines}
+    assert names == {"PATH", "GREETING"}
+    assert "GREETING=hi" in lines
+
+
+async def test_cwd_is_used(manager: JobManager, tmp_path: Path) -> None:
+    status = await manager.start(JobSpec("pwd", cwd=str(tmp_path)))
+    await manager.wait(status.id)
+    out = b"".join(c.data for c in await collect(manager, status.id))
+    assert out == f"{tmp_path}\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (JobSpec("definitely-not-a-command-xyz"), "not found"),
+        (JobSpec("/nonexistent/bin/tool"), "not found"),
+        (JobSpec("/tmp"), "not executable"),
+        (JobSpec("true", cwd="/nonexistent-dir"), "does not exist"),
+    ],
+)
+async def test_start_errors_leave_no_record(
+    plain_manager: JobManager, tmp_path: Path, spec: JobSpec, message: str
+) -> None:
+    with pytest.raises(StartError, match=message):
+        await plain_manager.start(spec)
+    assert plain_manager.list() == []
+    assert list((tmp_path / "state" / "jobs").iterdir()) == []
+
+
+async def test_start_error_for_files_that_cannot_be_executed(manager: JobManager, tmp_path: Path) -> None:
+    plain = tmp_path / "notes.txt"
+    plain.write_text("hello")
+    plain.chmod(0o644)
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x00\x01 not an executable format")
+    garbage.chmod(0o755)
+    with pytest.raises(StartError, match="not executable"):
+        await manager.start(JobSpec(str(plain)))
+    with pytest.raises(StartError, match="Exec format error"):
+        await manager.start(JobSpec(str(garbage)))
+    assert manager.list() == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (JobSpec(""), "must not be empty"),
+        (JobSpec("echo", ("a\0b",)), "NUL"),
+        (JobSpec("ec\0ho"), "NUL"),
+        (JobSpec("env", env={"A": "x\0y"}), "NUL"),
+        (JobSpec("env", env={"A=B": "x"}), "name"),
+        (JobSpec("env", env={"": "x"}), "name"),
+        (JobSpec("true", cwd="relative/dir"), "absolute"),
+        (JobSpec("true", limits=Limits(memory_bytes=-1)), "positive"),
+        (JobSpec("true", limits=Limits(cpus=float("nan"))), "finite"),
+    ],
+)
+async def test_invalid_specs_are_rejected(plain_manager: JobManager, spec: JobSpec, message: str) -> None:
+    with pytest.raises(InvalidSpecError, match=message):
+        await plain_manager.start(spec)
+    assert plain_manager.list() == []
+
+
+async def test_limits_over_ceiling_name_the_ceiling(tmp_path: Path) -> None:
+    mgr = JobManager(
+        EngineConfig(state_dir=tmp_path, namespaces=False, cgroups=False, max_limits=Limits(pids=100))
+    )
+    await mgr.open()
+    with pytest.raises(InvalidSpecError, match="exceeds the server ceiling of 100"):
+        await mgr.start(JobSpec("true", limits=Limits(pids=1000)))
+
+
+async def test_limits_refused_where_cgroups_are_unavailable(plain_manager: JobManager) -> None:
+    assert not plain_manager.info.limits_supported
+    with pytest.raises(LimitsUnsupportedError, match="cannot be enforced"):
+        await plain_manager.start(JobSpec("true", limits=Limits(memory_bytes=1 << 26)))
+
+
+async def test_capacity_limit(tmp_path: Path) -> None:
+    mgr = JobManager(EngineConfig(state_dir=tmp_path, namespaces=False, cgroups=False, max_running_jobs=1))
+    await mgr.open()
+    first = await mgr.start(JobSpec("sleep", ("30",)))
+    with pytest.raises(CapacityError):
+        await mgr.start(JobSpec("true"))
+    await mgr.stop(first.id, grace_seconds=5)
+    second = await mgr.start(JobSpec("true"))
+    await mgr.wait(second.id)
+    await mgr.close()
+
+
+async def test_stop_terminates_and_reports_stopped(manager: JobManager) -> None:
+    status = await manager.start(JobSpec("sleep", ("1000",)))
+    final = await manager.stop(status.id, grace_seconds=5)
+    assert final.state is JobState.STOPPED
+    assert final.signal == signal.SIGTERM
+    assert manager.status(status.id).state is JobState.STOPPED
+
+
+async def test_stop_escalates_to_sigkill_for_children_ignoring_sigterm(
+    manager: JobManager,
+) -> None:
+    marker = f"{uuid.uuid4().int % 10**6}.25"
+    script = f"trap '' TERM; sleep {marker} & sleep {marker} & echo ready; wait; wait"
+    status = await manager.start(JobSpec("sh", ("-c", script)))
+    await wait_for_output(manager, status.id, b"ready")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    final = await manager.stop(status.id, grace_seconds=0.5)
+    assert loop.time() - t0 >= 0.5
+    assert final.state is JobState.STOPPED
+    assert processes_with(marker) == []
+
+
+async def test_stop_kills_background_and_daemonised_children(manager: JobManager) -> None:
+    marker = f"{uuid.uuid4().int % 10**6}.5"
+    # A daemon that double-forks and leaves the process group (setsid) must not survive.
+    script = f"setsid sleep {marker} & (sleep {marker} &) ; echo ready; sleep {marker}"
+    status = await manager.start(JobSpec("sh", ("-c", script)))
+    await wait_for_output(manager, status.id, b"ready")
+    await manager.stop(status.id, grace_seconds=2)
+    if not manager.info.namespaces and manager.info.cgroup_driver == "none":
+        # Without namespaces or cgroups only the process group can be reached; a setsid daemon escapes.
+        assert len(processes_with(marker)) <= 1
+        for pid in processes_with(marker):
+            os.kill(pid, signal.SIGKILL)
+    else:
+        assert processes_with(marker) == []
+
+
+async def test_children_left_behind_by_a_finished_job_are_killed(manager: JobManager) -> None:
+    marker = f"{uuid.uuid4().int % 10**6}.75"
+    status = await manager.start(JobSpec("sh", ("-c", f"sleep {marker} & echo started")))
+    final = await manager.wait(status.id)
+    assert final.state is JobState.EXITED
+    assert processes_with(marker) == []
+
+
+async def test_stop_of_finished_job_is_a_typed_error(manager: JobManager) -> None:
+    status = await manager.start(JobSpec("true"))
+    await manager.wait(status.id)
+    with pytest.raises(JobNotRunningError, match="already ended"):
+        await manager.stop(status.id)
+
+
+async def test_unknown_job(manager: JobManager) -> None:
+    missing = str(uuid.uuid4())
+    with pytest.raises(JobNotFoundError):
+        manager.status(missing)
+    with pytest.raises(JobNotFoundError):
+        await manager.stop(missing)
+    with pytest.raises(JobNotFoundError):
+        manager.follow(missing)
+
+
+async def test_list_filters_by_state_and_owner(plain_manager: JobManager) -> None:
+    a = await plain_manager.start(JobSpec("true", owner="alice"))
+    b = await plain_manager.start(JobSpec("sleep", ("100",), owner="bob"))
+    await plain_manager.wait(a.id)
+    assert [s.id for s in plain_manager.list()] == [a.id, b.id]
+    assert [s.id for s in plain_manager.list(owner="bob")] == [b.id]
+    assert [s.id for s in plain_manager.list(states={JobState.RUNNING})] == [b.id]
+    assert [s.id for s in plain_manager.list(states={JobState.EXITED}, owner="bob")] == []
+    await plain_manager.stop(b.id, grace_seconds=5)
+
+
+async def test_no_fds_leak_after_jobs_end(manager: JobManager) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        status = await manager.start(JobSpec("echo", ("x",)))
+        await manager.wait(status.id)
+        await collect(manager, status.id)
+    failing = JobSpec("/nonexistent")
+    with pytest.raises(StartError):
+        await manager.start(failing)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+async def test_jobs_reload_after_restart(tmp_path: Path) -> None:
+    config = EngineConfig(state_dir=tmp_path, namespaces=False, cgroups=False)
+    first = JobManager(config)
+    await first.open()
+    status = await first.start(JobSpec("sh", ("-c", "echo out; echo err >&2; exit 4"), owner="al"))
+    await first.wait(status.id)
+    await first.close()
+
+    second = JobManager(config)
+    await second.open()
+    reloaded = second.status(status.id)
+    assert reloaded.state is JobState.EXITED
+    assert reloaded.exit_code == 4
+    assert reloaded.owner == "al"
+    chunks = await collect(second, status.id)
+    assert {c.stream: c.data for c in chunks} == {Stream.STDOUT: b"out\n", Stream.STDERR: b"err\n"}
+
+
+async def test_close_stops_running_jobs_and_refuses_new_ones(plain_manager: JobManager) -> None:
+    status = await plain_manager.start(JobSpec("sleep", ("100",)))
+    await plain_manager.close(grace_seconds=5)
+    assert plain_manager.status(status.id).state is JobState.STOPPED
+    with pytest.raises(Exception, match="shutting down"):
+        await plain_manager.start(JobSpec("true"))
