@@ -1,0 +1,71 @@
+"""jobworker PKI: issue CA/server/client certificates, encode and parse the role, verify."""
+
+from pki._errors import (
+    IdentityError,
+    IssueError,
+    LoadError,
+    OverwriteError,
+    PkiError,
+    RoleError,
+    ValidityError,
+    VerificationError,
+)
+from pki._files import (
+    CA_NAME,
+    issued_paths,
+    load_ca,
+    load_certificate,
+    load_issued,
+    load_private_key,
+    write_issued,
+)
+from pki._inspect import CertificateInfo, describe, identity_of
+from pki._issue import (
+    CLIENT_URI_PREFIX,
+    CLOCK_SKEW,
+    DEFAULT_SERVER_SANS,
+    Issued,
+    issue_ca,
+    issue_client,
+    issue_server,
+)
+from pki._keys import KeyType, PrivateKey, generate_key
+from pki._role import ROLE_OID, Role, encode_role, parse_role, parse_role_der
+from pki._verify import verify_certificate
+
+__all__ = [
+    "CA_NAME",
+    "CLIENT_URI_PREFIX",
+    "CLOCK_SKEW",
+    "DEFAULT_SERVER_SANS",
+    "ROLE_OID",
+    "CertificateInfo",
+    "IdentityError",
+    "IssueError",
+    "Issued",
+    "KeyType",
+    "LoadError",
+    "OverwriteError",
+    "PkiError",
+    "PrivateKey",
+    "Role",
+    "RoleError",
+    "ValidityError",
+    "VerificationError",
+    "describe",
+    "encode_role",
+    "generate_key",
+    "identity_of",
+    "issue_ca",
+    "issue_client",
+    "issue_server",
+    "issued_paths",
+    "load_ca",
+    "load_certificate",
+    "load_issued",
+    "load_private_key",
+    "parse_role",
+    "parse_role_der",
+    "verify_certificate",
+    "write_issued",
+]
