@@ -109,9 +109,12 @@ class JobManager:
             self._driver = detect_driver(prefix=cfg.cgroup_prefix)
         else:
             self._driver = null_driver("cgroups disabled by configuration")
-        removed = self._driver.cleanup_stale()
-        if removed:
-            log.info("removed stale job cgroups", extra={"count": removed})
+        try:
+            removed = await asyncio.to_thread(self._driver.cleanup_stale)
+            if removed:
+                log.info("removed stale job cgroups", extra={"count": removed})
+        except CgroupError as e:
+            log.warning("could not remove every stale job cgroup", extra={"error": str(e)})
         self._namespaces = await self._probe_namespaces()
         self._reload()
 
@@ -211,7 +214,7 @@ class JobManager:
         exe: str,
     ) -> JobStatus:
         try:
-            cgroup = self._driver.create(job_id, limits)
+            cgroup = await asyncio.to_thread(self._driver.create, job_id, limits)
         except CgroupError as e:
             raise StartError(f"cannot set up the job's cgroup: {e}") from None
         spool: OutputSpool | None = None
@@ -236,7 +239,7 @@ class JobManager:
             if spool is not None:
                 spool.finish()
             with contextlib.suppress(Exception):
-                cgroup.remove()
+                await asyncio.to_thread(cgroup.remove)
             if isinstance(e, LaunchError):
                 raise StartError(f"cannot start {spec.command!r}: {e}") from None
             if isinstance(e, OSError):
@@ -366,6 +369,10 @@ class JobManager:
         grace = self._config.default_grace_seconds if grace_seconds is None else grace_seconds
         running = [job.supervisor for job in self._jobs.values() if job.supervisor is not None]
         await asyncio.gather(*(sup.stop(grace) for sup in running), return_exceptions=True)
+        try:
+            await asyncio.to_thread(self._driver.close)
+        except CgroupError as e:
+            log.warning("could not remove every job cgroup", extra={"error": str(e)})
 
 
 def _with_output(status: JobStatus, spool: OutputSpool | None) -> JobStatus:

@@ -106,14 +106,14 @@ class JobSupervisor:
             else:
                 os.killpg(self._launched.pgid, sig)
 
-    def kill(self) -> None:
+    async def kill(self) -> None:
         """SIGKILL every process of the job, including those that left its process group."""
         self.signal_job(signal.SIGKILL)
         if not self._namespaces:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._launched.pgid, signal.SIGKILL)
         try:
-            self._cgroup.kill()
+            await asyncio.to_thread(self._cgroup.kill)
         except Exception as e:  # the process-level kill above already happened
             log.warning("cgroup kill failed", extra={"error": str(e)})
 
@@ -126,7 +126,7 @@ class JobSupervisor:
         try:
             await asyncio.wait_for(self.done.wait(), grace_seconds)
         except TimeoutError:
-            self.kill()
+            await self.kill()
             await asyncio.wait_for(self.done.wait(), _KILL_TIMEOUT)
 
     async def _supervise(self) -> None:
@@ -137,7 +137,7 @@ class JobSupervisor:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(self._launched.pgid, signal.SIGKILL)
             with contextlib.suppress(Exception):
-                self._cgroup.kill()
+                await asyncio.to_thread(self._cgroup.kill)
             try:
                 await asyncio.wait_for(asyncio.gather(*self._drained.values()), _DRAIN_AFTER_EXIT_TIMEOUT)
             except TimeoutError:
@@ -148,7 +148,7 @@ class JobSupervisor:
             self.final_usage = _usage(stats)
             self._decide_state(stats)
             try:
-                self._cgroup.remove()
+                await asyncio.to_thread(self._cgroup.remove)
             except Exception as e:
                 log.warning("cgroup removal failed", extra={"error": str(e)})
         finally:

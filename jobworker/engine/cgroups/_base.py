@@ -1,0 +1,160 @@
+"""The driver interface shared by every cgroup version, and checks run before touching cgroupfs."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+from jobworker.engine.job import Limits
+
+CPU_PERIOD_US = 100_000
+# The kernel refuses CFS quotas under 1 ms, so a smaller fraction cannot be enforced as asked.
+MIN_CPU_QUOTA_US = 1_000
+# A job id becomes a directory name: no separators, no dot-names, nothing a shell would trip on.
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+# How long remove() waits for a killed cgroup to empty before giving up on rmdir.
+REMOVE_TIMEOUT_S = 2.0
+# How long kill() waits for a freezer to report FROZEN before killing anyway.
+FREEZE_TIMEOUT_S = 1.0
+
+
+class CgroupError(Exception):
+    """A cgroup could not be set up, limited or removed; the message is one readable line."""
+
+
+@dataclass(frozen=True)
+class CgroupStats:
+    """Resource usage of one job cgroup; None where the kernel does not report it."""
+
+    cpu_seconds: float | None
+    memory_peak_bytes: int | None
+    oom_kills: int
+
+
+class JobCgroup(Protocol):
+    """The cgroup(s) of one job: join, signal, kill, measure, remove."""
+
+    @property
+    def procs_files(self) -> tuple[str, ...]:
+        """Absolute paths of the cgroup.procs files a process writes "0" into to join the job."""
+        ...
+
+    def pids(self) -> list[int]:
+        """Host pids currently in the cgroup."""
+        ...
+
+    def signal_all(self, sig: int) -> None:
+        """Send sig to every process in the cgroup."""
+        ...
+
+    def kill(self) -> None:
+        """SIGKILL every process in the cgroup, including those that left the process group."""
+        ...
+
+    def stats(self) -> CgroupStats:
+        """Read CPU time, peak memory and OOM kills."""
+        ...
+
+    def remove(self) -> None:
+        """Kill what is left, wait (bounded) until empty and remove the directories; idempotent."""
+        ...
+
+
+class CgroupDriver(Protocol):
+    """Creates job cgroups on one kind of host (cgroup v2, v1, or none)."""
+
+    name: str
+    reason: str
+
+    def supports_limits(self) -> bool:
+        """Whether this driver can enforce resource limits at all."""
+        ...
+
+    def create(self, job_id: str, limits: Limits) -> JobCgroup:
+        """Make the job's cgroup(s) with limits applied, or raise CgroupError leaving nothing."""
+        ...
+
+    def cleanup_stale(self) -> int:
+        """Remove job cgroups left by an earlier server run; return how many were removed."""
+        ...
+
+    def close(self) -> None:
+        """Remove every job cgroup and the prefix directories themselves (server shutdown)."""
+        ...
+
+
+def check_job_id(job_id: str) -> None:
+    """Raise CgroupError unless job_id is safe to use as one directory name."""
+    if not _JOB_ID.fullmatch(job_id):
+        raise CgroupError(f"job id {job_id!r} cannot name a cgroup (letters, digits, '_.-')")
+
+
+def check_limits(limits: Limits) -> None:
+    """Raise CgroupError for limits no kernel could enforce as asked."""
+    cpus = limits.cpus
+    if cpus is not None:
+        if isinstance(cpus, bool) or not isinstance(cpus, int | float):
+            raise CgroupError(f"cpus must be a number, not {cpus!r}")
+        if not math.isfinite(cpus) or cpus <= 0:
+            raise CgroupError(f"cpus must be a positive fraction of one core, not {cpus!r}")
+        if cpu_quota_us(cpus) < MIN_CPU_QUOTA_US:
+            raise CgroupError(
+                f"cpus={cpus} is below the smallest enforceable share "
+                f"({MIN_CPU_QUOTA_US / CPU_PERIOD_US} of one core)"
+            )
+    for name in ("memory_bytes", "io_read_bps", "io_write_bps", "pids"):
+        value = getattr(limits, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CgroupError(f"{name} must be an integer, not {value!r}")
+        if value <= 0:
+            raise CgroupError(f"{name} must be positive, not {value}")
+
+
+def cpu_quota_us(cpus: float) -> int:
+    """CFS quota in microseconds per CPU_PERIOD_US for a fraction of one core."""
+    return round(cpus * CPU_PERIOD_US)
+
+
+def parse_keyed(text: str) -> dict[str, str]:
+    """Parse "key value" lines (cpu.stat, memory.events, memory.oom_control, cgroup.events)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key:
+            out[key] = value.strip()
+    return out
+
+
+def parse_pids(text: str) -> list[int]:
+    """Parse a cgroup.procs file."""
+    return [int(line) for line in text.split() if line.isdigit()]
+
+
+def read_text(path: str) -> str | None:
+    """Read a cgroupfs file, or None when it is absent (an older kernel) or unreadable."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read()
+    except OSError:
+        # Gone (job removed), or a kernel refusing reads of a dying cgroup: report nothing.
+        return None
+
+
+def read_int(path: str) -> int | None:
+    """Read a cgroupfs file holding one integer, or None when absent or unparsable."""
+    text = read_text(path)
+    if text is None:
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        return None
+
+
+def os_error_line(err: OSError) -> str:
+    """strerror of an OSError without the errno number and path noise."""
+    return err.strerror or type(err).__name__

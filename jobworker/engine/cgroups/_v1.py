@@ -1,0 +1,284 @@
+"""cgroup v1 (and hybrid hosts): one directory per job in each controller hierarchy.
+
+Each used hierarchy (cpu, cpuacct, memory, pids, blkio, freezer; some may share one mount such as
+``cpu,cpuacct``) gets ``<mount>/<server path in that hierarchy>/<prefix>/<job_id>``. A process joins
+the job by writing "0" to the cgroup.procs file of every hierarchy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+
+from jobworker.engine.job import Limits
+
+from ._base import (
+    CPU_PERIOD_US,
+    FREEZE_TIMEOUT_S,
+    REMOVE_TIMEOUT_S,
+    CgroupError,
+    CgroupStats,
+    check_job_id,
+    check_limits,
+    cpu_quota_us,
+    os_error_line,
+    parse_keyed,
+    parse_pids,
+    read_int,
+    read_text,
+)
+from ._devices import block_devices_for
+from ._host import Host, mkdir_exist_ok, remove_all, rmdir_until, subdirs, write_or_raise
+
+CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio", "freezer")
+_LIMIT_CONTROLLERS = ("cpu", "memory", "pids", "blkio")
+# v1 has no change notification for cgroup.procs or freezer.state, so waits re-read at this pace.
+_POLL_INTERVAL_S = 0.01
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """One mounted v1 hierarchy: the controllers we use from it and our directory in it."""
+
+    controllers: frozenset[str]
+    jobs_dir: str
+
+
+class V1JobCgroup:
+    """One job's directories, one per hierarchy."""
+
+    def __init__(self, host: Host, dirs: dict[str, str]) -> None:
+        """dirs maps each controller to the job's directory in that controller's hierarchy."""
+        self._host = host
+        self._dirs = dirs
+        self.paths = tuple(sorted(set(dirs.values())))
+
+    def directory(self, controller: str) -> str:
+        """The job's directory in the hierarchy of controller."""
+        return self._dirs[controller]
+
+    @property
+    def procs_files(self) -> tuple[str, ...]:
+        """One cgroup.procs per hierarchy."""
+        return tuple(os.path.join(path, "cgroup.procs") for path in self.paths)
+
+    def pids(self) -> list[int]:
+        """Host pids in any of the job's hierarchies."""
+        found: set[int] = set()
+        for path in self.paths:
+            found.update(parse_pids(read_text(os.path.join(path, "cgroup.procs")) or ""))
+        return sorted(found)
+
+    def signal_all(self, sig: int) -> None:
+        """Send sig to every process in the job."""
+        for pid in self.pids():
+            self._host.kill(pid, sig)
+
+    def kill(self) -> None:
+        """Freeze (so nothing forks), SIGKILL every pid, thaw; without a freezer, repeat kills."""
+        state_file = os.path.join(self._dirs.get("freezer", ""), "freezer.state")
+        if "freezer" not in self._dirs or not os.path.exists(state_file):
+            self._kill_until_empty()
+            return
+        write_or_raise(self._host, state_file, "FROZEN")
+        try:
+            deadline = self._host.monotonic() + FREEZE_TIMEOUT_S
+            while (read_text(state_file) or "").strip() == "FREEZING":
+                if self._host.monotonic() >= deadline:
+                    break
+                self._host.sleep(_POLL_INTERVAL_S)
+            self.signal_all(signal.SIGKILL)
+        finally:
+            # Frozen tasks only act on the queued SIGKILL once thawed.
+            write_or_raise(self._host, state_file, "THAWED")
+
+    def stats(self) -> CgroupStats:
+        """cpuacct.usage, memory.max_usage_in_bytes and the OOM kill counter.
+
+        Kernels before 4.13 have no ``oom_kill`` line in memory.oom_control; there oom_kills is 1
+        once the memory limit was hit (memory.failcnt > 0), which with a SIGKILL is a strong hint.
+        """
+        cpu_ns = self._read_int("cpuacct", "cpuacct.usage")
+        oom_kills = 0
+        if "memory" in self._dirs:
+            oom_text = read_text(os.path.join(self._dirs["memory"], "memory.oom_control"))
+            oom_line = parse_keyed(oom_text or "").get("oom_kill")
+            if oom_line is not None and oom_line.isdigit():
+                oom_kills = int(oom_line)
+            elif (self._read_int("memory", "memory.failcnt") or 0) > 0:
+                oom_kills = 1
+        return CgroupStats(
+            cpu_seconds=cpu_ns / 1e9 if cpu_ns is not None else None,
+            memory_peak_bytes=self._read_int("memory", "memory.max_usage_in_bytes"),
+            oom_kills=oom_kills,
+        )
+
+    def remove(self) -> None:
+        """Kill what is left, wait (bounded) until no pid remains, rmdir every hierarchy."""
+        if not any(os.path.isdir(path) for path in self.paths):
+            return
+        deadline = self._host.monotonic() + REMOVE_TIMEOUT_S
+        if self.pids():
+            self.kill()
+            while self.pids() and self._host.monotonic() < deadline:
+                self._host.sleep(_POLL_INTERVAL_S)
+        for path in self.paths:
+            rmdir_until(self._host, path, deadline)
+
+    def _kill_until_empty(self) -> None:
+        deadline = self._host.monotonic() + FREEZE_TIMEOUT_S
+        while (pids := self.pids()) and self._host.monotonic() < deadline:
+            for pid in pids:
+                self._host.kill(pid, signal.SIGKILL)
+            self._host.sleep(_POLL_INTERVAL_S)
+
+    def _read_int(self, controller: str, name: str) -> int | None:
+        if controller not in self._dirs:
+            return None
+        return read_int(os.path.join(self._dirs[controller], name))
+
+
+class V1Driver:
+    """Jobs in ``<hierarchy>/<server path>/<prefix>/<job_id>`` for every used hierarchy."""
+
+    name = "v1"
+
+    def __init__(
+        self,
+        *,
+        hierarchies: tuple[Hierarchy, ...],
+        host: Host,
+        sys_block: str,
+        io_paths: tuple[str, ...],
+        reason: str = "",
+    ) -> None:
+        self.hierarchies = hierarchies
+        self.reason = reason
+        self._host = host
+        self._sys_block = sys_block
+        self._io_paths = io_paths
+        self._controllers = frozenset(c for h in hierarchies for c in h.controllers)
+
+    @property
+    def jobs_dirs(self) -> tuple[str, ...]:
+        """The ``<prefix>`` directory in each hierarchy."""
+        return tuple(h.jobs_dir for h in self.hierarchies)
+
+    def supports_limits(self) -> bool:
+        """True when at least one limit controller is mounted."""
+        return any(c in self._controllers for c in _LIMIT_CONTROLLERS)
+
+    def create(self, job_id: str, limits: Limits) -> V1JobCgroup:
+        """Make the job's directory in every hierarchy and write the limits, or undo and raise."""
+        check_job_id(job_id)
+        check_limits(limits)
+        writes = self._limit_writes(limits)
+        cgroup = self._job(job_id)
+        made: list[str] = []
+        try:
+            for path in cgroup.paths:
+                try:
+                    self._host.mkdir(path)
+                except FileExistsError as err:
+                    raise CgroupError(f"cgroup {path} already exists") from err
+                except OSError as err:
+                    raise CgroupError(f"cannot create cgroup {path}: {os_error_line(err)}") from err
+                made.append(path)
+                _inherit_cpuset(self._host, path)
+            for controller, name, value in writes:
+                write_or_raise(self._host, os.path.join(cgroup.directory(controller), name), value)
+        except BaseException:
+            deadline = self._host.monotonic() + REMOVE_TIMEOUT_S
+            for path in reversed(made):
+                with contextlib.suppress(CgroupError):
+                    rmdir_until(self._host, path, deadline)
+            raise
+        return cgroup
+
+    def close(self) -> None:
+        """Remove every job cgroup and the prefix directories themselves (server shutdown)."""
+        self.cleanup_stale()
+        for path in self.jobs_dirs:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+    def cleanup_stale(self) -> int:
+        """Kill and remove every job directory under our prefix in all hierarchies."""
+        job_ids = sorted({os.path.basename(p) for d in self.jobs_dirs for p in subdirs(d)})
+        return remove_all(self._job(job_id) for job_id in job_ids)
+
+    def _job(self, job_id: str) -> V1JobCgroup:
+        dirs = {c: os.path.join(h.jobs_dir, job_id) for h in self.hierarchies for c in h.controllers}
+        return V1JobCgroup(self._host, dirs)
+
+    def _limit_writes(self, limits: Limits) -> list[tuple[str, str, str]]:
+        """(controller, file, value) triples for limits; raises for a missing hierarchy."""
+        needed = {
+            "cpu": limits.cpus is not None,
+            "memory": limits.memory_bytes is not None,
+            "blkio": limits.io_read_bps is not None or limits.io_write_bps is not None,
+            "pids": limits.pids is not None,
+        }
+        for controller, wanted in needed.items():
+            if wanted and controller not in self._controllers:
+                raise CgroupError(
+                    f"cgroup v1 controller '{controller}' is not mounted on this host, "
+                    f"so {controller} limits cannot be enforced"
+                )
+        writes: list[tuple[str, str, str]] = []
+        if limits.cpus is not None:
+            writes.append(("cpu", "cpu.cfs_period_us", str(CPU_PERIOD_US)))
+            writes.append(("cpu", "cpu.cfs_quota_us", str(cpu_quota_us(limits.cpus))))
+        if limits.memory_bytes is not None:
+            writes.extend(self._memory_writes(limits.memory_bytes))
+        if limits.pids is not None:
+            writes.append(("pids", "pids.max", str(limits.pids)))
+        if needed["blkio"]:
+            devices = block_devices_for(self._io_paths, self._sys_block)
+            if not devices:
+                raise CgroupError("no block device found to apply io limits to")
+            for name, rate in (
+                ("blkio.throttle.read_bps_device", limits.io_read_bps),
+                ("blkio.throttle.write_bps_device", limits.io_write_bps),
+            ):
+                if rate is not None:
+                    writes.extend(("blkio", name, f"{dev} {rate}") for dev in devices)
+        return writes
+
+    def _memory_writes(self, limit: int) -> list[tuple[str, str, str]]:
+        # memsw (memory + swap) must never be below limit_in_bytes, so it is written second.
+        writes = [("memory", "memory.limit_in_bytes", str(limit))]
+        memory_root = next(h.jobs_dir for h in self.hierarchies if "memory" in h.controllers)
+        if os.path.exists(os.path.join(memory_root, "memory.memsw.limit_in_bytes")):
+            writes.append(("memory", "memory.memsw.limit_in_bytes", str(limit)))
+        else:
+            # Without swap accounting, swappiness 0 is what keeps a v1 memcg from paging out.
+            writes.append(("memory", "memory.swappiness", "0"))
+        return writes
+
+
+def prepare_v1(
+    host: Host, hierarchies: tuple[Hierarchy, ...], sys_block: str, io_paths: tuple[str, ...]
+) -> V1Driver:
+    """Create the ``<prefix>`` directory in every hierarchy and return the driver."""
+    for hierarchy in hierarchies:
+        existed = os.path.isdir(hierarchy.jobs_dir)
+        mkdir_exist_ok(host, hierarchy.jobs_dir)
+        if not existed:
+            _inherit_cpuset(host, hierarchy.jobs_dir)
+    present = {c for h in hierarchies for c in h.controllers}
+    missing = [c for c in CONTROLLERS if c not in present]
+    reason = f"cgroup v1 controllers not mounted: {', '.join(missing)}" if missing else ""
+    return V1Driver(hierarchies=hierarchies, host=host, sys_block=sys_block, io_paths=io_paths, reason=reason)
+
+
+def _inherit_cpuset(host: Host, path: str) -> None:
+    # Under a co-mounted cpuset, a cgroup takes no tasks until cpus and mems are set: inherit them.
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        current = read_text(os.path.join(path, name))
+        if current is not None and not current.strip():
+            parent = read_text(os.path.join(os.path.dirname(path), name)) or ""
+            if parent.strip():
+                write_or_raise(host, os.path.join(path, name), parent.strip())
