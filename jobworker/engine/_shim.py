@@ -1,8 +1,8 @@
 """Job launcher, run as ``python -I -S _shim.py ARGS -- EXE ARGV0 ARGS...`` by the engine.
 
-Why a separate program: the server is multi-threaded (gRPC), where running Python code between fork and exec
-(``preexec_fn``) is unsafe. This fresh, single-threaded interpreter joins the job's cgroup and namespaces before
-the user's command runs its first instruction; every descendant inherits both.
+Why a separate program: the server is multi-threaded (gRPC), where running Python code between fork and
+exec (``preexec_fn``) is unsafe. This fresh, single-threaded interpreter joins the job's cgroup and namespaces
+before the user's command runs its first instruction; every descendant inherits both.
 
 Standard library only, one file: with ``-I -S`` neither site-packages nor this directory is on sys.path.
 

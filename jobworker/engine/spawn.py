@@ -110,12 +110,12 @@ class Launched:
         """The job's process group (the shim is its leader)."""
         return self.process.pid
 
-    async def wait_started(self, timeout: float) -> None:
+    async def wait_started(self, limit_seconds: float) -> None:
         """Return once the command runs; raise LaunchError when it could not be started."""
         try:
-            await asyncio.wait_for(asyncio.shield(self.status.started), timeout)
+            await asyncio.wait_for(asyncio.shield(self.status.started), limit_seconds)
         except TimeoutError:
-            raise LaunchError(0, f"the job did not start within {timeout:g} s") from None
+            raise LaunchError(0, f"the job did not start within {limit_seconds:g} s") from None
 
     def _on_status(self) -> None:
         try:

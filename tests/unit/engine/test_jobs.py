@@ -80,7 +80,8 @@ async def test_exit_code_and_output(manager: JobManager) -> None:
     assert final.state is JobState.EXITED
     assert final.exit_code == 3
     assert final.signal is None
-    assert final.ended_at is not None and final.ended_at >= final.started_at
+    assert final.ended_at is not None
+    assert final.ended_at >= final.started_at
     assert final.stdout_bytes == 6
     chunks = await collect(manager, status.id)
     assert b"".join(c.data for c in chunks) == b"hello\n"
