@@ -21,8 +21,12 @@ Protocol on the status pipe (text lines, each written atomically):
 
 # Not "signal": it imports enum, which costs milliseconds on every job start.
 import _signal as signal  # type: ignore[import-not-found]
+import _socket
+import array
 import ctypes
+import fcntl
 import os
+import struct
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -58,8 +62,14 @@ def report(fd: int, line: str) -> None:
         pass  # the engine is gone; nothing left to tell
 
 
+_LIBC: ctypes.CDLL | None = None
+
+
 def libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
 
 
 def check(rc: int, what: str) -> None:
@@ -86,10 +96,6 @@ def setup_namespace_inside(hostname: str) -> None:
         "mounting /proc",
     )
     check(c.sethostname(hostname.encode(), len(hostname.encode())), "setting hostname")
-    import _socket
-    import fcntl
-    import struct
-
     sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
     try:
         ifreq = struct.pack("16sH14x", b"lo", 0)
@@ -231,5 +237,73 @@ def main(args: list[str]) -> int:
         return 126
 
 
+def fork_server(control_fd: int) -> int:
+    """Serve launch requests from the engine: fork a warm copy of this process per job.
+
+    A fork of this small, single-threaded, already-initialised interpreter skips the interpreter start-up
+    that otherwise dominates a job's start latency. Requests arrive on a SOCK_SEQPACKET socket: one message
+    ``cwd NUL n NUL env1 ... NUL envn NUL shim-arg ...`` carrying the job's stdout, stderr and status pipes
+    as SCM_RIGHTS; the reply is the launcher's pid. EOF (the engine went away) ends the server.
+    """
+    libc()  # loaded once here, inherited by every launcher
+    sock = _socket.socket(fileno=control_fd)
+    fd_bytes = array.array("i").itemsize * 3
+
+    def reap(_signum: int, _frame: object) -> None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
+    signal.signal(signal.SIGCHLD, reap)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    while True:
+        data, ancdata, _flags, _addr = sock.recvmsg(1 << 17, _socket.CMSG_SPACE(fd_bytes))
+        if not data:
+            return 0
+        fds = array.array("i")
+        for level, kind, payload in ancdata:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+        fields = [os.fsdecode(f) for f in data.split(b"\0")]
+        if len(fds) != 3 or len(fields) < 2:
+            for fd in fds:
+                os.close(fd)
+            sock.send(b"0")
+            continue
+        cwd, count = fields[0], int(fields[1])
+        env, args = fields[2 : 2 + count], fields[2 + count :]
+        pid = os.fork()
+        if pid == 0:
+            code = 126
+            try:
+                sock.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                os.setsid()
+                null = os.open("/dev/null", os.O_RDONLY)
+                os.dup2(null, 0)
+                os.dup2(fds[0], 1)
+                os.dup2(fds[1], 2)
+                os.close(null)
+                ENVIRON.clear()
+                ENVIRON.update(entry.split("=", 1) for entry in env)  # type: ignore[misc]
+                os.chdir(cwd)
+                code = main(["--status-fd", str(fds[2]), *args])
+            except OSError as e:
+                report(fds[2], f"failed {e.errno or 0} {e.strerror}: {e.filename}")
+            except BaseException as e:
+                report(fds[2], f"failed 0 {e!r}")
+            os._exit(code)
+        for fd in fds:
+            os.close(fd)
+        sock.send(b"%d" % pid)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--fork-server"]:
+        sys.exit(fork_server(int(sys.argv[2])))
     sys.exit(main(sys.argv[1:]))

@@ -6,16 +6,23 @@ Python code between fork and exec, so launching is safe from the multi-threaded 
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+log = logging.getLogger("jobworker.engine")
+
 SHIM = Path(__file__).with_name("_shim.py")
+# Bigger requests (huge argv or environments) take the direct path.
+_FORK_SERVER_MAX_REQUEST = 1 << 16
 # Large pipes mean fewer wake-ups of the drainer for chatty jobs; the kernel caps it at pipe-max-size.
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
@@ -58,36 +65,118 @@ class LaunchError(Exception):
         self.errno = errno
 
 
-class Launched:
-    """A running shim: its process, its status, and the read ends of the job's stdout and stderr."""
+class ForkServer:
+    """A warm launcher process (``_shim.py --fork-server``) that forks one launcher per job.
 
-    def __init__(self, spec: LaunchSpec) -> None:
+    Forking a running interpreter takes about a millisecond where starting one takes tens, and the fork
+    happens in that separate single-threaded process, never in the threaded server.
+    """
+
+    def __init__(self) -> None:
+        self._sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(SHIM), "--fork-server", str(child.fileno())],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(child.fileno(),),
+                env={},
+                cwd="/",
+                # Its own session: a Ctrl-C meant for a foreground jw-server must not kill it.
+                start_new_session=True,
+            )
+        finally:
+            child.close()
+        self._sock.setblocking(False)
+        self._lock = asyncio.Lock()
+        self.alive = True
+
+    async def fork(self, spec: LaunchSpec, shim_args: list[str], fds: tuple[int, int, int]) -> int:
+        """Start a launcher for spec; returns its pid. Raises OSError when the fork server is unusable."""
+        env = [f"{k}={v}" for k, v in spec.env.items()]
+        fields = [spec.cwd, str(len(env)), *env, *shim_args]
+        payload = b"\0".join(os.fsencode(f) for f in fields)
+        if len(payload) > _FORK_SERVER_MAX_REQUEST:
+            raise OSError("request too large for the fork server")
         loop = asyncio.get_running_loop()
+        async with self._lock:
+            if not self.alive:
+                raise OSError("the fork server has exited")
+            try:
+                self._sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                reply = await loop.sock_recv(self._sock, 32)
+            except OSError:
+                self.alive = False
+                raise
+        pid = int(reply or b"0")
+        if pid <= 0:
+            self.alive = reply != b""
+            raise OSError("the fork server refused the request")
+        return pid
+
+    def close(self) -> None:
+        """EOF tells the fork server to exit; wait for it."""
+        self.alive = False
+        self._sock.close()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+class Launched:
+    """A running launcher: its status, and the read ends of the job's stdout and stderr."""
+
+    def __init__(
+        self, pid: int, process: subprocess.Popen[bytes] | None, status_fd: int, out_fd: int, err_fd: int
+    ) -> None:
+        self._pid = pid
+        self._process = process
+        self.stdout_fd = out_fd
+        self.stderr_fd = err_fd
+        self.status = ShimStatus()
+        self._status_fd = status_fd
+        self._buffer = b""
+        asyncio.get_running_loop().add_reader(status_fd, self._on_status)
+
+    @classmethod
+    async def start(cls, spec: LaunchSpec, fork_server: ForkServer | None = None) -> Launched:
+        """Launch spec through the fork server when it is usable, else through a fresh shim process."""
         status_r, status_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         for fd in (out_r, err_r):
             with contextlib.suppress(OSError):
                 fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
-        cmd = [sys.executable, "-I", "-S", str(SHIM), "--status-fd", str(status_w)]
+        shim_args: list[str] = []
         for path in spec.procs_files:
-            cmd += ["--cgroup-procs", path]
+            shim_args += ["--cgroup-procs", path]
         if "LC_CTYPE" in spec.env:
-            cmd.append("--keep-lc-ctype")
+            shim_args.append("--keep-lc-ctype")
         if spec.namespaces:
-            cmd += ["--namespaces", "--hostname", spec.hostname]
-        cmd += ["--", spec.exe, *spec.argv]
+            shim_args += ["--namespaces", "--hostname", spec.hostname]
+        shim_args += ["--", spec.exe, *spec.argv]
+        process: subprocess.Popen[bytes] | None = None
         try:
-            self.process = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                pass_fds=(status_w,),
-                env=spec.env,
-                cwd=spec.cwd,
-                start_new_session=True,
-            )
+            pid = 0
+            if fork_server is not None and fork_server.alive:
+                try:
+                    pid = await fork_server.fork(spec, shim_args, (out_w, err_w, status_w))
+                except OSError as e:
+                    log.warning("fork server unusable, launching directly", extra={"error": str(e)})
+            if not pid:
+                # Popen returns once the child has exec'd: fast enough not to need a thread.
+                process = subprocess.Popen(  # noqa: ASYNC220
+                    [sys.executable, "-I", "-S", str(SHIM), "--status-fd", str(status_w), *shim_args],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out_w,
+                    stderr=err_w,
+                    pass_fds=(status_w,),
+                    env=spec.env,
+                    cwd=spec.cwd,
+                    start_new_session=True,
+                )
+                pid = process.pid
         except BaseException:
             for fd in (status_r, out_r, err_r):
                 os.close(fd)
@@ -97,18 +186,12 @@ class Launched:
                 os.close(fd)
         os.set_blocking(out_r, False)
         os.set_blocking(err_r, False)
-        self.stdout_fd = out_r
-        self.stderr_fd = err_r
-        self.status = ShimStatus()
-        self._status_fd = status_r
-        self._buffer = b""
-        self._failure: LaunchError | None = None
-        loop.add_reader(status_r, self._on_status)
+        return cls(pid, process, status_r, out_r, err_r)
 
     @property
     def pgid(self) -> int:
-        """The job's process group (the shim is its leader)."""
-        return self.process.pid
+        """The job's process group (the launcher is its leader)."""
+        return self._pid
 
     async def wait_started(self, limit_seconds: float) -> None:
         """Return once the command runs; raise LaunchError when it could not be started."""
@@ -149,8 +232,9 @@ class Launched:
     def _close_status(self) -> None:
         asyncio.get_running_loop().remove_reader(self._status_fd)
         os.close(self._status_fd)
-        # Every shim process is gone, so the shim has exited: reap it now.
-        code = self.process.wait()
+        # Every launcher process is gone. A directly spawned one is our child: reap it now (the fork
+        # server reaps its own).
+        code = self._process.wait() if self._process is not None else 0
         st = self.status
         if not st.started.done():
             st.started.set_exception(LaunchError(0, f"the job launcher exited with status {code}"))

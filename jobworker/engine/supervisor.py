@@ -57,7 +57,7 @@ class JobSupervisor:
         self._fds = {Stream.STDOUT: launched.stdout_fd, Stream.STDERR: launched.stderr_fd}
         for stream, fd in self._fds.items():
             loop.add_reader(fd, self._drain, stream)
-        self._task = asyncio.create_task(self._supervise(), name=f"job-supervisor-{launched.process.pid}")
+        self._task = asyncio.create_task(self._supervise(), name=f"job-supervisor-{launched.pgid}")
 
     @property
     def pid(self) -> int:

@@ -174,6 +174,7 @@ async def test_limits_over_ceiling_name_the_ceiling(tmp_path: Path) -> None:
     await mgr.open()
     with pytest.raises(InvalidSpecError, match="exceeds the server ceiling of 100"):
         await mgr.start(JobSpec("true", limits=Limits(pids=1000)))
+    await mgr.close()
 
 
 async def test_limits_refused_where_cgroups_are_unavailable(plain_manager: JobManager) -> None:
@@ -297,6 +298,7 @@ async def test_jobs_reload_after_restart(tmp_path: Path) -> None:
     assert reloaded.owner == "al"
     chunks = await collect(second, status.id)
     assert {c.stream: c.data for c in chunks} == {Stream.STDOUT: b"out\n", Stream.STDERR: b"err\n"}
+    await second.close()
 
 
 async def test_close_stops_running_jobs_and_refuses_new_ones(plain_manager: JobManager) -> None:
