@@ -10,7 +10,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncGenerator, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -365,8 +365,11 @@ class JobManager:
         offset: int = 0,
         *,
         follow: bool = True,
-    ) -> AsyncIterator[OutputEvent]:
-        """Output of the selected streams from offset; with follow, live until the job ends."""
+    ) -> AsyncGenerator[OutputEvent, None]:
+        """Output of the selected streams from offset; with follow, live until the job ends.
+
+        Close the generator (``aclose()``) when abandoning it early, so its file descriptor is freed at once.
+        """
         job = self._get(job_id)
         if offset < 0:
             raise InvalidSpecError("offset must not be negative")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 from jobworker.engine.job import OutputChunk, OutputEvent, OutputTruncated, Stream, StreamSelection
@@ -101,7 +101,7 @@ class OutputSpool:
 
     async def follow(
         self, selection: StreamSelection, offset: int = 0, *, follow: bool = True
-    ) -> AsyncIterator[OutputEvent]:
+    ) -> AsyncGenerator[OutputEvent, None]:
         """Yield output of the selected view from offset; with follow, until the spool is complete."""
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:

@@ -1,0 +1,211 @@
+"""Assembling and running a server: engine, JobWorker and health services, mTLS port, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from jobworker import engine
+from jobworker.api import jobworker_pb2_grpc as pb_grpc
+from jobworker.server import tls13
+from jobworker.server.auth import AuthInterceptor
+from jobworker.server.config import MAX_RECEIVE_MESSAGE_BYTES, ServerConfig
+from jobworker.server.jsonlog import fields
+from jobworker.server.service import JobWorkerService
+from jobworker.server.tls import CredentialReloader
+
+_log = logging.getLogger("jobworker.server")
+
+SERVICE_NAME = "jobworker.v1.JobWorker"
+# Streams and in-flight calls get this long beyond the jobs' grace period before being cancelled.
+_STOP_MARGIN_SECONDS = 2.0
+
+_GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+    # grpc defaults to SO_REUSEPORT, which would let a second server silently share our port.
+    ("grpc.so_reuseport", 0),
+    # Notice clients that vanished without closing their connection, so their streams are freed.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+]
+
+
+class ServerStartError(Exception):
+    """The server could not be set up (credentials, port, engine)."""
+
+
+def _bound_address(listen: str, port: int) -> str:
+    host = listen.rsplit(":", 1)[0] if ":" in listen else listen
+    return f"{host}:{port}"
+
+
+class JobWorkerServer:
+    """One server: a grpc.aio server with the JobWorker and health services over one engine."""
+
+    def __init__(
+        self,
+        *,
+        server: grpc.aio.Server,
+        service: JobWorkerService,
+        health_servicer: health.aio.HealthServicer,
+        manager: engine.JobManager,
+        reloader: CredentialReloader,
+        address: str,
+        grace_seconds: float,
+    ) -> None:
+        self._server = server
+        self._service = service
+        self._health = health_servicer
+        self._manager = manager
+        self._reloader = reloader
+        self._address = address
+        self._grace = grace_seconds
+        self._started = False
+        self._closing: asyncio.Future[None] | None = None
+
+    @property
+    def address(self) -> str:
+        """host:port the server listens on, with the real port when 0 was asked for."""
+        return self._address
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port."""
+        return int(self._address.rsplit(":", 1)[1])
+
+    @property
+    def service(self) -> JobWorkerService:
+        """The JobWorker servicer."""
+        return self._service
+
+    @property
+    def manager(self) -> engine.JobManager:
+        """The engine the server runs jobs with."""
+        return self._manager
+
+    async def start(self) -> None:
+        """Start serving and log the bound address with the engine's isolation capabilities."""
+        await self._server.start()
+        self._started = True
+        info = self._manager.info
+        _log.info(
+            "listening",
+            extra=fields(
+                address=self._address,
+                cgroup_driver=info.cgroup_driver,
+                cgroup_reason=info.cgroup_reason,
+                namespaces=info.namespaces,
+                limits_supported=info.limits_supported,
+                tls13_handshake_pinned=tls13.PINNED,
+                server_certificate=self._reloader.material.subject,
+                client_cas=list(self._reloader.material.client_cas),
+            ),
+        )
+
+    def reload_credentials(self) -> bool:
+        """Re-read certificate, key and client CAs now; return whether they were accepted."""
+        return self._reloader.request_reload()
+
+    async def shutdown(self, grace_seconds: float | None = None) -> None:
+        """Stop: health NOT_SERVING, no new calls, streams end, jobs stopped. Idempotent."""
+        if self._closing is None:
+            grace = self._grace if grace_seconds is None else grace_seconds
+            self._closing = asyncio.ensure_future(self._shutdown(grace))
+        await asyncio.shield(self._closing)
+
+    async def _shutdown(self, grace: float) -> None:
+        _log.info("shutting down", extra=fields(grace_seconds=grace))
+        await self._health.enter_graceful_shutdown()
+        stopping = asyncio.ensure_future(self._server.stop(grace + _STOP_MARGIN_SECONDS))
+        self._service.begin_shutdown()
+        try:
+            await self._manager.close(grace)
+        finally:
+            await stopping
+        _log.info("stopped")
+
+    async def wait_for_termination(self) -> None:
+        """Wait until the grpc server has stopped."""
+        await self._server.wait_for_termination()
+
+
+async def build_server(config: ServerConfig, *, manager: engine.JobManager | None = None) -> JobWorkerServer:
+    """Set up a server bound to config.listen (port 0 picks one) without starting it.
+
+    Without `manager`, a JobManager is created from the config and opened; a given manager must be
+    open already. Either way the server owns it and closes it on shutdown. Raises ServerStartError.
+    """
+    try:
+        reloader = CredentialReloader(config.credential_files)
+    except Exception as exc:
+        raise ServerStartError(str(exc)) from exc
+    if manager is None:
+        manager = engine.JobManager(config.engine_config())
+        try:
+            await manager.open()
+        except Exception as exc:
+            raise ServerStartError(f"engine: {exc}") from exc
+    server = grpc.aio.server(interceptors=[AuthInterceptor()], options=_GRPC_OPTIONS)
+    service = JobWorkerService(manager)
+    pb_grpc.add_JobWorkerServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    try:
+        port = server.add_secure_port(config.listen, reloader.credentials())
+    except Exception as exc:
+        port = 0
+        reason = str(exc)
+    else:
+        reason = "the address is in use or invalid"
+    if port == 0:
+        await manager.close(0)
+        raise ServerStartError(f"cannot listen on {config.listen}: {reason}")
+    return JobWorkerServer(
+        server=server,
+        service=service,
+        health_servicer=health_servicer,
+        manager=manager,
+        reloader=reloader,
+        address=_bound_address(config.listen, port),
+        grace_seconds=config.grace_seconds,
+    )
+
+
+async def run_server(
+    config: ServerConfig, *, on_ready: Callable[[JobWorkerServer], None] | None = None
+) -> None:
+    """Run until SIGTERM or SIGINT, reloading credentials on SIGHUP; then shut down gracefully."""
+    server = await build_server(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def on_stop_signal(signum: signal.Signals) -> None:
+        _log.info("signal received", extra=fields(signal=signum.name))
+        stop.set()
+
+    def on_reload_signal() -> None:
+        _log.info("signal received", extra=fields(signal="SIGHUP"))
+        server.reload_credentials()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_stop_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_reload_signal)
+    try:
+        await server.start()
+        if on_ready is not None:
+            on_ready(server)
+        await stop.wait()
+    finally:
+        await server.shutdown()
+        for signum in handled:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)

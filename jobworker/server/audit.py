@@ -1,0 +1,42 @@
+"""The audit trail: one JSON line per RPC on the `jobworker.audit` logger."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+
+from jobworker.server.jsonlog import fields
+
+AUDIT_LOGGER = "jobworker.audit"
+
+_log = logging.getLogger(AUDIT_LOGGER)
+
+
+@dataclass
+class CallRecord:
+    """What the audit line of one call says; handlers fill in `job_id` once they know it."""
+
+    method: str
+    peer: str
+    identity: str = ""
+    role: str = ""
+    job_id: str = ""
+    code: grpc.StatusCode = grpc.StatusCode.OK
+
+
+def log_call(record: CallRecord, duration_s: float) -> None:
+    """Write the audit line of a finished call."""
+    _log.info(
+        "call",
+        extra=fields(
+            identity=record.identity,
+            role=record.role,
+            method=record.method,
+            job_id=record.job_id,
+            code=record.code.name,
+            duration_ms=round(duration_s * 1000, 3),
+            peer=record.peer,
+        ),
+    )

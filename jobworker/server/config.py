@@ -1,0 +1,50 @@
+"""Server settings: what `jw-server` parses from flags and `JW_SERVER_*` variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobworker import engine
+from jobworker.server.tls import CredentialFiles
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+MAX_RECEIVE_MESSAGE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything needed to run one server."""
+
+    listen: str
+    cert: Path
+    key: Path
+    ca: Path
+    state_dir: Path
+    grace_seconds: float = 10.0
+    max_jobs: int = 1000
+    output_cap_bytes: int = 1 << 30
+    default_limits: engine.Limits = field(default_factory=engine.Limits)
+    max_limits: engine.Limits = field(default_factory=engine.Limits)
+    # False runs jobs without cgroups (and refuses limits), for hosts where cgroups misbehave.
+    cgroups: bool = True
+    # Names this server's cgroup subtree; servers sharing a host need distinct prefixes.
+    cgroup_prefix: str = "jobworker"
+
+    @property
+    def credential_files(self) -> CredentialFiles:
+        """The certificate, key and client CA paths."""
+        return CredentialFiles(cert=self.cert, key=self.key, ca=self.ca)
+
+    def engine_config(self) -> engine.EngineConfig:
+        """The engine settings these server settings imply."""
+        return engine.EngineConfig(
+            state_dir=self.state_dir,
+            output_cap_bytes=self.output_cap_bytes,
+            max_running_jobs=self.max_jobs,
+            default_grace_seconds=self.grace_seconds,
+            default_limits=self.default_limits,
+            max_limits=self.max_limits,
+            cgroups=self.cgroups,
+            cgroup_prefix=self.cgroup_prefix,
+        )

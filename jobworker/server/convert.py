@@ -1,0 +1,222 @@
+"""Proto messages <-> engine records, and the request checks that need no engine (ids, sizes)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+
+from google.protobuf import timestamp_pb2
+
+from jobworker import engine
+from jobworker.api import jobworker_pb2 as pb
+from jobworker.server.errors import invalid_argument
+
+MAX_COMMAND_BYTES = 4096
+MAX_ARGS = 4096
+MAX_ARGS_BYTES = 256 * 1024
+MAX_ENV_ENTRIES = 1024
+MAX_ENV_BYTES = 256 * 1024
+MAX_CWD_BYTES = 4096
+MAX_OWNER_BYTES = 256
+MAX_GRACE_SECONDS = 3600.0
+MAX_CHUNK_BYTES = 64 * 1024
+"""Largest `OutputChunk.data` the server sends; longer engine chunks are split."""
+
+_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+_STATES_TO_PROTO: dict[engine.JobState, pb.JobState.ValueType] = {
+    engine.JobState.RUNNING: pb.JOB_STATE_RUNNING,
+    engine.JobState.EXITED: pb.JOB_STATE_EXITED,
+    engine.JobState.SIGNALED: pb.JOB_STATE_SIGNALED,
+    engine.JobState.STOPPED: pb.JOB_STATE_STOPPED,
+    engine.JobState.OOM_KILLED: pb.JOB_STATE_OOM_KILLED,
+    engine.JobState.LOST: pb.JOB_STATE_LOST,
+}
+_STATES_FROM_PROTO: dict[int, engine.JobState] = {v: s for s, v in _STATES_TO_PROTO.items()}
+
+_SELECTIONS: dict[int, engine.StreamSelection] = {
+    pb.STREAM_SELECTION_BOTH: engine.StreamSelection.BOTH,
+    pb.STREAM_SELECTION_STDOUT: engine.StreamSelection.STDOUT,
+    pb.STREAM_SELECTION_STDERR: engine.StreamSelection.STDERR,
+}
+
+_STREAMS: dict[engine.Stream, pb.OutputStream.ValueType] = {
+    engine.Stream.STDOUT: pb.OUTPUT_STREAM_STDOUT,
+    engine.Stream.STDERR: pb.OUTPUT_STREAM_STDERR,
+}
+
+
+def job_id(value: str) -> str:
+    """Return the canonical (lower-case) job id, or raise INVALID_ARGUMENT unless it is a UUID4."""
+    canonical = value.lower()
+    if not _UUID4.fullmatch(canonical):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise invalid_argument(f"job id {shown!r} is not a UUID4")
+    return canonical
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _total(texts: Iterable[str]) -> int:
+    return sum(_utf8_len(t) for t in texts)
+
+
+def limits_from_proto(limits: pb.Limits) -> engine.Limits:
+    """Engine limits from the request; unset fields stay None (server default)."""
+
+    def field(name: str) -> int | None:
+        return int(getattr(limits, name)) if limits.HasField(name) else None  # type: ignore[arg-type]
+
+    return engine.Limits(
+        cpus=limits.cpus if limits.HasField("cpus") else None,
+        memory_bytes=field("memory_bytes"),
+        io_read_bps=field("io_read_bps"),
+        io_write_bps=field("io_write_bps"),
+        pids=field("pids"),
+    )
+
+
+def spec_from_request(request: pb.StartRequest, owner: str) -> engine.JobSpec:
+    """Build the engine's JobSpec, refusing requests over the server's size limits."""
+    if _utf8_len(request.command) > MAX_COMMAND_BYTES:
+        raise invalid_argument(f"command is longer than {MAX_COMMAND_BYTES} bytes")
+    if len(request.args) > MAX_ARGS:
+        raise invalid_argument(f"{len(request.args)} arguments, at most {MAX_ARGS} allowed")
+    if _total(request.args) > MAX_ARGS_BYTES:
+        raise invalid_argument(f"arguments exceed {MAX_ARGS_BYTES} bytes in total")
+    if len(request.env) > MAX_ENV_ENTRIES:
+        raise invalid_argument(f"{len(request.env)} environment variables, at most {MAX_ENV_ENTRIES} allowed")
+    if _total(request.env.keys()) + _total(request.env.values()) > MAX_ENV_BYTES:
+        raise invalid_argument(f"environment exceeds {MAX_ENV_BYTES} bytes in total")
+    if _utf8_len(request.cwd) > MAX_CWD_BYTES:
+        raise invalid_argument(f"cwd is longer than {MAX_CWD_BYTES} bytes")
+    return engine.JobSpec(
+        command=request.command,
+        args=tuple(request.args),
+        env=dict(request.env),
+        cwd=request.cwd or None,
+        limits=limits_from_proto(request.limits),
+        owner=owner,
+    )
+
+
+def grace_seconds(request: pb.StopRequest) -> float | None:
+    """The requested grace period, None for the server default; INVALID_ARGUMENT if out of range."""
+    if not request.HasField("grace_seconds"):
+        return None
+    grace = request.grace_seconds
+    if not math.isfinite(grace) or not 0 <= grace <= MAX_GRACE_SECONDS:
+        raise invalid_argument(f"grace_seconds must be between 0 and {MAX_GRACE_SECONDS:g}")
+    return grace
+
+
+def states_from_proto(values: Iterable[int]) -> set[engine.JobState] | None:
+    """The state filter of a List call, None for all states."""
+    states: set[engine.JobState] = set()
+    for value in values:
+        state = _STATES_FROM_PROTO.get(value)
+        if state is None:
+            raise invalid_argument(f"unknown job state {value} in the filter")
+        states.add(state)
+    return states or None
+
+
+def owner_filter(value: str) -> str:
+    """The owner filter of a List call, checked for size."""
+    if _utf8_len(value) > MAX_OWNER_BYTES:
+        raise invalid_argument(f"owner is longer than {MAX_OWNER_BYTES} bytes")
+    return value
+
+
+def selection_from_proto(value: int) -> engine.StreamSelection:
+    """The engine's stream selection; INVALID_ARGUMENT for values this server does not know."""
+    selection = _SELECTIONS.get(value)
+    if selection is None:
+        raise invalid_argument(f"unknown stream selection {value}")
+    return selection
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    # Splitting first keeps sub-microsecond precision that seconds * 1e9 would lose in a double.
+    whole = math.floor(seconds)
+    nanos = round((seconds - whole) * 1e9)
+    if nanos >= 1_000_000_000:
+        whole, nanos = whole + 1, nanos - 1_000_000_000
+    return timestamp_pb2.Timestamp(seconds=whole, nanos=nanos)
+
+
+def limits_to_proto(limits: engine.Limits) -> pb.Limits:
+    """Proto limits; None fields stay unset."""
+    message = pb.Limits()
+    if limits.cpus is not None:
+        message.cpus = limits.cpus
+    if limits.memory_bytes is not None:
+        message.memory_bytes = limits.memory_bytes
+    if limits.io_read_bps is not None:
+        message.io_read_bps = limits.io_read_bps
+    if limits.io_write_bps is not None:
+        message.io_write_bps = limits.io_write_bps
+    if limits.pids is not None:
+        message.pids = limits.pids
+    return message
+
+
+def status_to_proto(status: engine.JobStatus) -> pb.JobStatus:
+    """The wire form of a job's status."""
+    message = pb.JobStatus(
+        id=status.id,
+        owner=status.owner,
+        command=status.command,
+        args=list(status.args),
+        state=_STATES_TO_PROTO[status.state],
+        pid=status.pid,
+        started_at=_timestamp(status.started_at),
+        limits=limits_to_proto(status.limits),
+        usage=pb.Usage(),
+        stdout_bytes=status.stdout_bytes,
+        stderr_bytes=status.stderr_bytes,
+        output_truncated=status.output_truncated,
+        cwd=status.cwd,
+    )
+    if status.ended_at is not None:
+        message.ended_at.CopyFrom(_timestamp(status.ended_at))
+    if status.exit_code is not None:
+        message.exit_code = status.exit_code
+    if status.signal is not None:
+        message.signal = status.signal
+    if status.usage.cpu_seconds is not None:
+        message.usage.cpu_seconds = status.usage.cpu_seconds
+    if status.usage.memory_peak_bytes is not None:
+        message.usage.memory_peak_bytes = status.usage.memory_peak_bytes
+    return message
+
+
+def stored_bytes(status: engine.JobStatus, selection: engine.StreamSelection) -> int:
+    """Bytes stored so far in the selected view of a job's output."""
+    total = 0
+    if selection.includes(engine.Stream.STDOUT):
+        total += status.stdout_bytes
+    if selection.includes(engine.Stream.STDERR):
+        total += status.stderr_bytes
+    return total
+
+
+def event_to_proto(event: engine.OutputEvent) -> list[pb.StreamOutputResponse]:
+    """Stream messages for one engine event, splitting data into chunks of MAX_CHUNK_BYTES."""
+    if isinstance(event, engine.OutputTruncated):
+        return [pb.StreamOutputResponse(truncated=pb.OutputTruncated(offset=event.offset))]
+    stream = _STREAMS[event.stream]
+    data = event.data
+    return [
+        pb.StreamOutputResponse(
+            chunk=pb.OutputChunk(
+                stream=stream,
+                offset=event.offset + start,
+                data=data[start : start + MAX_CHUNK_BYTES],
+            )
+        )
+        for start in range(0, len(data), MAX_CHUNK_BYTES)
+    ]

@@ -1,0 +1,148 @@
+"""`jw-server`: run the jobworker gRPC server; every flag can also be set as `JW_SERVER_*`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+import jobworker
+from jobworker import engine
+from jobworker.server.app import ServerStartError, run_server
+from jobworker.server.config import DEFAULT_LISTEN, ServerConfig
+from jobworker.server.jsonlog import configure_logging, fields
+
+_log = logging.getLogger("jobworker.server")
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE = re.compile(r"(\d+)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+
+
+class ByteSize(click.ParamType[int, Any]):
+    """A byte count such as 4096, 64M, 1GiB (binary units)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        match = _SIZE.fullmatch(str(value).strip())
+        if match is None:
+            self.fail(f"{value!r} is not a size like 4096, 512K, 64M or 1G", param, ctx)
+        size = int(match.group(1)) * _UNITS[match.group(2).lower()]
+        if size < 1:
+            self.fail("size must be at least 1 byte", param, ctx)
+        return size
+
+
+_EXISTING_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
+_POSITIVE = click.IntRange(min=1)
+_CPUS = click.FloatRange(min=0, min_open=True)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _option(name: str, env: str, **kwargs: Any) -> Callable[[_F], _F]:
+    return click.option(name, envvar=f"JW_SERVER_{env}", show_envvar=True, **kwargs)
+
+
+def _limit_options(func: _F) -> _F:
+    specs: list[tuple[str, click.ParamType[Any, Any], str]] = [
+        ("cpus", _CPUS, "CPU limit (in cores, e.g. 0.5)"),
+        ("memory", ByteSize(), "memory limit"),
+        ("io-read-bps", ByteSize(), "block device read limit (bytes/s)"),
+        ("io-write-bps", ByteSize(), "block device write limit (bytes/s)"),
+        ("pids", _POSITIVE, "process count limit"),
+    ]
+    for name, kind, what in reversed(specs):
+        env = name.upper().replace("-", "_")
+        ceiling = f"Largest {what} a job may ask for."
+        func = _option(f"--max-{name}", f"MAX_{env}", type=kind, help=ceiling)(func)
+        default = f"Job {what} when the request sets none."
+        func = _option(f"--default-{name}", f"DEFAULT_{env}", type=kind, help=default)(func)
+    return func
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@_option("--listen", "LISTEN", default=DEFAULT_LISTEN, help="host:port to listen on (port 0: any).")
+@_option("--cert", "CERT", type=_EXISTING_FILE, required=True, help="Server certificate (PEM).")
+@_option("--key", "KEY", type=_EXISTING_FILE, required=True, help="Server private key (PEM).")
+@_option("--ca", "CA", type=_EXISTING_FILE, required=True, help="CA bundle for client certs.")
+@_option(
+    "--state-dir",
+    "STATE_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/var/lib/jobworker"),
+    help="Where job output and records are kept.",
+)
+@_option(
+    "--grace",
+    "GRACE",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    help="Seconds between SIGTERM and SIGKILL when stopping jobs.",
+)
+@_option("--max-jobs", "MAX_JOBS", type=_POSITIVE, default=1000, help="Running jobs allowed.")
+@_option("--output-cap", "OUTPUT_CAP", type=ByteSize(), default="1G", help="Output kept per job.")
+@_limit_options
+@_option(
+    "--cgroups/--no-cgroups",
+    "CGROUPS",
+    default=True,
+    help="Put jobs in cgroups (needed for limits and usage).",
+)
+@_option(
+    "--cgroup-prefix",
+    "CGROUP_PREFIX",
+    default="jobworker",
+    show_default=True,
+    help="Name of this server's cgroup subtree. Stale job cgroups under it are removed at start-up, "
+    "so servers sharing a host need distinct prefixes.",
+)
+@_option(
+    "--log-level",
+    "LOG_LEVEL",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    help="Lowest level logged.",
+)
+@click.version_option(jobworker.__version__, prog_name="jw-server")
+@click.pass_context
+def main(ctx: click.Context, /, **options: Any) -> None:
+    """Run the jobworker gRPC server (mTLS 1.3 only). SIGHUP reloads certificates; SIGTERM stops."""
+    configure_logging(options["log_level"].upper())
+
+    def limits(prefix: str) -> engine.Limits:
+        return engine.Limits(
+            cpus=options[f"{prefix}_cpus"],
+            memory_bytes=options[f"{prefix}_memory"],
+            io_read_bps=options[f"{prefix}_io_read_bps"],
+            io_write_bps=options[f"{prefix}_io_write_bps"],
+            pids=options[f"{prefix}_pids"],
+        )
+
+    config = ServerConfig(
+        listen=options["listen"],
+        cert=options["cert"],
+        key=options["key"],
+        ca=options["ca"],
+        state_dir=options["state_dir"],
+        grace_seconds=options["grace"],
+        max_jobs=options["max_jobs"],
+        output_cap_bytes=options["output_cap"],
+        default_limits=limits("default"),
+        max_limits=limits("max"),
+        cgroups=options["cgroups"],
+        cgroup_prefix=options["cgroup_prefix"],
+    )
+    try:
+        asyncio.run(run_server(config))
+    except ServerStartError as exc:
+        _log.error("cannot start", extra=fields(error=str(exc)))
+        ctx.exit(1)

@@ -1,0 +1,184 @@
+"""The JobWorker servicer: proto requests -> engine calls -> proto responses.
+
+Authorization already happened in `auth`; handlers only apply the caller's scope, so that a job
+outside it answers exactly like a job that does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+import grpc
+
+from jobworker import engine
+from jobworker.api import jobworker_pb2 as pb
+from jobworker.api import jobworker_pb2_grpc as pb_grpc
+from jobworker.server import convert
+from jobworker.server.auth import Caller, current_caller, note_job_id
+
+_T = TypeVar("_T")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+async def _next(iterator: AsyncIterator[_T]) -> _T:
+    return await anext(iterator)
+
+
+async def _finish(task: asyncio.Future[Any] | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+        await task
+
+
+async def _aclose(iterator: AsyncIterator[Any]) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _keep_running(awaitable: Awaitable[_T]) -> asyncio.Future[_T]:
+    # A stop the client gave up waiting for still completes: the grace period and SIGKILL must run.
+    future = asyncio.ensure_future(awaitable)
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return future
+
+
+class JobWorkerService(pb_grpc.JobWorkerServicer):
+    """Serves the JobWorker API from one JobManager."""
+
+    def __init__(self, manager: engine.JobManager) -> None:
+        self._manager = manager
+        self._shutting_down = False
+        # One future shared by every open stream, so waiting for shutdown costs no task per stream.
+        self._shutdown: asyncio.Future[None] | None = None
+        self._streams = 0
+
+    @property
+    def active_streams(self) -> int:
+        """StreamOutput calls currently open."""
+        return self._streams
+
+    def begin_shutdown(self) -> None:
+        """End every open stream with SERVER_SHUTDOWN; new streams end at once."""
+        self._shutting_down = True
+        if self._shutdown is not None and not self._shutdown.done():
+            self._shutdown.set_result(None)
+
+    def _shutdown_future(self) -> asyncio.Future[None]:
+        if self._shutdown is None:
+            self._shutdown = asyncio.get_running_loop().create_future()
+            if self._shutting_down:
+                self._shutdown.set_result(None)
+        return self._shutdown
+
+    def _visible(self, caller: Caller, job_id: str) -> engine.JobStatus:
+        status = self._manager.status(job_id)
+        if not caller.may_see(status.owner):
+            raise engine.JobNotFoundError(job_id)
+        return status
+
+    async def Start(self, request: pb.StartRequest, context: Context) -> pb.StartResponse:
+        caller = current_caller()
+        spec = convert.spec_from_request(request, owner=caller.identity)
+        status = await self._manager.start(spec)
+        note_job_id(status.id)
+        return pb.StartResponse(job=convert.status_to_proto(status))
+
+    async def Stop(self, request: pb.StopRequest, context: Context) -> pb.StopResponse:
+        caller = current_caller()
+        job_id = convert.job_id(request.job_id)
+        grace = convert.grace_seconds(request)
+        self._visible(caller, job_id)
+        status = await asyncio.shield(_keep_running(self._manager.stop(job_id, grace)))
+        return pb.StopResponse(job=convert.status_to_proto(status))
+
+    async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.GetStatusResponse:
+        caller = current_caller()
+        status = self._visible(caller, convert.job_id(request.job_id))
+        return pb.GetStatusResponse(job=convert.status_to_proto(status))
+
+    async def List(self, request: pb.ListRequest, context: Context) -> pb.ListResponse:
+        caller = current_caller()
+        states = convert.states_from_proto(request.states)
+        owner = caller.owner_filter(convert.owner_filter(request.owner))
+        jobs = self._manager.list(states=states, owner=owner)
+        return pb.ListResponse(jobs=[convert.status_to_proto(s) for s in jobs])
+
+    async def StreamOutput(
+        self, request: pb.StreamOutputRequest, context: Context
+    ) -> AsyncIterator[pb.StreamOutputResponse]:
+        caller = current_caller()
+        job_id = convert.job_id(request.job_id)
+        selection = convert.selection_from_proto(request.streams)
+        self._visible(caller, job_id)
+        self._streams += 1
+        try:
+            stream = self._stream(job_id, selection, request.offset, request.follow)
+            async with contextlib.aclosing(stream) as messages:
+                async for message in messages:
+                    yield message
+        finally:
+            self._streams -= 1
+
+    async def _stream(
+        self, job_id: str, selection: engine.StreamSelection, offset: int, follow: bool
+    ) -> AsyncGenerator[pb.StreamOutputResponse, None]:
+        events = self._manager.follow(job_id, selection, offset, follow=follow)
+        position = offset
+        truncated = False
+        shutdown = self._shutdown_future()
+        pending: asyncio.Future[engine.OutputEvent] | None = None
+        try:
+            while not self._shutting_down:
+                pending = asyncio.ensure_future(_next(events))
+                await asyncio.wait((pending, shutdown), return_when=asyncio.FIRST_COMPLETED)
+                if not pending.done():
+                    break
+                try:
+                    event = pending.result()
+                except StopAsyncIteration:
+                    break
+                finally:
+                    pending = None
+                if isinstance(event, engine.OutputTruncated):
+                    truncated = True
+                else:
+                    position = max(position, event.offset + len(event.data))
+                for message in convert.event_to_proto(event):
+                    yield message
+        finally:
+            await _finish(pending)
+            await _aclose(events)
+        status = self._manager.status(job_id)
+        yield pb.StreamOutputResponse(
+            end=pb.StreamEnd(
+                reason=self._end_reason(status, selection, position, follow),
+                truncated=truncated or status.output_truncated,
+                job=convert.status_to_proto(status),
+            )
+        )
+
+    def _end_reason(
+        self,
+        status: engine.JobStatus,
+        selection: engine.StreamSelection,
+        position: int,
+        follow: bool,
+    ) -> pb.StreamEndReason.ValueType:
+        delivered_all = position >= convert.stored_bytes(status, selection)
+        if status.state.ended and delivered_all:
+            return pb.STREAM_END_REASON_JOB_ENDED
+        if self._shutting_down:
+            return pb.STREAM_END_REASON_SERVER_SHUTDOWN
+        if follow:
+            # A following stream ends early only when the engine is closing under it.
+            if status.state.ended:
+                return pb.STREAM_END_REASON_JOB_ENDED
+            return pb.STREAM_END_REASON_SERVER_SHUTDOWN
+        return pb.STREAM_END_REASON_CAUGHT_UP

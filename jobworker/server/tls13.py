@@ -1,0 +1,27 @@
+"""Pins grpc's TLS stack (BoringSSL) to TLS 1.3 in this process; must run before `import grpc`.
+
+grpcio has no TLS version setting. BoringSSL's cipher list never touches the TLS 1.3 suites, so a
+TLS 1.2 list that nothing can negotiate leaves TLS 1.3 as the only working version. PSK suites need a
+pre-shared-key callback, which neither grpc servers nor grpc clients install, so this works for EC and
+RSA keys alike. grpc reads the variable once, while `import grpc` initialises it; set later it has no
+effect, which is why the auth wrapper also rejects every call not made over TLS 1.3.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+CIPHER_SUITES_ENV = "GRPC_SSL_CIPHER_SUITES"
+TLS12_UNUSABLE_SUITES = "PSK-AES128-CBC-SHA"
+
+
+def pin_tls13() -> bool:
+    """Set the cipher list; return whether it takes effect (False when grpc is already imported)."""
+    effective = "grpc" not in sys.modules or os.environ.get(CIPHER_SUITES_ENV) == TLS12_UNUSABLE_SUITES
+    os.environ[CIPHER_SUITES_ENV] = TLS12_UNUSABLE_SUITES
+    return effective
+
+
+PINNED = pin_tls13()
+"""Whether TLS 1.2 handshakes are refused in this process (and not only TLS 1.2 calls)."""

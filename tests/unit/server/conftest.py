@@ -1,0 +1,102 @@
+"""Fixtures for the server tests: a PKI minted by `pki`, in-process servers, clients by name."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from server_helpers import LogCapture, Pki, Stub, channel_credentials, mint_pki, open_channel, server_config
+
+from jobworker.server import JobWorkerServer, build_server
+
+OpenChannel = Callable[[str | None], grpc.aio.Channel]
+Connect = Callable[[str | None], Stub]
+MakeServer = Callable[..., Awaitable[JobWorkerServer]]
+
+
+class Clients:
+    """Opens client channels as any PKI identity and closes them all at the end."""
+
+    def __init__(self, certs: Pki) -> None:
+        self._certs = certs
+        self._channels: list[grpc.aio.Channel] = []
+
+    def channel(self, port: int, name: str | None) -> grpc.aio.Channel:
+        opened = open_channel(port, channel_credentials(self._certs, name))
+        self._channels.append(opened)
+        return opened
+
+    def stub(self, port: int, name: str | None) -> Stub:
+        return Stub(self.channel(port, name))
+
+    async def close(self) -> None:
+        for opened in self._channels:
+            await opened.close()
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A P-256 PKI shared by the whole session (per xdist worker)."""
+    return mint_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+async def make_server(certs: Pki, tmp_path: Path) -> AsyncIterator[MakeServer]:
+    """make_server(**ServerConfig overrides) -> a started in-process server, shut down afterwards."""
+    servers: list[JobWorkerServer] = []
+
+    async def make(**overrides: Any) -> JobWorkerServer:
+        state_dir = tmp_path / f"state{len(servers)}"
+        running = await build_server(server_config(certs, state_dir, **overrides))
+        servers.append(running)
+        await running.start()
+        return running
+
+    yield make
+    for running in servers:
+        await running.shutdown(1.0)
+
+
+@pytest.fixture
+async def server(make_server: MakeServer) -> JobWorkerServer:
+    """A started in-process server with a real engine."""
+    return await make_server()
+
+
+@pytest.fixture
+async def clients(certs: Pki) -> AsyncIterator[Clients]:
+    """Client channels by identity, to any server."""
+    opened = Clients(certs)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def channel(clients: Clients, server: JobWorkerServer) -> OpenChannel:
+    """channel(name) -> a channel to `server` presenting `name`'s certificate (None: none)."""
+    return lambda name: clients.channel(server.port, name)
+
+
+@pytest.fixture
+def connect(clients: Clients, server: JobWorkerServer) -> Connect:
+    """connect(name) -> a JobWorker stub for `server` presenting `name`'s certificate."""
+    return lambda name: clients.stub(server.port, name)
+
+
+@pytest.fixture
+def logs() -> Iterator[LogCapture]:
+    """Every log record emitted during the test."""
+    handler = LogCapture()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)

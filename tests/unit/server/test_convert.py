@@ -1,0 +1,73 @@
+"""Proto <-> engine conversion without a server."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grpc
+import pytest
+
+from jobworker import engine
+from jobworker.api import jobworker_pb2 as pb
+from jobworker.server import ServiceError, convert
+
+JOB_ID = "1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b"
+
+
+def test_job_ids_are_canonical_uuid4() -> None:
+    assert convert.job_id(JOB_ID.upper()) == JOB_ID
+    for bad in ("", "1b4e28ba2fa14d3ba3f5ef19b5a7633b", "{" + JOB_ID + "}", JOB_ID + "\n", "x" * 1000):
+        with pytest.raises(ServiceError) as info:
+            convert.job_id(bad)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert len(info.value.message) < 100
+
+
+def test_chunks_are_split_with_their_offsets() -> None:
+    size = convert.MAX_CHUNK_BYTES
+    data = bytes(range(256)) * (size * 2 // 256 + 1)
+    messages = convert.event_to_proto(engine.OutputChunk(engine.Stream.STDERR, 1000, data))
+    assert b"".join(m.chunk.data for m in messages) == data
+    assert [m.chunk.offset for m in messages] == [1000 + i * size for i in range(len(messages))]
+    assert {m.chunk.stream for m in messages} == {pb.OUTPUT_STREAM_STDERR}
+    assert max(len(m.chunk.data) for m in messages) == size
+    (mark,) = convert.event_to_proto(engine.OutputTruncated(77))
+    assert mark.truncated.offset == 77
+
+
+def test_unset_limits_stay_unset_both_ways() -> None:
+    request = pb.StartRequest(command="x", limits=pb.Limits(memory_bytes=5, cpus=0.5))
+    limits = convert.spec_from_request(request, owner="walt").limits
+    assert limits == engine.Limits(cpus=0.5, memory_bytes=5)
+    back = convert.limits_to_proto(limits)
+    assert back.HasField("memory_bytes")
+    assert not back.HasField("pids")
+
+
+def test_status_keeps_optional_fields_unset() -> None:
+    status = engine.JobStatus(
+        id=JOB_ID,
+        owner="walt",
+        command="/bin/sleep",
+        args=("1",),
+        cwd="/",
+        state=engine.JobState.RUNNING,
+        pid=42,
+        started_at=1700000000.25,
+    )
+    message = convert.status_to_proto(status)
+    assert message.state == pb.JOB_STATE_RUNNING
+    assert not message.HasField("exit_code")
+    assert not message.HasField("signal")
+    assert not message.HasField("ended_at")
+    assert not message.usage.HasField("cpu_seconds")
+    assert message.started_at.ToNanoseconds() == 1700000000_250000000
+    signaled = dataclasses.replace(status, state=engine.JobState.SIGNALED, signal=9, ended_at=2.0)
+    ended = convert.status_to_proto(signaled)
+    assert (ended.state, ended.signal, ended.ended_at.seconds) == (pb.JOB_STATE_SIGNALED, 9, 2)
+
+
+def test_every_engine_state_has_a_wire_value() -> None:
+    for state in engine.JobState:
+        status = engine.JobStatus(JOB_ID, "o", "c", (), "/", state, 1, 0.0)
+        assert convert.status_to_proto(status).state != pb.JOB_STATE_UNSPECIFIED

@@ -1,0 +1,180 @@
+"""Status codes for bad input and engine failures; messages are one line, never a traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from conftest import Clients, Connect, MakeServer
+from server_helpers import LogCapture, rpc_error, start_job
+
+from jobworker import engine
+from jobworker.api import jobworker_pb2 as pb
+from jobworker.server import JobWorkerServer, convert
+
+BAD = grpc.StatusCode.INVALID_ARGUMENT
+MISSING_ID = "00000000-0000-4000-8000-000000000000"
+
+
+def start(**fields: Any) -> pb.StartRequest:
+    fields.setdefault("command", "/bin/true")
+    return pb.StartRequest(**fields)
+
+
+BAD_STARTS = {
+    "empty command": start(command=""),
+    "NUL in command": start(command="/bin/tr\0ue"),
+    "NUL in an argument": start(args=["a\0b"]),
+    "NUL in an env value": start(env={"A": "x\0y"}),
+    "NUL in an env name": start(env={"A\0B": "x"}),
+    "= in an env name": start(env={"A=B": "x"}),
+    "relative cwd": start(cwd="tmp"),
+    "missing executable": start(command="/nonexistent/program"),
+    "executable not in PATH": start(command="no-such-program-anywhere"),
+    "not executable": start(command="/etc/hostname"),
+    "missing cwd": start(cwd="/nonexistent/dir"),
+    "negative cpus": start(limits=pb.Limits(cpus=-1)),
+    "NaN cpus": start(limits=pb.Limits(cpus=float("nan"))),
+    "zero memory": start(limits=pb.Limits(memory_bytes=0)),
+    "too many arguments": start(args=["x"] * (convert.MAX_ARGS + 1)),
+    "arguments too large": start(args=["x" * 65536] * 5),
+    "too many env entries": start(env={f"V{i}": "" for i in range(convert.MAX_ENV_ENTRIES + 1)}),
+    "env too large": start(env={f"V{i}": "x" * 65536 for i in range(5)}),
+    "command too long": start(command="/" + "x" * convert.MAX_COMMAND_BYTES),
+    "cwd too long": start(cwd="/" + "x" * convert.MAX_CWD_BYTES),
+}
+
+
+@pytest.mark.parametrize("request_", BAD_STARTS.values(), ids=list(BAD_STARTS))
+async def test_bad_start_is_invalid_argument(connect: Connect, request_: pb.StartRequest) -> None:
+    error = await rpc_error(connect("walt").Start(request_))
+    assert error.code() == BAD
+    assert "\n" not in (error.details() or "")
+    assert "Traceback" not in (error.details() or "")
+
+
+async def test_requests_over_the_message_limit_are_refused_by_grpc(connect: Connect) -> None:
+    error = await rpc_error(connect("walt").Start(start(args=["x" * (2 << 20)])))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+MALFORMED_IDS = ["", "abc", "6ba7b810-9dad-11d1-80b4-00c04fd430c8", MISSING_ID + "0", "../etc"]
+
+
+@pytest.mark.parametrize("job_id", MALFORMED_IDS)
+@pytest.mark.parametrize("rpc", ["GetStatus", "Stop", "StreamOutput"])
+async def test_malformed_job_id_is_invalid_argument(connect: Connect, rpc: str, job_id: str) -> None:
+    stub = connect("ada")
+    calls: dict[str, Callable[[], Any]] = {
+        "GetStatus": lambda: stub.GetStatus(pb.GetStatusRequest(job_id=job_id)),
+        "Stop": lambda: stub.Stop(pb.StopRequest(job_id=job_id)),
+        "StreamOutput": lambda: stub.StreamOutput(pb.StreamOutputRequest(job_id=job_id)),
+    }
+    error = await rpc_error(calls[rpc]())
+    assert error.code() == BAD
+    assert "is not a UUID4" in (error.details() or "")
+
+
+async def test_unknown_job_is_not_found_and_ids_are_case_insensitive(connect: Connect) -> None:
+    stub = connect("ada")
+    error = await rpc_error(stub.GetStatus(pb.GetStatusRequest(job_id=MISSING_ID)))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    job = await start_job(stub, "/bin/true")
+    found = await stub.GetStatus(pb.GetStatusRequest(job_id=job.id.upper()))
+    assert found.job.id == job.id
+
+
+async def test_stop_of_a_finished_job_is_failed_precondition(
+    connect: Connect, server: JobWorkerServer
+) -> None:
+    stub = connect("walt")
+    job = await start_job(stub, "/bin/true")
+    await server.manager.wait(job.id)
+    error = await rpc_error(stub.Stop(pb.StopRequest(job_id=job.id)))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+@pytest.mark.parametrize("grace", [-1.0, float("nan"), float("inf"), 1e9])
+async def test_bad_grace_is_invalid_argument(connect: Connect, grace: float) -> None:
+    stub = connect("walt")
+    job = await start_job(stub, "/bin/sleep", "30")
+    error = await rpc_error(stub.Stop(pb.StopRequest(job_id=job.id, grace_seconds=grace)))
+    assert error.code() == BAD
+
+
+@pytest.mark.parametrize("state", [pb.JOB_STATE_UNSPECIFIED, 99])
+async def test_unknown_state_filter_is_invalid_argument(connect: Connect, state: int) -> None:
+    request = pb.ListRequest(states=[state])  # type: ignore[list-item]
+    error = await rpc_error(connect("rita").List(request))
+    assert error.code() == BAD
+
+
+async def test_unknown_stream_selection_is_invalid_argument(connect: Connect) -> None:
+    stub = connect("walt")
+    job = await start_job(stub, "/bin/true")
+    request = pb.StreamOutputRequest(job_id=job.id, streams=7)  # type: ignore[arg-type]
+    error = await rpc_error(stub.StreamOutput(request))
+    assert error.code() == BAD
+
+
+async def test_limit_over_the_server_ceiling_is_invalid_argument(
+    make_server: MakeServer, clients: Clients
+) -> None:
+    server = await make_server(max_limits=engine.Limits(memory_bytes=1 << 30))
+    request = start(limits=pb.Limits(memory_bytes=2 << 30))
+    error = await rpc_error(clients.stub(server.port, "walt").Start(request))
+    assert error.code() == BAD
+    assert "exceeds the server ceiling" in (error.details() or "")
+
+
+async def test_limits_without_cgroups_are_failed_precondition(connect: Connect) -> None:
+    # The test servers run without cgroups, as a host without usable cgroups would.
+    error = await rpc_error(connect("walt").Start(start(limits=pb.Limits(memory_bytes=1 << 26))))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_job_limit_is_resource_exhausted(make_server: MakeServer, clients: Clients) -> None:
+    server = await make_server(max_jobs=1)
+    stub = clients.stub(server.port, "walt")
+    await start_job(stub, "/bin/sleep", "30")
+    error = await rpc_error(stub.Start(start()))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_closed_engine_is_unavailable(connect: Connect, server: JobWorkerServer) -> None:
+    await server.manager.close(0)
+    error = await rpc_error(connect("walt").Start(start()))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_unexpected_failure_is_internal_and_leaks_nothing(
+    connect: Connect, server: JobWorkerServer, monkeypatch: pytest.MonkeyPatch, logs: LogCapture
+) -> None:
+    def explode(**_: object) -> list[engine.JobStatus]:
+        raise RuntimeError("secret detail /var/lib/jobworker/key")
+
+    monkeypatch.setattr(server.manager, "list", explode)
+    error = await rpc_error(connect("ada").List(pb.ListRequest()))
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert error.details() == "internal server error"
+    logged = [r for r in logs.records if r.exc_info and "secret detail" in str(r.exc_info[1])]
+    assert logged, "the traceback is logged on the server side"
+    # The server keeps serving.
+    monkeypatch.undo()
+    assert (await connect("ada").List(pb.ListRequest())).jobs == []
+
+
+async def test_every_call_gets_one_audit_line(connect: Connect, logs: LogCapture) -> None:
+    walt = connect("walt")
+    job = await start_job(walt, "/bin/true")
+    await rpc_error(connect("rita").Stop(pb.StopRequest(job_id=job.id)))
+    await rpc_error(connect("wendy").GetStatus(pb.GetStatusRequest(job_id=job.id)))
+    lines = logs.lines("jobworker.audit")
+    assert [(x["identity"], x["role"], x["method"], x["job_id"], x["code"]) for x in lines] == [
+        ("walt", "writer", "/jobworker.v1.JobWorker/Start", job.id, "OK"),
+        ("rita", "reader", "/jobworker.v1.JobWorker/Stop", job.id, "PERMISSION_DENIED"),
+        ("wendy", "writer", "/jobworker.v1.JobWorker/GetStatus", job.id, "NOT_FOUND"),
+    ]
+    assert all(isinstance(x["duration_ms"], float) and x["msg"] == "call" for x in lines)

@@ -1,0 +1,170 @@
+"""`jw-server`: flags and JW_SERVER_* variables, JSON logs, startup failures, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from click.testing import CliRunner
+from server_helpers import (
+    Pki,
+    ServerProcess,
+    Stub,
+    channel_credentials,
+    next_message,
+    open_channel,
+    read_rest,
+    spawn_server,
+)
+
+from jobworker import engine
+from jobworker.api import jobworker_pb2 as pb
+from jobworker.server import ServerConfig, main
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> list[ServerConfig]:
+    """Configs main() would run, without running a server."""
+    configs: list[ServerConfig] = []
+
+    async def fake_run_server(config: ServerConfig) -> None:
+        configs.append(config)
+
+    monkeypatch.setattr(main, "run_server", fake_run_server)
+    return configs
+
+
+def test_help_names_every_environment_variable() -> None:
+    result = CliRunner().invoke(main.main, ["--help"])
+    assert result.exit_code == 0
+    for name in ("LISTEN", "CERT", "KEY", "CA", "STATE_DIR", "GRACE", "MAX_JOBS", "OUTPUT_CAP"):
+        assert f"JW_SERVER_{name}" in result.output
+    assert "JW_SERVER_MAX_MEMORY" in result.output
+
+
+def test_flags_map_to_the_engine_config(certs: Pki, tmp_path: Path, captured: list[ServerConfig]) -> None:
+    args = [
+        "--cert", str(certs.cert("server")), "--key", str(certs.key("server")),
+        "--ca", str(certs.ca_path), "--state-dir", str(tmp_path),
+        "--max-jobs", "7", "--output-cap", "64M", "--grace", "3.5",
+        "--default-memory", "256M", "--max-memory", "1G", "--max-cpus", "2",
+        "--default-pids", "100", "--max-io-read-bps", "10M",
+    ]  # fmt: skip
+    result = CliRunner().invoke(main.main, args)
+    assert result.exit_code == 0, result.output
+    config = captured[0].engine_config()
+    assert (config.max_running_jobs, config.output_cap_bytes) == (7, 64 << 20)
+    assert config.default_grace_seconds == 3.5
+    assert config.default_limits == engine.Limits(memory_bytes=256 << 20, pids=100)
+    assert config.max_limits == engine.Limits(cpus=2.0, memory_bytes=1 << 30, io_read_bps=10 << 20)
+    assert captured[0].listen == "127.0.0.1:50051"
+
+
+def test_environment_variables_configure_the_server(
+    certs: Pki, tmp_path: Path, captured: list[ServerConfig]
+) -> None:
+    env = {
+        "JW_SERVER_LISTEN": "0.0.0.0:6000",
+        "JW_SERVER_CERT": str(certs.cert("server")),
+        "JW_SERVER_KEY": str(certs.key("server")),
+        "JW_SERVER_CA": str(certs.ca_path),
+        "JW_SERVER_STATE_DIR": str(tmp_path),
+        "JW_SERVER_MAX_JOBS": "3",
+        "JW_SERVER_MAX_MEMORY": "2G",
+    }
+    result = CliRunner().invoke(main.main, [], env=env)
+    assert result.exit_code == 0, result.output
+    config = captured[0]
+    assert (config.listen, config.cert, config.state_dir) == (
+        "0.0.0.0:6000", certs.cert("server"), tmp_path,
+    )  # fmt: skip
+    assert config.max_jobs == 3
+    assert config.max_limits.memory_bytes == 2 << 30
+
+
+@pytest.mark.parametrize("bad", ["lots", "-5M", "0"])
+def test_sizes_are_validated(certs: Pki, captured: list[ServerConfig], bad: str) -> None:
+    args = ["--cert", str(certs.cert("server")), "--key", str(certs.key("server"))]
+    args += ["--ca", str(certs.ca_path), "--output-cap", bad]
+    result = CliRunner().invoke(main.main, args)
+    assert result.exit_code == 2
+    assert captured == []
+
+
+def run_to_exit(certs: Pki, *args: str) -> tuple[int, list[str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JW_")}
+    command = [sys.executable, "-m", "jobworker.server", "--cert", str(certs.cert("server"))]
+    command += ["--ca", str(certs.ca_path), *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    return done.returncode, done.stderr.splitlines()
+
+
+def test_a_key_that_does_not_match_is_a_clean_startup_error(certs: Pki, tmp_path: Path) -> None:
+    code, lines = run_to_exit(
+        certs, "--key", str(certs.key("walt")), "--state-dir", str(tmp_path), "--no-cgroups"
+    )
+    assert code == 1
+    assert len(lines) == 1, lines
+    assert '"msg": "cannot start"' in lines[0]
+    assert "does not match certificate" in lines[0]
+    assert "Traceback" not in lines[0]
+
+
+def test_a_port_in_use_is_a_clean_startup_error(certs: Pki, tmp_path: Path) -> None:
+    first = spawn_server(certs, tmp_path / "one")
+    try:
+        code, lines = run_to_exit(
+            certs, "--key", str(certs.key("server")), "--state-dir", str(tmp_path / "two"),
+            "--listen", first.address, "--no-cgroups",
+        )  # fmt: skip
+    finally:
+        first.terminate()
+    assert code == 1
+    assert "cannot listen on" in lines[-1]
+
+
+def test_sigterm_ends_streams_stops_jobs_and_exits_zero(certs: Pki, tmp_path: Path) -> None:
+    process = spawn_server(certs, tmp_path / "state")
+    try:
+        listening = process.wait_for_log("listening")
+        for key in ("cgroup_driver", "cgroup_reason", "namespaces", "limits_supported"):
+            assert key in listening
+        end, pid = asyncio.run(_follow_while_terminating(process, certs))
+        assert end.reason == pb.STREAM_END_REASON_SERVER_SHUTDOWN
+        assert process.process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+    assert not Path(f"/proc/{pid}").exists(), "the job must not outlive the server"
+    messages = [line["msg"] for line in process.lines]
+    assert "<not json>" not in messages
+    assert messages.index("shutting down") < messages.index("stopped")
+    audit = [line for line in process.lines if line.get("logger") == "jobworker.audit"]
+    assert {(line["identity"], line["method"].rsplit("/", 1)[1]) for line in audit} == {
+        ("walt", "Start"),
+        ("walt", "StreamOutput"),
+    }
+
+
+async def _follow_while_terminating(process: ServerProcess, certs: Pki) -> tuple[Any, int]:
+    channel = open_channel(process.port, channel_credentials(certs, "walt"))
+    try:
+        stub = Stub(channel)
+        request = pb.StartRequest(command="/bin/sh", args=["-c", "echo up; exec sleep 60"])
+        job = (await stub.Start(request)).job
+        call = stub.StreamOutput(pb.StreamOutputRequest(job_id=job.id, follow=True))
+        assert (await next_message(call)).chunk.data == b"up\n"
+        process.process.terminate()
+        rest = await read_rest(call)
+        assert rest, "the stream must end with StreamEnd"
+        late = stub.List(pb.ListRequest(), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await late
+        return rest[-1].end, job.pid
+    finally:
+        await channel.close()
