@@ -26,9 +26,15 @@ class CallRecord:
     code: grpc.StatusCode = grpc.StatusCode.OK
 
 
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+
 def log_call(record: CallRecord, duration_s: float) -> None:
     """Write the audit line of a finished call."""
-    _log.info(
+    # A container healthcheck probes every few seconds; successful probes would drown the real calls.
+    quiet = record.method.startswith(_HEALTH_PREFIX) and record.code is grpc.StatusCode.OK
+    _log.log(
+        logging.DEBUG if quiet else logging.INFO,
         "call",
         extra=fields(
             identity=record.identity,
