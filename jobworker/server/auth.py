@@ -148,6 +148,7 @@ def authorize(method: str, peer: PeerCertificate) -> Caller | None:
 class _Call:
     record: CallRecord
     caller: Caller | None = None
+    logged: bool = False
 
 
 _CURRENT: contextvars.ContextVar[_Call] = contextvars.ContextVar("jobworker_call")
@@ -249,7 +250,9 @@ def _admit(call: _Call, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     call.caller = authorize(call.record.method, peer)
 
 
-async def _fail(call: _Call, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
+async def _fail(
+    call: _Call, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, started: float
+) -> NoReturn:
     record = call.record
     if not isinstance(exc, Exception):
         # CancelledError (the client went away), GeneratorExit (the stream was closed) and the like.
@@ -263,6 +266,9 @@ async def _fail(call: _Call, context: grpc.aio.ServicerContext[Any, Any], exc: B
         _log.error("unexpected error in %s", record.method, exc_info=exc)
         status = (grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
     record.code = status[0]
+    # abort() sends the status at once: audit first, so the line exists before the client sees the error.
+    log_call(record, time.monotonic() - started)
+    call.logged = True
     await context.abort(*status)
 
 
@@ -274,9 +280,10 @@ def _wrap_unary(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
             _admit(call, context)
             return await behavior(request, context)
         except BaseException as exc:
-            await _fail(call, context, exc)
+            await _fail(call, context, exc, started)
         finally:
-            log_call(call.record, time.monotonic() - started)
+            if not call.logged:
+                log_call(call.record, time.monotonic() - started)
 
     return wrapped
 
@@ -298,8 +305,9 @@ def _wrap_stream(method: str, behavior: StreamBehavior) -> StreamBehavior:
                 if aclose is not None:
                     await aclose()
         except BaseException as exc:
-            await _fail(call, context, exc)
+            await _fail(call, context, exc, started)
         finally:
-            log_call(call.record, time.monotonic() - started)
+            if not call.logged:
+                log_call(call.record, time.monotonic() - started)
 
     return wrapped

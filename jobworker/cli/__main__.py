@@ -1,0 +1,5 @@
+"""`python -m jobworker.cli` runs `jw`."""
+
+from jobworker.cli import main
+
+main()

@@ -1,0 +1,433 @@
+"""The `jw` click application: global connection options, one command per operation."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from click.shell_completion import CompletionItem
+
+from jobworker.cli._exit import ConnectionExit, ExitCode, exit_for
+from jobworker.cli._follow import OutputPump
+from jobworker.cli._params import DURATION, ENV_ENTRY, POSITIVE_DURATION, SIZE
+from jobworker.cli._render import job_details, job_json, job_table
+from jobworker.client import (
+    DEFAULT_TIMEOUT,
+    Client,
+    ClientConfig,
+    ClientError,
+    ConnectionFailedError,
+    FailedPreconditionError,
+    JobInfo,
+    JobState,
+    Limits,
+    StreamEnd,
+    StreamEndReason,
+    StreamSelection,
+    load_config,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EPILOG = """\b
+Exit codes:
+  0    success
+  1    other error (server error, server at capacity, jw health: not serving)
+  2    usage or configuration error (bad option, unusable cert/key/CA file,
+       request rejected as invalid by the server)
+  3    connection or TLS error (unreachable, timed out, certificate refused)
+  4    job not found
+  5    permission denied (role not allowed, or identity not accepted)
+  6    failed precondition (e.g. stopping a job that has already ended)
+  130  interrupted by Ctrl-C (jw run: detached, the job keeps running)
+jw run exits with the job's own code instead: 128+N if signal N killed it
+(137 for an OOM kill).
+
+\b
+Connection settings, per setting: option > environment (JW_SERVER, JW_CA,
+JW_CERT, JW_KEY) > profile (--profile, JW_PROFILE or default_profile) in
+$XDG_CONFIG_HOME/jw/config.toml. Sizes use binary units (k=1024, M=1024k);
+durations look like 500ms, 10s, 1m30s.
+
+\b
+Shell completion (bash; zsh_source and fish_source for other shells):
+  eval "$(_JW_COMPLETE=bash_source jw)"
+"""
+
+# Options stop at the command: `jw run -- ls -la` and `jw run ls -la` both pass -la to ls.
+_JOB_CONTEXT = {"allow_interspersed_args": False}
+_ALIASES = {"ps": "list"}
+_STATE_CHOICES = [state.value for state in JobState if state is not JobState.UNKNOWN]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The global options; the client is built from them only when a command needs it."""
+
+    server: str | None
+    ca: Path | None
+    cert: Path | None
+    key: Path | None
+    profile: str | None
+    timeout: float
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Settings:
+        """Build from the root context's parameters."""
+        return cls(
+            server=params.get("server"),
+            ca=params.get("ca"),
+            cert=params.get("cert"),
+            key=params.get("key"),
+            profile=params.get("profile"),
+            timeout=params.get("timeout") or DEFAULT_TIMEOUT,
+        )
+
+    def config(self) -> ClientConfig:
+        """Resolve the connection settings (options > environment > config file)."""
+        return load_config(server=self.server, ca=self.ca, cert=self.cert, key=self.key, profile=self.profile)
+
+    def connect(self, timeout: float | None = None) -> Client:
+        """Open a client with the resolved settings."""
+        return Client(self.config(), timeout=timeout or self.timeout)
+
+
+class JwGroup(click.Group):
+    """Resolves aliases and turns client errors into exit-coded one-line errors."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, _ALIASES.get(cmd_name, cmd_name))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClientError as exc:
+            raise exit_for(exc) from exc
+
+
+def _connect(ctx: click.Context) -> Client:
+    settings = ctx.find_object(Settings)
+    assert settings is not None, "the jw group stores Settings before any command runs"
+    client = settings.connect()
+    ctx.call_on_close(client.close)
+    return client
+
+
+def _complete_job_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    # Completion must never print errors into the user's shell: any failure means no candidates.
+    try:
+        settings = Settings.from_params(ctx.find_root().params)
+        with settings.connect(timeout=2) as client:
+            jobs = client.list()
+    except Exception:
+        return []
+    return [
+        CompletionItem(job.id, help=f"{job.state.value}  {job.command}")
+        for job in jobs
+        if job.id.startswith(incomplete)
+    ]
+
+
+def _job_id_argument(f: F) -> F:
+    return click.argument("job_id", metavar="ID", shell_complete=_complete_job_id)(f)
+
+
+def _json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(f)
+
+
+def _job_options(f: F) -> F:
+    options = [
+        click.option(
+            "--cpus",
+            type=click.FloatRange(min=0, min_open=True),
+            help="CPU limit as a fraction of one core (0.5 = half a core, 2 = two cores).",
+        ),
+        click.option("--memory", type=SIZE, help="Memory limit, e.g. 256M or 1G."),
+        click.option("--io-read-bps", type=SIZE, help="Disk read limit in bytes/s, e.g. 10M."),
+        click.option("--io-write-bps", type=SIZE, help="Disk write limit in bytes/s, e.g. 10M."),
+        click.option("--pids", type=click.IntRange(min=1), help="Maximum number of processes."),
+        click.option(
+            "--env",
+            "-e",
+            "env",
+            type=ENV_ENTRY,
+            multiple=True,
+            help="Set KEY=VALUE in the job's environment (repeatable); KEY alone passes "
+            "this shell's value. Jobs never inherit the server's environment.",
+        ),
+        click.option("--cwd", metavar="DIR", help="Working directory of the job on the server."),
+        click.argument(
+            "command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="[--] CMD [ARGS]..."
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What start and run ask the server to run."""
+
+    command: str
+    args: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str | None
+    limits: Limits | None
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> JobSpec:
+        """Build from the values of the options added by `_job_options`."""
+        limits = Limits(
+            cpus=options["cpus"],
+            memory_bytes=options["memory"],
+            io_read_bps=options["io_read_bps"],
+            io_write_bps=options["io_write_bps"],
+            pids=options["pids"],
+        )
+        command, *args = options["command"]
+        return cls(
+            command=command,
+            args=tuple(args),
+            env=dict(options["env"]),
+            cwd=options["cwd"],
+            limits=None if limits == Limits() else limits,
+        )
+
+    def start(self, client: Client) -> JobInfo:
+        """Start this job through `client`."""
+        return client.start(self.command, self.args, env=self.env, cwd=self.cwd, limits=self.limits)
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
+def _resume_hint(job_id: str, offset: int, streams: StreamSelection) -> str:
+    selection = "" if streams == "both" else f" --{streams}"
+    return f"jw logs -f{selection} --offset {offset} {job_id}"
+
+
+def _follow(client: Client, pump: OutputPump, streams: StreamSelection, *, follow: bool) -> StreamEnd:
+    try:
+        end = pump.pump(client.stream(pump.job_id, streams=streams, offset=pump.offset, follow=follow))
+    except ConnectionFailedError as exc:
+        hint = _resume_hint(pump.job_id, pump.offset, streams)
+        raise ConnectionExit(f"{exc.message}; resume with: {hint}") from exc
+    if end is None or end.reason is StreamEndReason.SERVER_SHUTDOWN:
+        what = "the server shut down" if end else "the output stream broke off"
+        hint = _resume_hint(pump.job_id, pump.offset, streams)
+        raise ConnectionExit(f"{what} while streaming job {pump.job_id}; resume with: {hint}")
+    return end
+
+
+def _job_exit_code(job: JobInfo) -> int:
+    if job.state is JobState.OOM_KILLED:
+        click.echo(f"jw: job {job.id} was OOM-killed (it reached its memory limit)", err=True)
+        return 128 + (job.signal or 9)
+    if job.state is JobState.LOST:
+        click.echo(f"jw: the server lost track of job {job.id} (it restarted)", err=True)
+        return ExitCode.ERROR
+    code = job.shell_exit_code
+    if code is None:
+        click.echo(f"jw: job {job.id} ended in state {job.state.value}", err=True)
+        return ExitCode.ERROR
+    return code
+
+
+@click.group(
+    cls=JwGroup,
+    epilog=EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.option("--server", metavar="HOST:PORT", help="Server address.  [env: JW_SERVER]")
+@click.option("--ca", type=click.Path(path_type=Path), help="CA certificate (PEM).  [env: JW_CA]")
+@click.option("--cert", type=click.Path(path_type=Path), help="Client certificate (PEM).  [env: JW_CERT]")
+@click.option("--key", type=click.Path(path_type=Path), help="Client private key (PEM).  [env: JW_KEY]")
+@click.option("--profile", help="Profile of the config file to use.  [env: JW_PROFILE]")
+@click.option(
+    "--timeout",
+    type=POSITIVE_DURATION,
+    default=f"{DEFAULT_TIMEOUT:g}s",
+    envvar="JW_TIMEOUT",
+    show_default=True,
+    help="How long to wait for the server to connect and answer.  [env: JW_TIMEOUT]",
+)
+@click.version_option(package_name="jobworker", prog_name="jw")
+@click.pass_context
+def jw(
+    ctx: click.Context,
+    server: str | None,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    profile: str | None,
+    timeout: float,
+) -> None:
+    """Run and watch jobs on a jobworker server."""
+    ctx.obj = Settings(server=server, ca=ca, cert=cert, key=key, profile=profile, timeout=timeout)
+
+
+@jw.command(context_settings=_JOB_CONTEXT)
+@_json_option
+@_job_options
+@click.pass_context
+def start(ctx: click.Context, /, as_json: bool, **options: Any) -> None:
+    """Start a job and print its id.
+
+    \b
+    Example:  id=$(jw start --memory 256M -- make -j4)
+    """
+    job = JobSpec.from_options(options).start(_connect(ctx))
+    if as_json:
+        _echo_json(job_json(job))
+    else:
+        click.echo(job.id)
+
+
+@jw.command(context_settings=_JOB_CONTEXT)
+@click.option(
+    "--stop-on-interrupt",
+    is_flag=True,
+    help="On Ctrl-C stop the job (SIGTERM, SIGKILL after the server's grace period) "
+    "instead of detaching from it.",
+)
+@_job_options
+@click.pass_context
+def run(ctx: click.Context, /, stop_on_interrupt: bool, **options: Any) -> None:
+    """Start a job, stream its output and exit with its exit code.
+
+    Output is copied byte for byte: the job's stdout to stdout, its stderr to stderr.
+    Ctrl-C detaches (the job keeps running) unless --stop-on-interrupt is given.
+    """
+    client = _connect(ctx)
+    job = JobSpec.from_options(options).start(client)
+    pump = OutputPump(job.id)
+    try:
+        end = _follow(client, pump, "both", follow=True)
+    except KeyboardInterrupt:
+        if not stop_on_interrupt:
+            click.echo(f"jw: detached; job {job.id} keeps running", err=True)
+            click.echo(f"jw: reattach with: {_resume_hint(job.id, pump.offset, 'both')}", err=True)
+            ctx.exit(ExitCode.INTERRUPTED)
+        click.echo(f"jw: interrupted; stopping job {job.id}", err=True)
+        # It may have ended on its own meanwhile; then its own outcome is what we report.
+        with contextlib.suppress(FailedPreconditionError):
+            client.stop(job.id)
+        end = _follow(client, pump, "both", follow=True)
+    ctx.exit(_job_exit_code(end.job or client.status(job.id)))
+
+
+@jw.command()
+@_job_id_argument
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming new output until the job ends.")
+@click.option("--stdout", "stdout_only", is_flag=True, help="Only the job's stdout.")
+@click.option("--stderr", "stderr_only", is_flag=True, help="Only the job's stderr.")
+@click.option(
+    "--offset",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Start at this byte of the selected output (both streams interleaved by default).",
+)
+@click.pass_context
+def logs(
+    ctx: click.Context,
+    job_id: str,
+    follow: bool,
+    stdout_only: bool,
+    stderr_only: bool,
+    offset: int,
+) -> None:
+    """Print a job's output; -f follows it until the job ends.
+
+    Output is copied byte for byte: the job's stdout to stdout, its stderr to stderr.
+    """
+    if stdout_only and stderr_only:
+        raise click.UsageError("--stdout and --stderr are mutually exclusive; omit both for both")
+    streams: StreamSelection = "stdout" if stdout_only else "stderr" if stderr_only else "both"
+    client = _connect(ctx)
+    try:
+        _follow(client, OutputPump(job_id, offset), streams, follow=follow)
+    except KeyboardInterrupt:
+        ctx.exit(ExitCode.INTERRUPTED)
+
+
+@jw.command()
+@_job_id_argument
+@click.option(
+    "--grace",
+    type=DURATION,
+    help="Time between SIGTERM and SIGKILL, e.g. 10s or 500ms.  [default: the server's, 10s]",
+)
+@_json_option
+@click.pass_context
+def stop(ctx: click.Context, job_id: str, grace: float | None, as_json: bool) -> None:
+    """Stop a running job and print its id once it is gone."""
+    job = _connect(ctx).stop(job_id, grace_seconds=grace)
+    if as_json:
+        _echo_json(job_json(job))
+    else:
+        click.echo(job.id)
+
+
+@jw.command()
+@_job_id_argument
+@_json_option
+@click.pass_context
+def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Show the status of a job."""
+    job = _connect(ctx).status(job_id)
+    if as_json:
+        _echo_json(job_json(job))
+    else:
+        click.echo(job_details(job, datetime.now(UTC)))
+
+
+@jw.command("list")
+@click.option(
+    "--state",
+    "states",
+    type=click.Choice(_STATE_CHOICES),
+    multiple=True,
+    help="Only jobs in this state (repeatable).",
+)
+@click.option("--owner", help="Only jobs of this owner (readers and admins).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the job ids.")
+@_json_option
+@click.pass_context
+def list_jobs(
+    ctx: click.Context, states: tuple[str, ...], owner: str | None, quiet: bool, as_json: bool
+) -> None:
+    """List jobs, newest first (alias: ps)."""
+    if quiet and as_json:
+        raise click.UsageError("--quiet and --json are mutually exclusive")
+    jobs = _connect(ctx).list(states=[JobState(s) for s in states], owner=owner)
+    if as_json:
+        _echo_json([job_json(job) for job in jobs])
+    elif quiet:
+        for job in jobs:
+            click.echo(job.id)
+    else:
+        click.echo(job_table(jobs, datetime.now(UTC)))
+
+
+@jw.command()
+@click.pass_context
+def health(ctx: click.Context) -> None:
+    """Exit 0 if the server is serving, else 1 (for health checks)."""
+    serving = _connect(ctx).health()
+    click.echo("SERVING" if serving else "NOT_SERVING")
+    if not serving:
+        ctx.exit(ExitCode.ERROR)
+
+
+def main() -> None:
+    """Entry point of the `jw` console script."""
+    jw(prog_name="jw")

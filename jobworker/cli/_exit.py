@@ -1,0 +1,91 @@
+"""Exit codes of `jw`, and the one mapping from client errors to ClickExceptions carrying them."""
+
+from __future__ import annotations
+
+import enum
+from typing import IO, Any
+
+import click
+
+from jobworker.client import (
+    AuthenticationError,
+    ClientError,
+    ConfigError,
+    ConnectionFailedError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit statuses of `jw` (besides `jw run`, which returns the job's own)."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    CONNECTION = 3
+    NOT_FOUND = 4
+    PERMISSION = 5
+    PRECONDITION = 6
+    # What a shell reports for a process ended by Ctrl-C (128 + SIGINT).
+    INTERRUPTED = 130
+
+
+class JwError(click.ClickException):
+    """A one-line error with its exit code; printed as `Error: ...` on stderr."""
+
+    exit_code = ExitCode.ERROR
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"Error: {self.format_message()}", file=file, err=file is None)
+
+
+class UsageExit(JwError):
+    """Connection settings or credential files are unusable (a usage error, no usage text)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ConnectionExit(JwError):
+    """The server is unreachable or the TLS handshake failed."""
+
+    exit_code = ExitCode.CONNECTION
+
+
+class NotFoundExit(JwError):
+    """No such job (or not visible to us)."""
+
+    exit_code = ExitCode.NOT_FOUND
+
+
+class PermissionExit(JwError):
+    """The server refused who we are or what our role may do."""
+
+    exit_code = ExitCode.PERMISSION
+
+
+class PreconditionExit(JwError):
+    """The operation does not apply to the job's state (e.g. stop of a finished job)."""
+
+    exit_code = ExitCode.PRECONDITION
+
+
+_BY_ERROR: tuple[tuple[type[ClientError], type[JwError]], ...] = (
+    (ConfigError, UsageExit),
+    (InvalidArgumentError, UsageExit),
+    (ConnectionFailedError, ConnectionExit),
+    (NotFoundError, NotFoundExit),
+    (PermissionDeniedError, PermissionExit),
+    (AuthenticationError, PermissionExit),
+    (FailedPreconditionError, PreconditionExit),
+)
+
+
+def exit_for(error: ClientError) -> JwError:
+    """Map a client error to the ClickException that reports it with the right exit code."""
+    for client_type, exit_type in _BY_ERROR:
+        if isinstance(error, client_type):
+            return exit_type(error.message)
+    return JwError(error.message)

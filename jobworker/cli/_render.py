@@ -1,0 +1,205 @@
+"""What `jw` prints: humanised sizes, durations and tables, and the stable JSON form of a job."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from jobworker.client import JobInfo, JobState, Limits
+
+_COMMAND_WIDTH = 48
+_SIZE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def format_size(count: int) -> str:
+    """`512B`, `1.5KiB`, `256MiB`: binary units, three significant digits at most."""
+    if count < 1024:
+        return f"{count}B"
+    value = float(count)
+    for unit in _SIZE_UNITS:
+        value /= 1024
+        if value < 1024 or unit == _SIZE_UNITS[-1]:
+            text = f"{value:.1f}" if value < 100 else f"{value:.0f}"
+            return f"{text.removesuffix('.0')}{unit}"
+    raise AssertionError("unreachable")
+
+
+def format_duration(span: timedelta) -> str:
+    """`350ms`, `4.2s`, `42s`, `3m12s`, `2h05m`, `3d04h`."""
+    seconds = span.total_seconds()
+    if seconds < 1:
+        return f"{max(seconds, 0) * 1000:.0f}ms"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def format_ago(moment: datetime, now: datetime) -> str:
+    """`just now`, `12s ago`, `3m ago`, `2h ago`, `4d ago`."""
+    seconds = int((now - moment).total_seconds())
+    if seconds < 1:
+        return "just now"
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def signal_name(number: int) -> str:
+    """`SIGKILL` for 9; `signal 64` for numbers without a name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def command_line(job: JobInfo) -> str:
+    """The job's command as a shell would quote it."""
+    return shlex.join([job.command, *job.args])
+
+
+def outcome(job: JobInfo) -> str:
+    """`0`, `3`, `SIGKILL` or `-` while running: the EXIT column."""
+    if job.exit_code is not None:
+        return str(job.exit_code)
+    if job.signal is not None:
+        return signal_name(job.signal)
+    return "-"
+
+
+def describe_state(job: JobInfo) -> str:
+    """`running`, `exited (code 3)`, `stopped (SIGTERM)`, `oom_killed (SIGKILL)`."""
+    if job.exit_code is not None:
+        return f"{job.state.value} (code {job.exit_code})"
+    if job.signal is not None and job.state is not JobState.RUNNING:
+        return f"{job.state.value} ({signal_name(job.signal)})"
+    return job.state.value
+
+
+def _timestamp(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def limits_json(limits: Limits) -> dict[str, Any]:
+    """Limits as JSON, unset ones as null."""
+    return {
+        "cpus": limits.cpus,
+        "memory_bytes": limits.memory_bytes,
+        "io_read_bps": limits.io_read_bps,
+        "io_write_bps": limits.io_write_bps,
+        "pids": limits.pids,
+    }
+
+
+def job_json(job: JobInfo) -> dict[str, Any]:
+    """The stable JSON object of a job printed by `--json`."""
+    return {
+        "id": job.id,
+        "owner": job.owner,
+        "command": job.command,
+        "args": list(job.args),
+        "state": job.state.value,
+        "exit_code": job.exit_code,
+        "signal": job.signal,
+        "pid": job.pid,
+        "started_at": _timestamp(job.started_at),
+        "ended_at": _timestamp(job.ended_at),
+        "limits": limits_json(job.limits),
+        "usage": {
+            "cpu_seconds": job.usage.cpu_seconds,
+            "memory_peak_bytes": job.usage.memory_peak_bytes,
+        },
+        "stdout_bytes": job.stdout_bytes,
+        "stderr_bytes": job.stderr_bytes,
+        "output_truncated": job.output_truncated,
+        "cwd": job.cwd,
+    }
+
+
+def _truncate(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def job_table(jobs: Sequence[JobInfo], now: datetime) -> str:
+    """The `jw list` table, newest first."""
+    header = ("ID", "OWNER", "STATE", "EXIT", "STARTED", "DURATION", "COMMAND")
+    ordered = sorted(jobs, key=lambda j: j.started_at or datetime.min.replace(tzinfo=UTC), reverse=True)
+    rows = [header]
+    for job in ordered:
+        duration = job.duration(now)
+        rows.append(
+            (
+                job.id,
+                job.owner,
+                job.state.value,
+                outcome(job),
+                format_ago(job.started_at, now) if job.started_at else "-",
+                format_duration(duration) if duration is not None else "-",
+                _truncate(command_line(job), _COMMAND_WIDTH),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def _limits_text(limits: Limits) -> str:
+    parts = []
+    if limits.cpus is not None:
+        parts.append(f"cpus={limits.cpus:g}")
+    if limits.memory_bytes is not None:
+        parts.append(f"memory={format_size(limits.memory_bytes)}")
+    if limits.io_read_bps is not None:
+        parts.append(f"io-read={format_size(limits.io_read_bps)}/s")
+    if limits.io_write_bps is not None:
+        parts.append(f"io-write={format_size(limits.io_write_bps)}/s")
+    if limits.pids is not None:
+        parts.append(f"pids={limits.pids}")
+    return " ".join(parts) or "server defaults"
+
+
+def job_details(job: JobInfo, now: datetime) -> str:
+    """The `jw status` block: one `Field: value` line per aspect of the job."""
+    duration = job.duration(now)
+    usage = []
+    if job.usage.cpu_seconds is not None:
+        usage.append(f"cpu {job.usage.cpu_seconds:.2f}s")
+    if job.usage.memory_peak_bytes is not None:
+        usage.append(f"peak memory {format_size(job.usage.memory_peak_bytes)}")
+    output = f"stdout {format_size(job.stdout_bytes)}, stderr {format_size(job.stderr_bytes)}"
+    if job.output_truncated:
+        output += " (truncated at the server's cap)"
+    fields = [
+        ("ID", job.id),
+        ("Owner", job.owner),
+        ("Command", command_line(job)),
+        ("State", describe_state(job)),
+        ("PID", str(job.pid) if job.pid else "-"),
+        (
+            "Started",
+            f"{_timestamp(job.started_at)} ({format_ago(job.started_at, now)})" if job.started_at else "-",
+        ),
+        ("Ended", _timestamp(job.ended_at) or "-"),
+        ("Duration", format_duration(duration) if duration is not None else "-"),
+        ("Limits", _limits_text(job.limits)),
+        ("Usage", ", ".join(usage) or "not measured"),
+        ("Output", output),
+        ("Cwd", job.cwd or "-"),
+    ]
+    width = max(len(name) for name, _ in fields) + 1
+    return "\n".join(f"{name + ':':<{width}} {value}" for name, value in fields)

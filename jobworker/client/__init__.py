@@ -1,0 +1,74 @@
+"""Typed client library for jobworker: the `jw` CLI, the e2e tests and the benchmarks use it.
+
+TLS 1.3 only: grpcio has no TLS-version knob, so before grpc is first imported we restrict the
+TLS <= 1.2 cipher list to a PSK suite that no certificate-based server can negotiate. TLS 1.3
+suites are not governed by that list, so TLS 1.3 keeps working (ECDSA and RSA keys alike) while a
+server offering only TLS 1.2 fails the handshake. grpc reads the variable once, at import: a
+process that imports grpc before this package (and without the variable set) is not restricted.
+"""
+# ruff: noqa: E402
+
+import os
+
+_TLS13_ONLY_CIPHERS = "PSK-AES128-CBC-SHA"
+os.environ.setdefault("GRPC_SSL_CIPHER_SUITES", _TLS13_ONLY_CIPHERS)
+
+from jobworker.client._async_client import AsyncClient
+from jobworker.client._client import Client
+from jobworker.client._config import ClientConfig, default_config_path, load_config
+from jobworker.client._connection import DEFAULT_TIMEOUT
+from jobworker.client._errors import (
+    AuthenticationError,
+    ClientError,
+    ConfigError,
+    ConnectionFailedError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    ServerError,
+)
+from jobworker.client._types import (
+    JobInfo,
+    JobState,
+    Limits,
+    OutputChunk,
+    OutputEvent,
+    OutputStream,
+    OutputTruncated,
+    StreamEnd,
+    StreamEndReason,
+    StreamSelection,
+    Usage,
+)
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "AsyncClient",
+    "AuthenticationError",
+    "Client",
+    "ClientConfig",
+    "ClientError",
+    "ConfigError",
+    "ConnectionFailedError",
+    "FailedPreconditionError",
+    "InvalidArgumentError",
+    "JobInfo",
+    "JobState",
+    "Limits",
+    "NotFoundError",
+    "OutputChunk",
+    "OutputEvent",
+    "OutputStream",
+    "OutputTruncated",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "ServerError",
+    "StreamEnd",
+    "StreamEndReason",
+    "StreamSelection",
+    "Usage",
+    "default_config_path",
+    "load_config",
+]

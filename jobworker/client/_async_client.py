@@ -1,0 +1,125 @@
+"""The asyncio client (grpc.aio) with the same methods as Client, for fan-out and benchmarks."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncIterator, Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from jobworker.api import jobworker_pb2_grpc
+from jobworker.client import _convert
+from jobworker.client._config import ClientConfig
+from jobworker.client._connection import DEFAULT_TIMEOUT, Connection
+from jobworker.client._types import JobInfo, JobState, Limits, OutputEvent, StreamSelection
+
+
+class AsyncClient:
+    """An asyncio jobworker client; create it inside the running event loop."""
+
+    def __init__(self, config: ClientConfig, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._conn = Connection(config, timeout)
+        self._channel = grpc.aio.secure_channel(
+            config.server, self._conn.credentials, options=self._conn.options
+        )
+        self._stub = jobworker_pb2_grpc.JobWorkerStub(self._channel)
+
+    @property
+    def config(self) -> ClientConfig:
+        """The settings this client connects with."""
+        return self._conn.config
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel; streams still open are cancelled."""
+        await self._channel.close()
+
+    async def start(
+        self,
+        command: str,
+        args: Iterable[str] = (),
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        limits: Limits | None = None,
+    ) -> JobInfo:
+        """Start `command` with `args`; return the new job's status."""
+        request = _convert.start_request(command, args, env, cwd, limits)
+        try:
+            response = await self._stub.Start(request, timeout=self._conn.timeout)
+        except grpc.RpcError as exc:
+            raise self._conn.error(exc) from exc
+        return _convert.job_from_proto(response.job)
+
+    async def stop(self, job_id: str, grace_seconds: float | None = None) -> JobInfo:
+        """Stop a running job (SIGTERM, SIGKILL after the grace period); return its final status."""
+        request = _convert.stop_request(job_id, grace_seconds)
+        try:
+            response = await self._stub.Stop(request, timeout=self._conn.stop_deadline(grace_seconds))
+        except grpc.RpcError as exc:
+            raise self._conn.error(exc) from exc
+        return _convert.job_from_proto(response.job)
+
+    async def status(self, job_id: str) -> JobInfo:
+        """Return the status of one job."""
+        request = _convert.status_request(job_id)
+        try:
+            response = await self._stub.GetStatus(request, timeout=self._conn.timeout)
+        except grpc.RpcError as exc:
+            raise self._conn.error(exc) from exc
+        return _convert.job_from_proto(response.job)
+
+    async def list(self, states: Iterable[JobState] = (), owner: str | None = None) -> builtins.list[JobInfo]:
+        """Return the jobs visible to us, optionally only those in `states` or of `owner`."""
+        request = _convert.list_request(states, owner)
+        try:
+            response = await self._stub.List(request, timeout=self._conn.timeout)
+        except grpc.RpcError as exc:
+            raise self._conn.error(exc) from exc
+        return [_convert.job_from_proto(job) for job in response.jobs]
+
+    def stream(
+        self,
+        job_id: str,
+        *,
+        streams: StreamSelection = "both",
+        offset: int = 0,
+        follow: bool = True,
+    ) -> AsyncIterator[OutputEvent]:
+        """Yield the job's output from `offset`; with `follow`, live until the job ends."""
+        request = _convert.stream_request(job_id, streams, offset, follow)
+        return self._events(self._stub.StreamOutput(request))
+
+    async def _events(self, call: Any) -> AsyncIterator[OutputEvent]:
+        try:
+            async for response in call:
+                yield _convert.event_from_proto(response)
+        except grpc.RpcError as exc:
+            raise self._conn.error(exc) from exc
+        finally:
+            call.cancel()
+
+    async def health(self, service: str = "") -> bool:
+        """Whether the server reports SERVING for `service` ("" = the server as a whole)."""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            response = await stub.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=self._conn.timeout
+            )
+        except grpc.RpcError as exc:
+            raise self._conn.error(exc) from exc
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)

@@ -1,0 +1,176 @@
+"""Protobuf <-> client types, shared by the sync and async clients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+
+from jobworker.api import jobworker_pb2 as pb
+from jobworker.client._types import (
+    JobInfo,
+    JobState,
+    Limits,
+    OutputChunk,
+    OutputEvent,
+    OutputStream,
+    OutputTruncated,
+    StreamEnd,
+    StreamEndReason,
+    StreamSelection,
+    Usage,
+)
+
+_STATE_FROM_PB: dict[pb.JobState.ValueType, JobState] = {
+    pb.JOB_STATE_RUNNING: JobState.RUNNING,
+    pb.JOB_STATE_EXITED: JobState.EXITED,
+    pb.JOB_STATE_SIGNALED: JobState.SIGNALED,
+    pb.JOB_STATE_STOPPED: JobState.STOPPED,
+    pb.JOB_STATE_OOM_KILLED: JobState.OOM_KILLED,
+    pb.JOB_STATE_LOST: JobState.LOST,
+}
+_STATE_TO_PB = {state: value for value, state in _STATE_FROM_PB.items()}
+_STREAM_FROM_PB = {
+    pb.OUTPUT_STREAM_STDOUT: OutputStream.STDOUT,
+    pb.OUTPUT_STREAM_STDERR: OutputStream.STDERR,
+}
+_SELECTION_TO_PB = {
+    "both": pb.STREAM_SELECTION_BOTH,
+    "stdout": pb.STREAM_SELECTION_STDOUT,
+    "stderr": pb.STREAM_SELECTION_STDERR,
+}
+_REASON_FROM_PB = {
+    pb.STREAM_END_REASON_JOB_ENDED: StreamEndReason.JOB_ENDED,
+    pb.STREAM_END_REASON_CAUGHT_UP: StreamEndReason.CAUGHT_UP,
+    pb.STREAM_END_REASON_SERVER_SHUTDOWN: StreamEndReason.SERVER_SHUTDOWN,
+}
+
+
+def _timestamp(message: pb.JobStatus, name: str) -> datetime | None:
+    if not message.HasField(name):  # type: ignore[arg-type]
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(message, name)
+    if stamp.seconds == 0 and stamp.nanos == 0:
+        return None
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def limits_from_proto(message: pb.Limits) -> Limits:
+    """Convert proto Limits (unset fields stay None)."""
+    return Limits(
+        cpus=message.cpus if message.HasField("cpus") else None,
+        memory_bytes=message.memory_bytes if message.HasField("memory_bytes") else None,
+        io_read_bps=message.io_read_bps if message.HasField("io_read_bps") else None,
+        io_write_bps=message.io_write_bps if message.HasField("io_write_bps") else None,
+        pids=message.pids if message.HasField("pids") else None,
+    )
+
+
+def limits_to_proto(limits: Limits) -> pb.Limits:
+    """Convert Limits to proto, leaving None fields unset so the server applies its defaults."""
+    message = pb.Limits()
+    if limits.cpus is not None:
+        message.cpus = limits.cpus
+    if limits.memory_bytes is not None:
+        message.memory_bytes = limits.memory_bytes
+    if limits.io_read_bps is not None:
+        message.io_read_bps = limits.io_read_bps
+    if limits.io_write_bps is not None:
+        message.io_write_bps = limits.io_write_bps
+    if limits.pids is not None:
+        message.pids = limits.pids
+    return message
+
+
+def job_from_proto(message: pb.JobStatus) -> JobInfo:
+    """Convert a proto JobStatus into a JobInfo."""
+    usage = message.usage
+    return JobInfo(
+        id=message.id,
+        owner=message.owner,
+        command=message.command,
+        args=tuple(message.args),
+        state=_STATE_FROM_PB.get(message.state, JobState.UNKNOWN),
+        exit_code=message.exit_code if message.HasField("exit_code") else None,
+        signal=message.signal if message.HasField("signal") else None,
+        pid=message.pid,
+        started_at=_timestamp(message, "started_at"),
+        ended_at=_timestamp(message, "ended_at"),
+        limits=limits_from_proto(message.limits),
+        usage=Usage(
+            cpu_seconds=usage.cpu_seconds if usage.HasField("cpu_seconds") else None,
+            memory_peak_bytes=(usage.memory_peak_bytes if usage.HasField("memory_peak_bytes") else None),
+        ),
+        stdout_bytes=message.stdout_bytes,
+        stderr_bytes=message.stderr_bytes,
+        output_truncated=message.output_truncated,
+        cwd=message.cwd,
+    )
+
+
+def event_from_proto(message: pb.StreamOutputResponse) -> OutputEvent:
+    """Convert one StreamOutput response into an output event."""
+    kind = message.WhichOneof("event")
+    if kind == "chunk":
+        chunk = message.chunk
+        stream = _STREAM_FROM_PB.get(chunk.stream, OutputStream.STDOUT)
+        return OutputChunk(stream=stream, offset=chunk.offset, data=chunk.data)
+    if kind == "truncated":
+        return OutputTruncated(offset=message.truncated.offset)
+    end = message.end
+    return StreamEnd(
+        reason=_REASON_FROM_PB.get(end.reason, StreamEndReason.UNKNOWN),
+        truncated=end.truncated,
+        job=job_from_proto(end.job) if end.HasField("job") else None,
+    )
+
+
+def start_request(
+    command: str,
+    args: Iterable[str],
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+    limits: Limits | None,
+) -> pb.StartRequest:
+    """Build a StartRequest."""
+    request = pb.StartRequest(command=command, args=list(args), env=dict(env or {}), cwd=cwd or "")
+    if limits is not None:
+        request.limits.CopyFrom(limits_to_proto(limits))
+    return request
+
+
+def status_request(job_id: str) -> pb.GetStatusRequest:
+    """Build a GetStatusRequest."""
+    return pb.GetStatusRequest(job_id=job_id)
+
+
+def stop_request(job_id: str, grace_seconds: float | None) -> pb.StopRequest:
+    """Build a StopRequest; None leaves the grace period to the server."""
+    request = pb.StopRequest(job_id=job_id)
+    if grace_seconds is not None:
+        request.grace_seconds = grace_seconds
+    return request
+
+
+def list_request(states: Iterable[JobState], owner: str | None) -> pb.ListRequest:
+    """Build a ListRequest."""
+    values: list[pb.JobState.ValueType] = []
+    for state in states:
+        if state not in _STATE_TO_PB:
+            raise ValueError(f"cannot filter on job state {state.value!r}")
+        values.append(_STATE_TO_PB[state])
+    return pb.ListRequest(states=values, owner=owner or "")
+
+
+def stream_request(
+    job_id: str, streams: StreamSelection, offset: int, follow: bool
+) -> pb.StreamOutputRequest:
+    """Build a StreamOutputRequest."""
+    if streams not in _SELECTION_TO_PB:
+        raise ValueError(f"streams must be 'both', 'stdout' or 'stderr', not {streams!r}")
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, not {offset}")
+    return pb.StreamOutputRequest(
+        job_id=job_id, streams=_SELECTION_TO_PB[streams], offset=offset, follow=follow
+    )

@@ -1,0 +1,139 @@
+"""Client-side value types: what a caller sees of jobs and their output (no protobuf, no engine)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal, TypeAlias
+
+StreamSelection: TypeAlias = Literal["both", "stdout", "stderr"]
+
+# Shells report death by signal N as 128 + N; `jw run` follows that convention.
+SIGNAL_EXIT_BASE = 128
+
+
+class JobState(enum.Enum):
+    """Lifecycle state of a job; every state but RUNNING is final."""
+
+    RUNNING = "running"
+    EXITED = "exited"
+    SIGNALED = "signaled"
+    STOPPED = "stopped"
+    OOM_KILLED = "oom_killed"
+    LOST = "lost"
+    # A state this client does not know (a newer server); treated as final.
+    UNKNOWN = "unknown"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the job has ended."""
+        return self is not JobState.RUNNING
+
+
+class OutputStream(enum.Enum):
+    """Which of the job's output streams a chunk came from."""
+
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
+class StreamEndReason(enum.Enum):
+    """Why the server ended an output stream."""
+
+    JOB_ENDED = "job_ended"
+    CAUGHT_UP = "caught_up"
+    SERVER_SHUTDOWN = "server_shutdown"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of a job; None means the server's default."""
+
+    cpus: float | None = None
+    memory_bytes: int | None = None
+    io_read_bps: int | None = None
+    io_write_bps: int | None = None
+    pids: int | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Resources a job has used; None when the server cannot measure them."""
+
+    cpu_seconds: float | None = None
+    memory_peak_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A snapshot of one job's status as reported by the server."""
+
+    id: str
+    owner: str
+    command: str
+    args: tuple[str, ...]
+    state: JobState
+    exit_code: int | None = None
+    signal: int | None = None
+    pid: int = 0
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    limits: Limits = field(default_factory=Limits)
+    usage: Usage = field(default_factory=Usage)
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    output_truncated: bool = False
+    cwd: str = ""
+
+    @property
+    def shell_exit_code(self) -> int | None:
+        """The job's outcome as a shell exit status (128+N for signal N); None while running."""
+        if not self.state.is_final:
+            return None
+        if self.exit_code is not None:
+            return self.exit_code
+        if self.signal is not None:
+            return SIGNAL_EXIT_BASE + self.signal
+        return None
+
+    def duration(self, now: datetime | None = None) -> timedelta | None:
+        """Run time so far (or in total once ended); None when the start time is unknown."""
+        if self.started_at is None:
+            return None
+        end = self.ended_at or (now or datetime.now(UTC))
+        return max(end - self.started_at, timedelta(0))
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """Bytes of job output; `offset` is the position of `data[0]` in the selected view."""
+
+    stream: OutputStream
+    offset: int
+    data: bytes
+
+    @property
+    def end_offset(self) -> int:
+        """The offset to resume from after this chunk."""
+        return self.offset + len(self.data)
+
+
+@dataclass(frozen=True)
+class OutputTruncated:
+    """The job's output hit the server's cap at `offset`; later output was discarded."""
+
+    offset: int
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """The last event of an output stream, with the job's status at that moment."""
+
+    reason: StreamEndReason
+    truncated: bool
+    job: JobInfo | None
+
+
+OutputEvent: TypeAlias = OutputChunk | OutputTruncated | StreamEnd
