@@ -40,7 +40,7 @@ unit: $(VENV)/.installed  ## unit tests (no Docker; root-only tests skip when no
 	$(PYTEST) -n $(UNIT_WORKERS) tests/unit
 
 e2e: $(VENV)/.installed  ## end-to-end tests against the Docker image (needs a Docker engine)
-	$(PYTEST) -n $(E2E_WORKERS) tests/e2e
+	$(PYTEST) -n $(E2E_WORKERS) --dist loadfile tests/e2e
 
 test: unit e2e  ## the whole suite
 
@@ -64,6 +64,9 @@ up: image  ## run pki + server with docker compose (certs in ./certs, server on 
 
 down:  ## stop the compose deployment (the state volume and ./certs are kept)
 	JW_IMAGE='$(IMAGE)' docker compose down
+
+bench: $(VENV)/.installed  ## benchmarks against their baselines (root, < 10 min; BENCH_ARGS=--quick), JSON in bench/results/
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:  ## remove build artefacts
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

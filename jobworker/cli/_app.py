@@ -16,7 +16,7 @@ from click.shell_completion import CompletionItem
 from jobworker.cli._exit import ConnectionExit, ExitCode, exit_for
 from jobworker.cli._follow import OutputPump
 from jobworker.cli._params import DURATION, ENV_ENTRY, POSITIVE_DURATION, SIZE
-from jobworker.cli._render import job_details, job_json, job_table
+from jobworker.cli._render import job_details, job_json, job_table, newest_first
 from jobworker.client import (
     DEFAULT_TIMEOUT,
     Client,
@@ -408,7 +408,7 @@ def list_jobs(
     """List jobs, newest first (alias: ps)."""
     if quiet and as_json:
         raise click.UsageError("--quiet and --json are mutually exclusive")
-    jobs = _connect(ctx).list(states=[JobState(s) for s in states], owner=owner)
+    jobs = newest_first(_connect(ctx).list(states=[JobState(s) for s in states], owner=owner))
     if as_json:
         _echo_json([job_json(job) for job in jobs])
     elif quiet:

@@ -132,10 +132,15 @@ def _truncate(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def newest_first(jobs: Sequence[JobInfo]) -> list[JobInfo]:
+    """Jobs ordered by start time, the most recent first (every listing uses this order)."""
+    return sorted(jobs, key=lambda j: j.started_at or datetime.min.replace(tzinfo=UTC), reverse=True)
+
+
 def job_table(jobs: Sequence[JobInfo], now: datetime) -> str:
     """The `jw list` table, newest first."""
     header = ("ID", "OWNER", "STATE", "EXIT", "STARTED", "DURATION", "COMMAND")
-    ordered = sorted(jobs, key=lambda j: j.started_at or datetime.min.replace(tzinfo=UTC), reverse=True)
+    ordered = newest_first(jobs)
     rows = [header]
     for job in ordered:
         duration = job.duration(now)

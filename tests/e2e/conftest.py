@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import os
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,17 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 from testcontainers.core.container import DockerContainer
 
 import pki
+from jobworker.client import (
+    DEFAULT_TIMEOUT,
+    AsyncClient,
+    Client,
+    ClientConfig,
+    JobInfo,
+    Limits,
+    OutputChunk,
+    OutputStream,
+    StreamEnd,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 E2E_DIR = Path(__file__).resolve().parent
@@ -40,6 +55,8 @@ E2E_IMAGE_TAG = "jobworker:e2e"
 READY_TIMEOUT = float(os.environ.get("JW_E2E_READY_TIMEOUT", "60"))
 BUILD_TIMEOUT = float(os.environ.get("JW_E2E_BUILD_TIMEOUT", "1200"))
 SERVER_NAME = "server"
+# The CA starts in the past so that tests can mint client certificates that have already expired.
+CA_BACKDATE = timedelta(days=2)
 SERVER_SANS = ("localhost", "127.0.0.1")
 CLIENT_ROLES = {
     "admin": pki.Role.ADMIN,
@@ -56,7 +73,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.e2e)
 
 
-def _docker_unavailable_reason() -> str | None:
+FIGURE = "figure"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """List the figures tests measured (see the `figure` fixture), also from xdist workers."""
+    lines = [
+        f"{report.nodeid.rsplit('/', 1)[-1]}: {value}"
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if isinstance(report, pytest.TestReport) and report.when == "call"
+        for name, value in report.user_properties
+        if name == FIGURE
+    ]
+    if lines:
+        terminalreporter.write_sep("=", "jobworker e2e figures")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def figure(record_property: Callable[[str, object], None]) -> Callable[[str], None]:
+    """`figure("...")` records a measured figure: printed (-s) and listed in the summary."""
+
+    def record(line: str) -> None:
+        print(f"\n{line}")
+        record_property(FIGURE, line)
+
+    return record
+
+
+def _probe_docker() -> str | None:
     try:
         import docker
 
@@ -68,6 +115,17 @@ def _docker_unavailable_reason() -> str | None:
     except Exception as exc:  # any failure to reach the engine means the same thing here
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def _docker_unavailable_reason() -> str | None:
+    # When the engine is unreachable, docker.from_env() fails inside its constructor and leaks the
+    # socket it opened; with filterwarnings=error its ResourceWarning would turn the skip into an
+    # error at some later test. Collect that socket here, with the warning silenced.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        reason = _probe_docker()
+        gc.collect()
+    return reason
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -164,12 +222,29 @@ class PkiDir:
         """`jw` flags that authenticate as client `name`."""
         return ["--ca", str(self.ca), "--cert", str(self.cert(name)), "--key", str(self.key(name))]
 
+    def issue_client(
+        self,
+        name: str,
+        role: pki.Role | None,
+        *,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+    ) -> None:
+        """Mint client `name` (no role extension when `role` is None) with this directory's CA."""
+        ca = pki.load_ca(self.dir)
+        issued = pki.issue_client(ca, name, role, not_before=not_before, not_after=not_after)
+        pki.write_issued(self.dir, name, issued, force=True)
+
+    def client_config(self, server: str, name: str) -> ClientConfig:
+        """Client settings that reach `server` as client `name`."""
+        return ClientConfig(server=server, ca=self.ca, cert=self.cert(name), key=self.key(name))
+
 
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> PkiDir:
     """A fresh PKI: ca, server (SANs localhost, 127.0.0.1) and admin/writer/writer2/reader clients."""
     directory = tmp_path_factory.mktemp("pki")
-    ca = pki.issue_ca("jobworker e2e CA")
+    ca = pki.issue_ca("jobworker e2e CA", not_before=datetime.now(UTC) - CA_BACKDATE)
     pki.write_issued(directory, pki.CA_NAME, ca)
     pki.write_issued(directory, SERVER_NAME, pki.issue_server(ca, SERVER_NAME, SERVER_SANS))
     for name, role in CLIENT_ROLES.items():
@@ -192,6 +267,15 @@ class ServerNotReadyError(RuntimeError):
     """The server container did not become ready; the message carries its logs."""
 
 
+@dataclass(frozen=True)
+class FinishedJob:
+    """A job followed to its end: final status and everything it wrote."""
+
+    info: JobInfo
+    stdout: bytes
+    stderr: bytes
+
+
 def _jw_executable() -> str:
     beside = Path(sys.executable).with_name("jw")
     if beside.exists():
@@ -200,6 +284,90 @@ def _jw_executable() -> str:
     if found is None:
         pytest.fail("the jw CLI is not installed (make venv)")
     return found
+
+
+def jw_command(address: str, certs: PkiDir, identity: str, args: Iterable[str]) -> list[str]:
+    """argv of the host's `jw` CLI talking to `address` as client `identity` of `certs`."""
+    return [_jw_executable(), "--server", address, *certs.tls_args(identity), *args]
+
+
+def jw_environment(certs: PkiDir) -> dict[str, str]:
+    """Our environment without JW_* variables or a config file, so only the flags configure `jw`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JW_")}
+    env["XDG_CONFIG_HOME"] = str(certs.dir / "no-config")
+    return env
+
+
+def run_jw(
+    address: str, certs: PkiDir, *args: str, identity: str = "writer", timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the host's `jw` CLI against `address` as client `identity` of `certs`."""
+    return subprocess.run(
+        jw_command(address, certs, identity, args),
+        env=jw_environment(certs),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def wait_for(condition: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.1) -> None:
+    """Poll `condition` until true; fail naming `what` after `timeout` seconds.
+
+    Only for state with no event to subscribe to from the host (/proc, ps, docker inspect).
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}", pytrace=False)
+        time.sleep(interval)
+
+
+def _follow(
+    config: ClientConfig,
+    job_id: str,
+    *,
+    until: Callable[[bytes, bytes], bool] | None,
+    timeout: float,
+) -> tuple[bytes, bytes, StreamEnd | None]:
+    """Stream a job's output from byte 0 until `until(stdout, stderr)` or the stream's end."""
+    stdout, stderr = bytearray(), bytearray()
+    outcome: dict[str, Any] = {}
+    client = Client(config)
+
+    def pump() -> None:
+        try:
+            for event in client.stream(job_id):
+                if isinstance(event, OutputChunk):
+                    (stdout if event.stream is OutputStream.STDOUT else stderr).extend(event.data)
+                    if until is not None and until(bytes(stdout), bytes(stderr)):
+                        return
+                elif isinstance(event, StreamEnd):
+                    outcome["end"] = event
+                    return
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    # The sync stream has no deadline of its own: a thread bounds it, and closing the client
+    # cancels the call if the bound is hit.
+    thread = threading.Thread(target=pump, name=f"follow-{job_id}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    try:
+        if thread.is_alive():
+            client.close()
+            thread.join(5)
+            pytest.fail(
+                f"job {job_id}: no {'match' if until else 'end'} within {timeout:g}s; "
+                f"stdout so far: {bytes(stdout[-500:])!r}; stderr so far: {bytes(stderr[-500:])!r}",
+                pytrace=False,
+            )
+    finally:
+        client.close()
+    if "error" in outcome:
+        raise outcome["error"]
+    return bytes(stdout), bytes(stderr), outcome.get("end")
 
 
 class JobworkerServer:
@@ -221,6 +389,73 @@ class JobworkerServer:
     def certs_dir(self) -> Path:
         """The host directory mounted at /certs."""
         return self.certs.dir
+
+    def config(self, identity: str = "writer") -> ClientConfig:
+        """Client settings for this server as client `identity`."""
+        return self.certs.client_config(self.address, identity)
+
+    def client(self, identity: str = "writer", *, timeout: float = DEFAULT_TIMEOUT) -> Client:
+        """A sync client of this server as `identity`; use it as a context manager."""
+        return Client(self.config(identity), timeout=timeout)
+
+    def async_client(self, identity: str = "writer", *, timeout: float = DEFAULT_TIMEOUT) -> AsyncClient:
+        """An asyncio client of this server as `identity`; create it inside the running loop."""
+        return AsyncClient(self.config(identity), timeout=timeout)
+
+    def run_job(
+        self,
+        command: str,
+        args: Sequence[str] = (),
+        *,
+        identity: str = "writer",
+        limits: Limits | None = None,
+        timeout: float = 60.0,
+    ) -> FinishedJob:
+        """Start a job, follow its output to the end and return what it did."""
+        with self.client(identity) as client:
+            job = client.start(command, args, limits=limits)
+        stdout, stderr, end = _follow(self.config(identity), job.id, until=None, timeout=timeout)
+        if end is None:
+            pytest.fail(f"job {job.id}: the output stream ended without an end event", pytrace=False)
+        info = end.job
+        if info is None:
+            with self.client(identity) as client:
+                info = client.status(job.id)
+        return FinishedJob(info=info, stdout=stdout, stderr=stderr)
+
+    def wait_for_output(
+        self,
+        job_id: str,
+        needle: bytes,
+        *,
+        stream: OutputStream = OutputStream.STDOUT,
+        identity: str = "writer",
+        timeout: float = 30.0,
+    ) -> bytes:
+        """Follow a job until `needle` appears in `stream`; return that stream's bytes so far."""
+
+        def seen(stdout: bytes, stderr: bytes) -> bool:
+            return needle in (stdout if stream is OutputStream.STDOUT else stderr)
+
+        stdout, stderr, end = _follow(self.config(identity), job_id, until=seen, timeout=timeout)
+        data = stdout if stream is OutputStream.STDOUT else stderr
+        if needle not in data:
+            pytest.fail(
+                f"job {job_id} ended ({end.job.state if end and end.job else '?'}) without writing "
+                f"{needle!r} to {stream.value}; stdout: {stdout[-500:]!r}; stderr: {stderr[-500:]!r}",
+                pytrace=False,
+            )
+        return data
+
+    wait_for = staticmethod(wait_for)
+
+    def jw_server_pid(self) -> int:
+        """jw-server's pid inside the container (tini is PID 1 and runs it)."""
+        result = self.exec(["ps", "-o", "pid=", "-C", "jw-server"])
+        pids = result.stdout.split()
+        if result.exit_code != 0 or len(pids) != 1:
+            pytest.fail(f"expected one jw-server process, ps said: {result.stdout!r} {result.stderr!r}")
+        return int(pids[0])
 
     def exec(self, cmd: str | Sequence[str]) -> ExecResult:
         """Run `cmd` inside the container (as root, outside any job) and return what it did."""
@@ -244,21 +479,20 @@ class JobworkerServer:
         state: dict[str, Any] = wrapped.attrs["State"]
         return state
 
+    def jw_popen(self, *args: str, identity: str = "writer") -> subprocess.Popen[bytes]:
+        """Start the host's `jw` CLI against this server as `identity`, stdout and stderr piped."""
+        return subprocess.Popen(
+            jw_command(self.address, self.certs, identity, args),
+            env=jw_environment(self.certs),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
     def jw(
         self, *args: str, identity: str = "writer", timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         """Run the host's `jw` CLI against this server as client `identity`."""
-        # Only the flags below configure the CLI: no JW_* variables or config file of the caller.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JW_")}
-        env["XDG_CONFIG_HOME"] = str(self.certs.dir / "no-config")
-        return subprocess.run(
-            [_jw_executable(), "--server", self.address, *self.certs.tls_args(identity), *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        return run_jw(self.address, self.certs, *args, identity=identity, timeout=timeout)
 
 
 def _published_port(container: DockerContainer) -> int:
@@ -319,14 +553,20 @@ def running_server(
     certs: PkiDir,
     *,
     env: Mapping[str, str] | None = None,
+    volumes: Mapping[str, str] | None = None,
     timeout: float = READY_TIMEOUT,
 ) -> Iterator[JobworkerServer]:
-    """Start a privileged server container with a private cgroup namespace; remove it on exit."""
+    """Start a privileged server container with a private cgroup namespace; remove it on exit.
+
+    `volumes` maps host directories to read-write mount points in the container.
+    """
     container = (
         DockerContainer(image)
         .with_kwargs(privileged=True, cgroupns="private")
         .with_volume_mapping(str(certs.dir), CERTS_IN_CONTAINER, "ro")
     )
+    for host_dir, mount_point in (volumes or {}).items():
+        container.with_volume_mapping(host_dir, mount_point, "rw")
     # Loopback only, random port: testcontainers' with_bind_ports cannot name the host address.
     container.ports[f"{CONTAINER_PORT}/tcp"] = ("127.0.0.1", None)  # type: ignore[assignment]
     for key, value in (env or {}).items():
@@ -352,7 +592,21 @@ def server_factory(image: str, certs: PkiDir) -> Iterator[Callable[..., Jobworke
     """Start extra servers, e.g. with other JW_SERVER_* settings: `server_factory(env={...})`."""
     with contextlib.ExitStack() as stack:
 
-        def start(*, env: Mapping[str, str] | None = None) -> JobworkerServer:
-            return stack.enter_context(running_server(image, certs, env=env))
+        def start(
+            *, env: Mapping[str, str] | None = None, volumes: Mapping[str, str] | None = None
+        ) -> JobworkerServer:
+            return stack.enter_context(running_server(image, certs, env=env, volumes=volumes))
 
         yield start
+
+
+@pytest.fixture(scope="session")
+def jw_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`jw_cli(address, certs_dir, *args, identity="writer")`: the host's `jw` against any server."""
+
+    def run(
+        address: str, certs_dir: Path, *args: str, identity: str = "writer", timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return run_jw(address, PkiDir(certs_dir), *args, identity=identity, timeout=timeout)
+
+    return run

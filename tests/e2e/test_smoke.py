@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import JobworkerServer
 
 HEALTHY_TIMEOUT = 90.0
+# docker stop's grace before SIGKILL; the server's own default job grace period is 10 s.
+STOP_TIMEOUT = 30
 
 
 def test_container_becomes_healthy(server: JobworkerServer) -> None:
@@ -24,10 +27,42 @@ def test_container_becomes_healthy(server: JobworkerServer) -> None:
         health = server.state().get("Health") or {}
 
 
-def test_jw_server_is_pid_1(server: JobworkerServer) -> None:
+def test_tini_is_pid_1_and_runs_jw_server(server: JobworkerServer) -> None:
     result = server.exec(["ps", "-o", "comm=", "-p", "1"])
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.strip() == "jw-server"
+    assert result.stdout.strip() == "tini"
+    parent = server.exec(["ps", "-o", "ppid=", "-p", str(server.jw_server_pid())])
+    assert parent.exit_code == 0, parent.stderr
+    assert int(parent.stdout) == 1
+
+
+def test_orphans_are_reaped(server: JobworkerServer) -> None:
+    # The subshell exits at once, orphaning `sleep`: the kernel hands it to PID 1, which must
+    # reap it when it ends, or it lingers in /proc as a zombie.
+    result = server.exec(["sh", "-c", "(sleep 0.2 & echo $!)"])
+    assert result.exit_code == 0, result.stderr
+    orphan = int(result.stdout)
+
+    def reaped() -> bool:
+        return server.exec(["test", "-e", f"/proc/{orphan}"]).exit_code != 0
+
+    server.wait_for(reaped, timeout=10, what=f"orphan {orphan} to be reaped by PID 1")
+
+
+def test_sigterm_stops_server_and_its_jobs_gracefully(
+    server_factory: Callable[..., JobworkerServer],
+) -> None:
+    extra = server_factory()
+    with extra.client("writer") as writer:
+        writer.start("sleep", ["300"])
+    started = time.monotonic()
+    extra.container.get_wrapped_container().stop(timeout=STOP_TIMEOUT)
+    took = time.monotonic() - started
+    state = extra.state()
+    # 137 would mean docker had to SIGKILL it after STOP_TIMEOUT.
+    assert state["ExitCode"] == 0, f"exit code {state['ExitCode']}:\n{extra.logs()}"
+    assert took < STOP_TIMEOUT
+    assert '"msg": "stopped"' in extra.logs()
 
 
 def test_ip_lists_interfaces_inside(server: JobworkerServer) -> None:
