@@ -20,9 +20,12 @@ from jobworker.engine.job import OutputChunk, OutputEvent, OutputTruncated, Stre
 
 _HEADER = struct.Struct("<BI")
 _TRUNCATED = 0xFF
-# Followers read the file in blocks of this size and merge adjacent records of one stream up to it.
-_READ_BLOCK = 1 << 20
-_MAX_CHUNK = 256 * 1024
+# Followers read the file in blocks of this size and merge adjacent records of one stream into chunks of
+# at most _MAX_CHUNK (the size of one gRPC message). Both bound what each of many followers holds at once.
+_MAX_CHUNK = 64 * 1024
+# The engine appends at most this much per record (one drain read), so one block holds whole records.
+MAX_RECORD = 256 * 1024
+_READ_BLOCK = MAX_RECORD + 64
 
 
 class OutputSpool:
@@ -145,7 +148,8 @@ def _parse_block(
     def flush() -> None:
         nonlocal pending, pending_stream, pending_size
         if pending_stream is not None and pending:
-            events.append(OutputChunk(pending_stream, pending_offset, b"".join(pending)))
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            events.append(OutputChunk(pending_stream, pending_offset, data))
         pending, pending_stream, pending_size = [], None, 0
 
     while pos + _HEADER.size <= len(block):
@@ -161,11 +165,11 @@ def _parse_block(
             stream = Stream(stream_id)
             if selection.includes(stream):
                 start = max(0, offset - view)
-                if start < length:
-                    data = block[pos + _HEADER.size + start : end]
+                for piece in range(pos + _HEADER.size + start, end, _MAX_CHUNK):
+                    data = block[piece : min(end, piece + _MAX_CHUNK)]
                     if pending_stream is not stream or pending_size + len(data) > _MAX_CHUNK:
                         flush()
-                        pending_stream, pending_offset = stream, view + start
+                        pending_stream, pending_offset = stream, view + (piece - pos - _HEADER.size)
                     pending.append(data)
                     pending_size += len(data)
                 view += length

@@ -12,12 +12,12 @@ from collections.abc import Callable
 
 from jobworker.engine.cgroups import CgroupStats, JobCgroup
 from jobworker.engine.job import JobState, Stream, Usage
-from jobworker.engine.output import OutputSpool
+from jobworker.engine.output import MAX_RECORD, OutputSpool
 from jobworker.engine.spawn import Launched
 
 log = logging.getLogger("jobworker.engine")
 
-_DRAIN_READ = 1 << 20
+_DRAIN_READ = MAX_RECORD
 # After the job's processes are gone, output still in the pipes is drained; a process that escaped the job
 # (only possible without namespaces and cgroups) could hold a pipe open forever, so give up after this long.
 _DRAIN_AFTER_EXIT_TIMEOUT = 2.0
