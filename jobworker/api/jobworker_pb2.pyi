@@ -629,3 +629,71 @@ class StreamOutputResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___StreamOutputResponse: _TypeAlias = StreamOutputResponse  # noqa: Y015
+
+@_typing.final
+class GetServerInfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerInfoRequest: _TypeAlias = GetServerInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetServerInfoResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    CGROUP_DRIVER_FIELD_NUMBER: _builtins.int
+    CGROUP_REASON_FIELD_NUMBER: _builtins.int
+    LIMITS_SUPPORTED_FIELD_NUMBER: _builtins.int
+    NAMESPACES_FIELD_NUMBER: _builtins.int
+    DEFAULT_LIMITS_FIELD_NUMBER: _builtins.int
+    MAX_LIMITS_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    cgroup_driver: _builtins.str
+    """How jobs are put in cgroups: "v2", "v1" or "none"."""
+    cgroup_reason: _builtins.str
+    """Why resource limits cannot be enforced, when limits_supported is false."""
+    limits_supported: _builtins.bool
+    namespaces: _builtins.bool
+    """Whether jobs run in their own PID, mount, network, UTS and IPC namespaces."""
+    identity: _builtins.str
+    """The caller as the server sees it: certificate CN and role."""
+    role: _builtins.str
+    @_builtins.property
+    def default_limits(self) -> Global___Limits:
+        """Limits applied when a Start request leaves them unset."""
+
+    @_builtins.property
+    def max_limits(self) -> Global___Limits:
+        """The largest limits a Start request may ask for; unset means no ceiling."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        cgroup_driver: _builtins.str = ...,
+        cgroup_reason: _builtins.str = ...,
+        limits_supported: _builtins.bool = ...,
+        namespaces: _builtins.bool = ...,
+        default_limits: Global___Limits | None = ...,
+        max_limits: Global___Limits | None = ...,
+        identity: _builtins.str = ...,
+        role: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "max_limits", b"max_limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup_driver", b"cgroup_driver", "cgroup_reason", b"cgroup_reason", "default_limits", b"default_limits", "identity", b"identity", "limits_supported", b"limits_supported", "max_limits", b"max_limits", "namespaces", b"namespaces", "role", b"role", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerInfoResponse: _TypeAlias = GetServerInfoResponse  # noqa: Y015

@@ -59,6 +59,11 @@ class JobWorkerStub:
                 request_serializer=jobworker_dot_v1_dot_jobworker__pb2.StreamOutputRequest.SerializeToString,
                 response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.StreamOutputResponse.FromString,
                 _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/jobworker.v1.JobWorker/GetServerInfo',
+                request_serializer=jobworker_dot_v1_dot_jobworker__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.GetServerInfoResponse.FromString,
+                _registered_method=True)
 
 
 class JobWorkerServicer:
@@ -100,6 +105,14 @@ class JobWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServerInfo(self, request, context):
+        """What this server enforces (isolation, resource defaults and ceilings) and who the caller is.
+        Any role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +140,11 @@ def add_JobWorkerServicer_to_server(servicer, server):
                     servicer.StreamOutput,
                     request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.StreamOutputRequest.FromString,
                     response_serializer=jobworker_dot_v1_dot_jobworker__pb2.StreamOutputResponse.SerializeToString,
+            ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=jobworker_dot_v1_dot_jobworker__pb2.GetServerInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +282,33 @@ class JobWorker:
             '/jobworker.v1.JobWorker/StreamOutput',
             jobworker_dot_v1_dot_jobworker__pb2.StreamOutputRequest.SerializeToString,
             jobworker_dot_v1_dot_jobworker__pb2.StreamOutputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobworker.v1.JobWorker/GetServerInfo',
+            jobworker_dot_v1_dot_jobworker__pb2.GetServerInfoRequest.SerializeToString,
+            jobworker_dot_v1_dot_jobworker__pb2.GetServerInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

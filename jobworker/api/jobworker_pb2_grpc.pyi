@@ -47,6 +47,10 @@ class JobWorkerStub:
     """Jobs visible to the caller (writers see their own), optionally filtered."""
     StreamOutput: _grpc.UnaryStreamMultiCallable[_jobworker_pb2.StreamOutputRequest, _jobworker_pb2.StreamOutputResponse]
     """Output of a job from a byte offset; with follow, live until the job ends."""
+    GetServerInfo: _grpc.UnaryUnaryMultiCallable[_jobworker_pb2.GetServerInfoRequest, _jobworker_pb2.GetServerInfoResponse]
+    """What this server enforces (isolation, resource defaults and ceilings) and who the caller is.
+    Any role.
+    """
 
 @_typing.type_check_only
 class JobWorkerAsyncStub(JobWorkerStub):
@@ -63,6 +67,10 @@ class JobWorkerAsyncStub(JobWorkerStub):
     """Jobs visible to the caller (writers see their own), optionally filtered."""
     StreamOutput: _aio.UnaryStreamMultiCallable[_jobworker_pb2.StreamOutputRequest, _jobworker_pb2.StreamOutputResponse]  # type: ignore[assignment]
     """Output of a job from a byte offset; with follow, live until the job ends."""
+    GetServerInfo: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.GetServerInfoRequest, _jobworker_pb2.GetServerInfoResponse]  # type: ignore[assignment]
+    """What this server enforces (isolation, resource defaults and ceilings) and who the caller is.
+    Any role.
+    """
 
 class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -106,5 +114,15 @@ class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_jobworker_pb2.StreamOutputResponse], _abc.AsyncIterator[_jobworker_pb2.StreamOutputResponse]]:
         """Output of a job from a byte offset; with follow, live until the job ends."""
+
+    @_abc_1.abstractmethod
+    def GetServerInfo(
+        self,
+        request: _jobworker_pb2.GetServerInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobworker_pb2.GetServerInfoResponse, _abc.Awaitable[_jobworker_pb2.GetServerInfoResponse]]:
+        """What this server enforces (isolation, resource defaults and ceilings) and who the caller is.
+        Any role.
+        """
 
 def add_JobWorkerServicer_to_server(servicer: JobWorkerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

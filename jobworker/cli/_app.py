@@ -16,7 +16,14 @@ from click.shell_completion import CompletionItem
 from jobworker.cli._exit import ConnectionExit, ExitCode, exit_for
 from jobworker.cli._follow import OutputPump
 from jobworker.cli._params import DURATION, ENV_ENTRY, POSITIVE_DURATION, SIZE
-from jobworker.cli._render import job_details, job_json, job_table, newest_first
+from jobworker.cli._render import (
+    job_details,
+    job_json,
+    job_table,
+    newest_first,
+    server_info_details,
+    server_info_json,
+)
 from jobworker.client import (
     DEFAULT_TIMEOUT,
     Client,
@@ -416,6 +423,19 @@ def list_jobs(
             click.echo(job.id)
     else:
         click.echo(job_table(jobs, datetime.now(UTC)))
+
+
+@jw.command()
+@_json_option
+@click.pass_context
+def info(ctx: click.Context, as_json: bool) -> None:
+    """Show what the server enforces (isolation, limit defaults and ceilings) and who you are to it."""
+    client = _connect(ctx)
+    details = client.server_info()
+    if as_json:
+        _echo_json(server_info_json(details))
+    else:
+        click.echo(server_info_details(details, client.config.server))
 
 
 @jw.command()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jobworker.client import JobInfo, JobState, Limits
+from jobworker.client import JobInfo, JobState, Limits, ServerInfo
 
 _COMMAND_WIDTH = 48
 _SIZE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
@@ -163,7 +163,7 @@ def job_table(jobs: Sequence[JobInfo], now: datetime) -> str:
     return "\n".join(lines)
 
 
-def _limits_text(limits: Limits) -> str:
+def _limits_text(limits: Limits, empty: str = "server defaults") -> str:
     parts = []
     if limits.cpus is not None:
         parts.append(f"cpus={limits.cpus:g}")
@@ -175,7 +175,7 @@ def _limits_text(limits: Limits) -> str:
         parts.append(f"io-write={format_size(limits.io_write_bps)}/s")
     if limits.pids is not None:
         parts.append(f"pids={limits.pids}")
-    return " ".join(parts) or "server defaults"
+    return " ".join(parts) or empty
 
 
 def job_details(job: JobInfo, now: datetime) -> str:
@@ -205,6 +205,42 @@ def job_details(job: JobInfo, now: datetime) -> str:
         ("Usage", ", ".join(usage) or "not measured"),
         ("Output", output),
         ("Cwd", job.cwd or "-"),
+    ]
+    width = max(len(name) for name, _ in fields) + 1
+    return "\n".join(f"{name + ':':<{width}} {value}" for name, value in fields)
+
+
+def server_info_json(info: ServerInfo) -> dict[str, Any]:
+    """The `jw info --json` object."""
+    return {
+        "version": info.version,
+        "cgroup_driver": info.cgroup_driver,
+        "cgroup_reason": info.cgroup_reason,
+        "limits_supported": info.limits_supported,
+        "namespaces": info.namespaces,
+        "default_limits": limits_json(info.default_limits),
+        "max_limits": limits_json(info.max_limits),
+        "identity": info.identity,
+        "role": info.role,
+    }
+
+
+def server_info_details(info: ServerInfo, server: str) -> str:
+    """The `jw info` block: what the server enforces and who we are to it."""
+    if info.limits_supported:
+        limits = f"enforced (cgroup {info.cgroup_driver})"
+    else:
+        limits = f"NOT enforced: {info.cgroup_reason}; requests with limits are refused"
+    fields = [
+        ("Server", f"{server} (jobworker {info.version})"),
+        ("You", f"{info.identity} ({info.role})"),
+        ("Limits", limits),
+        (
+            "Namespaces",
+            "pid, mount, network, uts, ipc" if info.namespaces else "none (jobs share the host's)",
+        ),
+        ("Defaults", _limits_text(info.default_limits, "none")),
+        ("Ceilings", _limits_text(info.max_limits, "none")),
     ]
     width = max(len(name) for name, _ in fields) + 1
     return "\n".join(f"{name + ':':<{width}} {value}" for name, value in fields)

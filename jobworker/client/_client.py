@@ -14,7 +14,7 @@ from jobworker.api import jobworker_pb2_grpc
 from jobworker.client import _convert
 from jobworker.client._config import ClientConfig
 from jobworker.client._connection import DEFAULT_TIMEOUT, Connection
-from jobworker.client._types import JobInfo, JobState, Limits, OutputEvent, StreamSelection
+from jobworker.client._types import JobInfo, JobState, Limits, OutputEvent, ServerInfo, StreamSelection
 
 
 class Client:
@@ -70,6 +70,14 @@ class Client:
         except grpc.RpcError as exc:
             raise self._conn.error(exc) from exc
         return _convert.job_from_proto(response.job)
+
+    def server_info(self) -> ServerInfo:
+        """What the server enforces (isolation, default and maximum limits) and who we are to it."""
+        try:
+            response = self._stub.GetServerInfo(_convert.server_info_request(), timeout=self._conn.timeout)
+        except grpc.RpcError as exc:
+            raise self._conn.error(exc) from exc
+        return _convert.server_info_from_proto(response)
 
     def status(self, job_id: str) -> JobInfo:
         """Return the status of one job."""

@@ -16,6 +16,7 @@ from jobworker.client._types import (
     OutputEvent,
     OutputStream,
     OutputTruncated,
+    ServerInfo,
     StreamEnd,
     StreamEndReason,
     StreamSelection,
@@ -123,6 +124,25 @@ def event_from_proto(message: pb.StreamOutputResponse) -> OutputEvent:
         reason=_REASON_FROM_PB.get(end.reason, StreamEndReason.UNKNOWN),
         truncated=end.truncated,
         job=job_from_proto(end.job) if end.HasField("job") else None,
+    )
+
+
+def server_info_request() -> pb.GetServerInfoRequest:
+    return pb.GetServerInfoRequest()
+
+
+def server_info_from_proto(message: pb.GetServerInfoResponse) -> ServerInfo:
+    """Convert a GetServerInfo response."""
+    return ServerInfo(
+        version=message.version,
+        cgroup_driver=message.cgroup_driver,
+        cgroup_reason=message.cgroup_reason,
+        limits_supported=message.limits_supported,
+        namespaces=message.namespaces,
+        default_limits=limits_from_proto(message.default_limits),
+        max_limits=limits_from_proto(message.max_limits),
+        identity=message.identity,
+        role=message.role,
     )
 
 

@@ -107,6 +107,21 @@ class JobInfo:
 
 
 @dataclass(frozen=True)
+class ServerInfo:
+    """What a server enforces, and who we are to it."""
+
+    version: str
+    cgroup_driver: str
+    cgroup_reason: str
+    limits_supported: bool
+    namespaces: bool
+    default_limits: Limits
+    max_limits: Limits
+    identity: str
+    role: str
+
+
+@dataclass(frozen=True)
 class OutputChunk:
     """Bytes of job output; `offset` is the position of `data[0]` in the selected view."""
 

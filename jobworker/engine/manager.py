@@ -181,6 +181,10 @@ class JobManager:
         )
 
     @property
+    def config(self) -> EngineConfig:
+        return self._config
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

@@ -46,6 +46,8 @@ def _methods(service: Any) -> list[str]:
 _JOBWORKER = jobworker_pb2.DESCRIPTOR.services_by_name["JobWorker"]
 _READ = {pki.Role.READER: Scope.ALL, pki.Role.WRITER: Scope.OWN, pki.Role.ADMIN: Scope.ALL}
 _WRITE = {pki.Role.WRITER: Scope.OWN, pki.Role.ADMIN: Scope.ALL}
+# Server facts, not jobs: every role may ask, the scope does not matter.
+_ANY_ROLE = {pki.Role.READER: Scope.OWN, pki.Role.WRITER: Scope.OWN, pki.Role.ADMIN: Scope.OWN}
 
 ACCESS: Mapping[str, Mapping[pki.Role, Scope]] = {
     "/jobworker.v1.JobWorker/Start": _WRITE,
@@ -53,6 +55,7 @@ ACCESS: Mapping[str, Mapping[pki.Role, Scope]] = {
     "/jobworker.v1.JobWorker/GetStatus": _READ,
     "/jobworker.v1.JobWorker/List": _READ,
     "/jobworker.v1.JobWorker/StreamOutput": _READ,
+    "/jobworker.v1.JobWorker/GetServerInfo": _ANY_ROLE,
 }
 """Method -> the roles allowed to call it and the jobs each one sees. Absent roles are refused."""
 

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+import jobworker
 from jobworker import engine
 from jobworker.api import jobworker_pb2 as pb
 from jobworker.api import jobworker_pb2_grpc as pb_grpc
@@ -109,6 +110,24 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         owner = caller.owner_filter(convert.owner_filter(request.owner))
         jobs = self._manager.list(states=states, owner=owner)
         return pb.ListResponse(jobs=[convert.status_to_proto(s) for s in jobs])
+
+    async def GetServerInfo(
+        self, request: pb.GetServerInfoRequest, context: Context
+    ) -> pb.GetServerInfoResponse:
+        caller = current_caller()
+        info = self._manager.info
+        config = self._manager.config
+        return pb.GetServerInfoResponse(
+            version=jobworker.__version__,
+            cgroup_driver=info.cgroup_driver,
+            cgroup_reason="" if info.limits_supported else info.cgroup_reason,
+            limits_supported=info.limits_supported,
+            namespaces=info.namespaces,
+            default_limits=convert.limits_to_proto(config.default_limits),
+            max_limits=convert.limits_to_proto(config.max_limits),
+            identity=caller.identity,
+            role=caller.role.value,
+        )
 
     async def StreamOutput(
         self, request: pb.StreamOutputRequest, context: Context

@@ -212,3 +212,25 @@ def test_health(jw: Jw) -> None:
     for user in ("rita", "alice", "adam"):
         result = jw("health", user=user)
         assert (result.exit_code, result.stdout) == (0, "SERVING\n")
+
+
+def test_info_says_limits_are_not_enforced_and_why(jw: Jw) -> None:
+    result = jw("info", user="rita")
+    assert result.exit_code == 0, result.stderr
+    assert "You:        rita (reader)" in result.stdout
+    assert "Limits:     NOT enforced: cgroups disabled by configuration" in result.stdout
+    as_json = json.loads(jw("info", "--json").stdout)
+    assert as_json["limits_supported"] is False
+    assert as_json["cgroup_driver"] == "none"
+    assert (as_json["identity"], as_json["role"]) == ("alice", "writer")
+
+
+def test_info_shows_enforced_limits_and_ceilings(jw_limits: Jw) -> None:
+    result = jw_limits("info", "--json")
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["limits_supported"] is True
+    assert info["cgroup_driver"] in {"v1", "v2"}
+    assert info["namespaces"] is True
+    assert info["max_limits"]["memory_bytes"] == 1 << 30
+    assert "Ceilings:   memory=1GiB" in jw_limits("info").stdout

@@ -17,13 +17,27 @@ from jobworker.server import ACCESS, ROLELESS, JobWorkerServer
 OK = grpc.StatusCode.OK
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 HIDDEN = grpc.StatusCode.NOT_FOUND
-RPCS = ("Start", "GetStatus", "List", "StreamOutput", "Stop")
+RPCS = ("Start", "GetStatus", "List", "StreamOutput", "GetServerInfo", "Stop")
 
 # What each caller gets from each RPC aimed at a running job owned by the writer walt.
 MATRIX: dict[str, dict[str, grpc.StatusCode]] = {
-    "rita": {"Start": DENIED, "GetStatus": OK, "List": OK, "StreamOutput": OK, "Stop": DENIED},
+    "rita": {
+        "Start": DENIED,
+        "GetStatus": OK,
+        "List": OK,
+        "StreamOutput": OK,
+        "GetServerInfo": OK,
+        "Stop": DENIED,
+    },
     "walt": dict.fromkeys(RPCS, OK),
-    "wendy": {"Start": OK, "GetStatus": HIDDEN, "List": OK, "StreamOutput": HIDDEN, "Stop": HIDDEN},
+    "wendy": {
+        "Start": OK,
+        "GetStatus": HIDDEN,
+        "List": OK,
+        "StreamOutput": HIDDEN,
+        "GetServerInfo": OK,
+        "Stop": HIDDEN,
+    },
     "ada": dict.fromkeys(RPCS, OK),
     "nora": dict.fromkeys(RPCS, DENIED),  # no role extension
     "mal": dict.fromkeys(RPCS, DENIED),  # malformed role extension
@@ -41,6 +55,8 @@ def call(stub: Stub, rpc: str, job_id: str) -> Any:
         return stub.List(pb.ListRequest())
     if rpc == "StreamOutput":
         return stub.StreamOutput(pb.StreamOutputRequest(job_id=job_id, follow=False))
+    if rpc == "GetServerInfo":
+        return stub.GetServerInfo(pb.GetServerInfoRequest())
     return stub.Stop(pb.StopRequest(job_id=job_id, grace_seconds=0))
 
 
@@ -148,3 +164,13 @@ async def test_health_reports_not_serving_during_shutdown(
     assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
     watch.cancel()
     await stopping
+
+
+async def test_server_info_says_what_is_enforced_and_who_asks(connect: Connect) -> None:
+    info = await connect("rita").GetServerInfo(pb.GetServerInfoRequest())
+    assert (info.identity, info.role) == ("rita", "reader")
+    assert info.version
+    assert info.cgroup_driver in {"v1", "v2", "none"}
+    assert info.limits_supported == (info.cgroup_driver != "none")
+    if not info.limits_supported:
+        assert info.cgroup_reason  # a server that cannot enforce limits says why
