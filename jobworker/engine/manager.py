@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import shutil
@@ -40,6 +41,9 @@ from jobworker.engine.supervisor import JobSupervisor
 
 log = logging.getLogger("jobworker.engine")
 
+# Each running job holds four descriptors in the server; running out is a capacity problem, not bad input.
+_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
+_OUT_OF_FDS_MESSAGE = "the server has no file descriptors left for another job (raise its open-file limit)"
 # Bounds the wait for the shim to report "started"; a healthy start takes milliseconds.
 _START_TIMEOUT = 30.0
 
@@ -207,7 +211,12 @@ class JobManager:
 
         job_id = str(uuid.uuid4())
         directory = records.job_dir(cfg.state_dir, job_id)
-        directory.mkdir(mode=0o700)
+        try:
+            directory.mkdir(mode=0o700)
+        except OSError as e:
+            if e.errno in _OUT_OF_FDS:
+                raise CapacityError(_OUT_OF_FDS_MESSAGE) from None
+            raise
         self._running += 1
         try:
             return await self._launch(job_id, directory, spec, limits, env, cwd, exe)
@@ -257,6 +266,8 @@ class JobManager:
             if isinstance(e, LaunchError):
                 raise StartError(f"cannot start {spec.command!r}: {e}") from None
             if isinstance(e, OSError):
+                if e.errno in _OUT_OF_FDS:
+                    raise CapacityError(_OUT_OF_FDS_MESSAGE) from None
                 raise StartError(f"cannot start {spec.command!r}: {e.strerror or e}") from None
             raise
 

@@ -1,0 +1,61 @@
+"""Case 5, churn: jobs run back to back; jobs/s, and no growth of fds, threads, cgroups or RSS."""
+
+from __future__ import annotations
+
+import time
+
+from _context import JOB_LIMITS, Context
+from _harness import BenchError, ProcSample
+from _report import CaseResult, Metric, MiB
+
+from jobworker.client import JobState, StreamEnd
+
+_BATCH = 100
+
+
+async def _run_one(ctx: Context) -> None:
+    job = await ctx.client.start("/bin/true", limits=JOB_LIMITS)
+    final = None
+    async for event in ctx.client.stream(job.id):
+        if isinstance(event, StreamEnd):
+            final = event.job
+    if final is None or final.state is not JobState.EXITED:
+        raise BenchError(f"churn job {job.id} did not exit: {final}")
+
+
+async def run(ctx: Context) -> CaseResult:
+    """Run the churn and compare the server after the first and the last hundred jobs."""
+    count = ctx.sizes.churn_jobs
+    result = CaseResult("churn", f"5. churn ({count} jobs of /bin/true, back to back)")
+    samples: list[tuple[int, ProcSample, int]] = []
+    t0 = time.perf_counter()
+    for i in range(1, count + 1):
+        await _run_one(ctx)
+        if i % _BATCH == 0:
+            samples.append((i, ctx.server.sample(), ctx.server.cgroups.count()))
+    seconds = time.perf_counter() - t0
+    (first_n, first, first_cg), (last_n, last, last_cg) = samples[0], samples[-1]
+    rss_growth = (last.rss_bytes - first.rss_bytes) / MiB
+    result.data.update(
+        jobs=count,
+        seconds=seconds,
+        jobs_per_s=count / seconds,
+        samples=[
+            {"after_jobs": n, "rss_mib": s.rss_bytes / MiB, "fds": s.fds, "threads": s.threads, "cgroups": cg}
+            for n, s, cg in samples
+        ],
+        rss_growth_per_job_kib=rss_growth * 1024 / max(1, last_n - first_n),
+    )
+    between = f"job {first_n} -> {last_n}"
+    result.metrics += [
+        Metric("jobs/s", count / seconds, "jobs/s", higher_is_better=True),
+        Metric(f"fd growth ({between})", last.fds - first.fds, "fds", limit=0),
+        Metric(f"thread growth ({between})", last.threads - first.threads, "threads", limit=0),
+        Metric(f"cgroup growth ({between})", last_cg - first_cg, "dirs", limit=0),
+        Metric(f"RSS growth ({between})", rss_growth, "MiB", limit=0),
+    ]
+    result.notes.append(
+        f"RSS grew {rss_growth * 1024 / max(1, last_n - first_n):.1f} KiB per job between job {first_n} and"
+        f" job {last_n}; {last_cg} job cgroup directories and {last.fds} server fds after the last job"
+    )
+    return result
