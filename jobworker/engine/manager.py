@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -55,6 +56,9 @@ class EngineConfig:
     state_dir: Path
     output_cap_bytes: int = 1 << 30
     max_running_jobs: int = 1000
+    # Ended jobs kept (status and output, in memory and on disk); beyond this the oldest ended jobs are
+    # deleted. None keeps every job forever.
+    retained_jobs: int | None = 1000
     default_grace_seconds: float = 10.0
     # Run jobs in their own PID/mount/net/UTS/IPC namespaces. None: whenever the host allows it (root).
     # True: required, open() fails where they cannot be created.
@@ -106,6 +110,9 @@ class JobManager:
         self._driver: CgroupDriver = null_driver("not opened yet")
         self._namespaces = False
         self._fork_server: ForkServer | None = None
+        # Ended jobs, oldest first: what retention deletes from.
+        self._ended_ids: collections.deque[str] = collections.deque()
+        self._deletions: set[asyncio.Future[None]] = set()
 
     async def open(self) -> None:
         """Prepare the state directory, cgroups and namespaces, and reload past jobs."""
@@ -174,6 +181,9 @@ class JobManager:
             job = _Job(status=status, directory=directory, spool=spool)
             job.done.set()
             self._jobs[status.id] = job
+        ended = sorted(self._jobs.values(), key=lambda j: (j.status.ended_at or 0, j.status.started_at))
+        self._ended_ids.extend(j.status.id for j in ended)
+        self._apply_retention()
 
     @property
     def info(self) -> EngineInfo:
@@ -314,6 +324,8 @@ class JobManager:
         except OSError as e:
             log.error("cannot save job record", extra={"job_id": job.status.id, "error": str(e)})
         job.done.set()
+        self._ended_ids.append(job.status.id)
+        self._apply_retention()
         log.info(
             "job ended",
             extra={
@@ -323,6 +335,19 @@ class JobManager:
                 "signal": sup.signal,
             },
         )
+
+    def _apply_retention(self) -> None:
+        """Delete the oldest ended jobs beyond the configured number, records and output alike."""
+        keep = self._config.retained_jobs
+        if keep is None:
+            return
+        loop = asyncio.get_running_loop()
+        while len(self._ended_ids) > keep:
+            job = self._jobs.pop(self._ended_ids.popleft())
+            # Followers still reading keep their open file; unlinking does not cut them off.
+            deletion = loop.run_in_executor(None, shutil.rmtree, job.directory, True)
+            self._deletions.add(deletion)
+            deletion.add_done_callback(self._deletions.discard)
 
     def _get(self, job_id: str) -> _Job:
         job = self._jobs.get(job_id)
@@ -397,6 +422,7 @@ class JobManager:
         grace = self._config.default_grace_seconds if grace_seconds is None else grace_seconds
         running = [job.supervisor for job in self._jobs.values() if job.supervisor is not None]
         await asyncio.gather(*(sup.stop(grace) for sup in running), return_exceptions=True)
+        await asyncio.gather(*self._deletions)
         if self._fork_server is not None:
             await asyncio.to_thread(self._fork_server.close)
             self._fork_server = None

@@ -23,6 +23,8 @@ class ServerConfig:
     state_dir: Path
     grace_seconds: float = 10.0
     max_jobs: int = 1000
+    # Ended jobs kept with their output; the oldest beyond this are deleted.
+    retain_jobs: int = 1000
     output_cap_bytes: int = 1 << 30
     default_limits: engine.Limits = field(default_factory=engine.Limits)
     max_limits: engine.Limits = field(default_factory=engine.Limits)
@@ -42,6 +44,7 @@ class ServerConfig:
             state_dir=self.state_dir,
             output_cap_bytes=self.output_cap_bytes,
             max_running_jobs=self.max_jobs,
+            retained_jobs=self.retain_jobs,
             default_grace_seconds=self.grace_seconds,
             default_limits=self.default_limits,
             max_limits=self.max_limits,

@@ -103,6 +103,13 @@ def _raise_open_file_limit() -> None:
     help="Seconds between SIGTERM and SIGKILL when stopping jobs.",
 )
 @_option("--max-jobs", "MAX_JOBS", type=_POSITIVE, default=1000, help="Running jobs allowed.")
+@_option(
+    "--retain-jobs",
+    "RETAIN_JOBS",
+    type=click.IntRange(min=0),
+    default=1000,
+    help="Ended jobs kept with their status and output; the oldest beyond this are deleted.",
+)
 @_option("--output-cap", "OUTPUT_CAP", type=ByteSize(), default="1G", help="Output kept per job.")
 @_limit_options
 @_option(
@@ -149,6 +156,7 @@ def main(ctx: click.Context, /, **options: Any) -> None:
         state_dir=options["state_dir"],
         grace_seconds=options["grace"],
         max_jobs=options["max_jobs"],
+        retain_jobs=options["retain_jobs"],
         output_cap_bytes=options["output_cap"],
         default_limits=limits("default"),
         max_limits=limits("max"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -307,3 +308,39 @@ async def test_close_stops_running_jobs_and_refuses_new_ones(plain_manager: JobM
     assert plain_manager.status(status.id).state is JobState.STOPPED
     with pytest.raises(Exception, match="shutting down"):
         await plain_manager.start(JobSpec("true"))
+
+
+async def test_retention_deletes_the_oldest_ended_jobs(tmp_path: Path) -> None:
+    config = EngineConfig(state_dir=tmp_path, namespaces=False, cgroups=False, retained_jobs=2)
+    mgr = JobManager(config)
+    await mgr.open()
+    ids = []
+    for i in range(4):
+        status = await mgr.start(JobSpec("sh", ("-c", f"echo {i}")))
+        await mgr.wait(status.id)
+        ids.append(status.id)
+    assert [s.id for s in mgr.list()] == ids[2:]
+    with pytest.raises(JobNotFoundError):
+        mgr.status(ids[0])
+    await mgr.close()
+    assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == sorted(ids[2:])
+
+    # The limit also holds for what a restarted server reloads.
+    smaller = JobManager(dataclasses.replace(config, retained_jobs=1))
+    await smaller.open()
+    assert [s.id for s in smaller.list()] == ids[3:]
+    await smaller.close()
+    assert [p.name for p in (tmp_path / "jobs").iterdir()] == ids[3:]
+
+
+async def test_running_jobs_are_never_deleted_by_retention(tmp_path: Path) -> None:
+    mgr = JobManager(EngineConfig(state_dir=tmp_path, namespaces=False, cgroups=False, retained_jobs=0))
+    await mgr.open()
+    running = await mgr.start(JobSpec("sleep", ("100",)))
+    done = await mgr.start(JobSpec("true"))
+    await mgr.wait(done.id)
+    assert [s.id for s in mgr.list()] == [running.id]
+    final = await mgr.stop(running.id, grace_seconds=5)
+    assert final.state is JobState.STOPPED  # the caller of stop still gets the final status
+    assert mgr.list() == []
+    await mgr.close()
