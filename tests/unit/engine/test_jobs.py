@@ -344,3 +344,15 @@ async def test_running_jobs_are_never_deleted_by_retention(tmp_path: Path) -> No
     assert final.state is JobState.STOPPED  # the caller of stop still gets the final status
     assert mgr.list() == []
     await mgr.close()
+
+
+async def test_jobs_still_start_when_the_fork_server_dies(plain_manager: JobManager) -> None:
+    fork_server = plain_manager._fork_server
+    assert fork_server is not None
+    fork_server._process.kill()
+    fork_server._process.wait()
+    for _ in range(2):  # the first start finds it dead, the next one does not try it again
+        status = await plain_manager.start(JobSpec("sh", ("-c", "echo $0", "direct")))
+        assert (await plain_manager.wait(status.id)).exit_code == 0
+        assert b"".join(c.data for c in await collect(plain_manager, status.id)) == b"direct\n"
+    assert not fork_server.alive
