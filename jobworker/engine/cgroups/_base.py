@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -112,6 +113,24 @@ def check_limits(limits: Limits) -> None:
             raise CgroupError(f"{name} must be an integer, not {value!r}")
         if value <= 0:
             raise CgroupError(f"{name} must be positive, not {value}")
+
+
+def require_controllers(limits: Limits, available: Collection[str], *, io: str, where: str) -> None:
+    """Raise CgroupError naming the first controller limits need that is not in available.
+
+    io names the IO controller ("io" on v2, "blkio" on v1); where says how it is missing, for the message.
+    """
+    needed = {
+        "cpu": limits.cpus is not None,
+        "memory": limits.memory_bytes is not None,
+        io: limits.io_read_bps is not None or limits.io_write_bps is not None,
+        "pids": limits.pids is not None,
+    }
+    for controller, wanted in needed.items():
+        if wanted and controller not in available:
+            raise CgroupError(
+                f"cgroup controller '{controller}' is {where}, so {controller} limits cannot be enforced"
+            )
 
 
 def cpu_quota_us(cpus: float) -> int:

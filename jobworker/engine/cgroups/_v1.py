@@ -28,6 +28,7 @@ from ._base import (
     parse_pids,
     read_int,
     read_text,
+    require_controllers,
 )
 from ._devices import block_devices_for
 from ._host import Host, mkdir_exist_ok, remove_all, rmdir_until, subdirs, write_or_raise
@@ -215,18 +216,9 @@ class V1Driver:
 
     def _limit_writes(self, limits: Limits) -> list[tuple[str, str, str]]:
         """(controller, file, value) triples for limits; raises for a missing hierarchy."""
-        needed = {
-            "cpu": limits.cpus is not None,
-            "memory": limits.memory_bytes is not None,
-            "blkio": limits.io_read_bps is not None or limits.io_write_bps is not None,
-            "pids": limits.pids is not None,
-        }
-        for controller, wanted in needed.items():
-            if wanted and controller not in self._controllers:
-                raise CgroupError(
-                    f"cgroup v1 controller '{controller}' is not mounted on this host, "
-                    f"so {controller} limits cannot be enforced"
-                )
+        require_controllers(
+            limits, self._controllers, io="blkio", where="not mounted on this host (cgroup v1)"
+        )
         writes: list[tuple[str, str, str]] = []
         if limits.cpus is not None:
             writes.append(("cpu", "cpu.cfs_period_us", str(CPU_PERIOD_US)))
@@ -235,7 +227,7 @@ class V1Driver:
             writes.extend(self._memory_writes(limits.memory_bytes))
         if limits.pids is not None:
             writes.append(("pids", "pids.max", str(limits.pids)))
-        if needed["blkio"]:
+        if limits.io_read_bps is not None or limits.io_write_bps is not None:
             devices = block_devices_for(self._io_paths, self._sys_block)
             if not devices:
                 raise CgroupError("no block device found to apply io limits to")

@@ -23,6 +23,7 @@ from ._base import (
     parse_pids,
     read_int,
     read_text,
+    require_controllers,
 )
 from ._devices import block_devices_for
 from ._host import Host, mkdir_exist_ok, remove_all, rmdir_until, subdirs, write_or_raise
@@ -198,18 +199,7 @@ class V2Driver:
 
     def _limit_writes(self, limits: Limits) -> list[tuple[str, str, bool]]:
         """(file, value, skip-if-absent) triples for limits; raises for a missing controller."""
-        needed = {
-            "cpu": limits.cpus is not None,
-            "memory": limits.memory_bytes is not None,
-            "io": limits.io_read_bps is not None or limits.io_write_bps is not None,
-            "pids": limits.pids is not None,
-        }
-        for controller, wanted in needed.items():
-            if wanted and controller not in self.controllers:
-                raise CgroupError(
-                    f"cgroup v2 controller '{controller}' is not available on this host, "
-                    f"so {controller} limits cannot be enforced"
-                )
+        require_controllers(limits, self.controllers, io="io", where="not available on this host (cgroup v2)")
         writes: list[tuple[str, str, bool]] = []
         if limits.cpus is not None:
             writes.append(("cpu.max", f"{cpu_quota_us(limits.cpus)} {CPU_PERIOD_US}", False))
@@ -219,7 +209,7 @@ class V2Driver:
             writes.append(("memory.swap.max", "0", True))
         if limits.pids is not None:
             writes.append(("pids.max", str(limits.pids), False))
-        if needed["io"]:
+        if limits.io_read_bps is not None or limits.io_write_bps is not None:
             devices = block_devices_for(self._io_paths, self._sys_block)
             if not devices:
                 raise CgroupError("no block device found to apply io limits to")
