@@ -42,6 +42,8 @@ MS_PRIVATE = 1 << 18
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
+# What the launcher and init pass on to the job (a stop is SIGTERM).
+FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 # The command's environment: exactly what the engine gave us, minus the LC_CTYPE that Python's locale
@@ -148,8 +150,10 @@ def supervise(exe: str, argv: list[str], status_fd: int, *, pid_namespace: bool)
         except ProcessLookupError:
             pass
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in FORWARDED:
         signal.signal(sig, forward)
+    # Anything that arrived since main() blocked these is delivered now, to the handler.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     while True:
         try:
             pid, status = os.wait()
@@ -193,9 +197,10 @@ def main(args: list[str]) -> int:
         args = args[2:]
     exe, argv = args[1], args[2:]
     os.set_inheritable(status_fd, False)
-    # Python ignores SIGPIPE; signals arriving before supervise() installs handlers must not kill us.
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
+    # Block rather than ignore: a stop can come as soon as the command runs, before the forwarding
+    # handlers exist; blocked, it stays pending and reaches them once they are installed. (An ignored
+    # signal would be lost, and init of a PID namespace drops signals it has no handler for.)
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     try:
         if not namespaces:
             join_cgroups(procs_files)
@@ -225,8 +230,9 @@ def main(args: list[str]) -> int:
             except ProcessLookupError:
                 pass
 
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in FORWARDED:
             signal.signal(sig, forward_to_init)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         _, status = os.waitpid(init, 0)
         if os.WIFSIGNALED(status):
             # init was killed (stop after the grace period, OOM): the command went with it.

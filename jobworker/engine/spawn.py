@@ -137,6 +137,7 @@ class Launched:
         self.status = ShimStatus()
         self._status_fd = status_fd
         self._buffer = b""
+        self._exec_seen = False
         asyncio.get_running_loop().add_reader(status_fd, self._on_status)
 
     @classmethod
@@ -216,10 +217,16 @@ class Launched:
     def _handle(self, line: str) -> None:
         word, _, rest = line.partition(" ")
         st = self.status
+        # With namespaces, init's "started" can overtake the launcher's "pid": the job counts as
+        # started once both are known, so a stop right after Start can always address init.
         if word == "pid":
             st.pid = int(rest)
+            if self._exec_seen and not st.started.done():
+                st.started.set_result(None)
         elif word == "started" and not st.started.done():
-            st.started.set_result(None)
+            self._exec_seen = True
+            if st.pid:
+                st.started.set_result(None)
         elif word == "failed" and not st.started.done():
             errno, _, message = rest.partition(" ")
             st.started.set_exception(LaunchError(int(errno or 0), message))

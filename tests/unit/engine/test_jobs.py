@@ -356,3 +356,14 @@ async def test_jobs_still_start_when_the_fork_server_dies(plain_manager: JobMana
         assert (await plain_manager.wait(status.id)).exit_code == 0
         assert b"".join(c.data for c in await collect(plain_manager, status.id)) == b"direct\n"
     assert not fork_server.alive
+
+
+async def test_stop_right_after_start_is_not_lost(manager: JobManager) -> None:
+    # Start returns as soon as the command runs, possibly before the job's init has installed the
+    # handler that passes SIGTERM on. A stop in that window must still end the job by SIGTERM, long
+    # before the (here very long) grace period would escalate to SIGKILL.
+    for _ in range(20):
+        status = await manager.start(JobSpec("sleep", ("300",)))
+        final = await asyncio.wait_for(manager.stop(status.id, grace_seconds=60), 10)
+        assert final.state is JobState.STOPPED
+        assert final.signal == signal.SIGTERM
