@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import AsyncGenerator, Collection
@@ -447,7 +448,7 @@ def _with_output(status: JobStatus, spool: OutputSpool | None) -> JobStatus:
 async def _abandon(launched: Launched) -> None:
     """Kill a shim whose start failed and wait for it, so no process or fd outlives a failed Start."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(launched.pgid, 9)
+        os.killpg(launched.pgid, signal.SIGKILL)
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(asyncio.shield(launched.status.closed), 10)
     for fd in (launched.stdout_fd, launched.stderr_fd):
