@@ -356,6 +356,10 @@ class JobManager:
             raise JobNotFoundError(job_id)
         return job
 
+    def owner(self, job_id: str) -> str:
+        """Who started the job (cheap: no usage is read, unlike status())."""
+        return self._get(job_id).status.owner
+
     def status(self, job_id: str) -> JobStatus:
         """A snapshot of one job (usage and output counters are live while it runs)."""
         return self._snapshot(self._get(job_id))

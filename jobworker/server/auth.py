@@ -8,14 +8,15 @@ the audit line. Handlers never check roles; they ask the caller whether a job's 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import enum
 import functools
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
 import grpc
@@ -151,7 +152,14 @@ def authorize(method: str, peer: PeerCertificate) -> Caller | None:
 class _Call:
     record: CallRecord
     caller: Caller | None = None
-    logged: bool = False
+    started: float = field(default_factory=time.monotonic)
+    audited: bool = False
+
+    def audit(self) -> None:
+        """Write the call's audit line, once, however the call ends."""
+        if not self.audited:
+            self.audited = True
+            log_call(self.record, time.monotonic() - self.started)
 
 
 _CURRENT: contextvars.ContextVar[_Call] = contextvars.ContextVar("jobworker_call")
@@ -179,7 +187,7 @@ def _job_id_hint(request: object) -> str:
 
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
-StreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+StreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncGenerator[Any, None]]
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -253,9 +261,7 @@ def _admit(call: _Call, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     call.caller = authorize(call.record.method, peer)
 
 
-async def _fail(
-    call: _Call, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, started: float
-) -> NoReturn:
+async def _fail(call: _Call, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
     record = call.record
     if not isinstance(exc, Exception):
         # CancelledError (the client went away), GeneratorExit (the stream was closed) and the like.
@@ -270,47 +276,37 @@ async def _fail(
         status = (grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
     record.code = status[0]
     # abort() sends the status at once: audit first, so the line exists before the client sees the error.
-    log_call(record, time.monotonic() - started)
-    call.logged = True
+    call.audit()
     await context.abort(*status)
 
 
 def _wrap_unary(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        started = time.monotonic()
         call = _begin(method, request, context)
         try:
             _admit(call, context)
             return await behavior(request, context)
         except BaseException as exc:
-            await _fail(call, context, exc, started)
+            await _fail(call, context, exc)
         finally:
-            if not call.logged:
-                log_call(call.record, time.monotonic() - started)
+            call.audit()
 
     return wrapped
 
 
 def _wrap_stream(method: str, behavior: StreamBehavior) -> StreamBehavior:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        started = time.monotonic()
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncGenerator[Any, None]:
         call = _begin(method, request, context)
         try:
             _admit(call, context)
-            messages = behavior(request, context)
-            try:
+            # Close the handler now, not at garbage collection, so a vanished client frees everything
+            # the stream held.
+            async with contextlib.aclosing(behavior(request, context)) as messages:
                 async for message in messages:
                     yield message
-            finally:
-                # Close the handler now, not at garbage collection, so a vanished client frees
-                # everything the stream held.
-                aclose = getattr(messages, "aclose", None)
-                if aclose is not None:
-                    await aclose()
         except BaseException as exc:
-            await _fail(call, context, exc, started)
+            await _fail(call, context, exc)
         finally:
-            if not call.logged:
-                log_call(call.record, time.monotonic() - started)
+            call.audit()
 
     return wrapped

@@ -37,12 +37,6 @@ async def _finish(task: asyncio.Future[Any] | None) -> None:
         await task
 
 
-async def _aclose(iterator: AsyncIterator[Any]) -> None:
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        await aclose()
-
-
 def _keep_running(awaitable: Awaitable[_T]) -> asyncio.Future[_T]:
     # A stop the client gave up waiting for still completes: the grace period and SIGKILL must run.
     future = asyncio.ensure_future(awaitable)
@@ -78,11 +72,10 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
                 self._shutdown.set_result(None)
         return self._shutdown
 
-    def _visible(self, caller: Caller, job_id: str) -> engine.JobStatus:
-        status = self._manager.status(job_id)
-        if not caller.may_see(status.owner):
+    def _check_visible(self, caller: Caller, job_id: str) -> None:
+        # Another owner's job answers exactly like a missing one.
+        if not caller.may_see(self._manager.owner(job_id)):
             raise engine.JobNotFoundError(job_id)
-        return status
 
     async def Start(self, request: pb.StartRequest, context: Context) -> pb.StartResponse:
         caller = current_caller()
@@ -95,13 +88,15 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         caller = current_caller()
         job_id = convert.job_id(request.job_id)
         grace = convert.grace_seconds(request)
-        self._visible(caller, job_id)
+        self._check_visible(caller, job_id)
         status = await asyncio.shield(_keep_running(self._manager.stop(job_id, grace)))
         return pb.StopResponse(job=convert.status_to_proto(status))
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.GetStatusResponse:
         caller = current_caller()
-        status = self._visible(caller, convert.job_id(request.job_id))
+        job_id = convert.job_id(request.job_id)
+        self._check_visible(caller, job_id)
+        status = self._manager.status(job_id)
         return pb.GetStatusResponse(job=convert.status_to_proto(status))
 
     async def List(self, request: pb.ListRequest, context: Context) -> pb.ListResponse:
@@ -135,7 +130,7 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         caller = current_caller()
         job_id = convert.job_id(request.job_id)
         selection = convert.selection_from_proto(request.streams)
-        self._visible(caller, job_id)
+        self._check_visible(caller, job_id)
         self._streams += 1
         try:
             stream = self._stream(job_id, selection, request.offset, request.follow)
@@ -173,7 +168,7 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
                     yield message
         finally:
             await _finish(pending)
-            await _aclose(events)
+            await events.aclose()
         status = self._manager.status(job_id)
         yield pb.StreamOutputResponse(
             end=pb.StreamEnd(
