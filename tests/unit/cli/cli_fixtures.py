@@ -27,6 +27,27 @@ OUTPUT_CAP = 1 << 20
 MAX_MEMORY = "1G"
 
 
+# The keys of a job in `--json` output, in the order jw prints them (a contract for scripts).
+JOB_JSON_KEYS = [
+    "id",
+    "owner",
+    "command",
+    "args",
+    "state",
+    "exit_code",
+    "signal",
+    "pid",
+    "started_at",
+    "ended_at",
+    "limits",
+    "usage",
+    "stdout_bytes",
+    "stderr_bytes",
+    "output_truncated",
+    "cwd",
+]
+
+
 @dataclass(frozen=True)
 class Pki:
     """Where the minted test credentials are."""

@@ -7,26 +7,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from cli_fixtures import UUID, Jw
-
-JSON_KEYS = {
-    "id",
-    "owner",
-    "command",
-    "args",
-    "state",
-    "exit_code",
-    "signal",
-    "pid",
-    "started_at",
-    "ended_at",
-    "limits",
-    "usage",
-    "stdout_bytes",
-    "stderr_bytes",
-    "output_truncated",
-    "cwd",
-}
+from cli_fixtures import JOB_JSON_KEYS, UUID, Jw
 
 
 @pytest.fixture
@@ -40,7 +21,7 @@ def sleeper(jw: Jw) -> Iterator[str]:
 def test_start_json(jw: Jw) -> None:
     result = jw("start", "--json", "--", "echo", "hi")
     data = json.loads(result.stdout)
-    assert set(data) == JSON_KEYS
+    assert set(data) == set(JOB_JSON_KEYS)
     assert UUID.fullmatch(data["id"])
     assert (data["owner"], data["command"], data["args"]) == ("alice", "echo", ["hi"])
     assert data["started_at"].endswith("Z")
@@ -81,7 +62,7 @@ def test_status_text_and_json(jw: Jw, sleeper: str) -> None:
     assert "State:    running" in text.stdout
     assert "Command:  sleep 300" in text.stdout
     data = json.loads(jw("status", "--json", sleeper).stdout)
-    assert set(data) == JSON_KEYS
+    assert set(data) == set(JOB_JSON_KEYS)
     assert data["state"] == "running"
     assert data["pid"] > 0
     assert data["ended_at"] is None
@@ -121,7 +102,7 @@ def test_list_filters_by_state(jw: Jw, sleeper: str) -> None:
 def test_list_json(jw: Jw, sleeper: str) -> None:
     data = json.loads(jw("list", "--json").stdout)
     assert isinstance(data, list)
-    assert all(set(item) == JSON_KEYS for item in data)
+    assert all(set(item) == set(JOB_JSON_KEYS) for item in data)
     assert sleeper in {item["id"] for item in data}
 
 

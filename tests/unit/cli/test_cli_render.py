@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from cli_fixtures import JOB_JSON_KEYS
 
 from jobworker.cli._render import (
     format_ago,
@@ -18,24 +19,6 @@ from jobworker.cli._render import (
 from jobworker.client import JobInfo, JobState, Limits, Usage
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
-JSON_KEYS = [
-    "id",
-    "owner",
-    "command",
-    "args",
-    "state",
-    "exit_code",
-    "signal",
-    "pid",
-    "started_at",
-    "ended_at",
-    "limits",
-    "usage",
-    "stdout_bytes",
-    "stderr_bytes",
-    "output_truncated",
-    "cwd",
-]
 
 
 def job(**fields: object) -> JobInfo:
@@ -86,7 +69,7 @@ def test_format_ago(seconds: int, text: str) -> None:
 
 def test_json_keys_are_stable_and_timestamps_rfc3339() -> None:
     data = job_json(job(limits=Limits(cpus=0.5), usage=Usage(cpu_seconds=1.0)))
-    assert list(data) == JSON_KEYS
+    assert list(data) == JOB_JSON_KEYS
     assert data["started_at"] == "2024-05-01T11:57:00Z"
     assert data["limits"] == {
         "cpus": 0.5,

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from engine_helpers import collect
 
 from jobworker.engine import (
     CapacityError,
@@ -26,23 +27,9 @@ from jobworker.engine import (
     OutputChunk,
     StartError,
     Stream,
-    StreamSelection,
 )
 
 PY = sys.executable
-
-
-async def collect(
-    mgr: JobManager,
-    job_id: str,
-    selection: StreamSelection = StreamSelection.BOTH,
-    offset: int = 0,
-    *,
-    follow: bool = True,
-) -> list[OutputChunk]:
-    return [
-        e async for e in mgr.follow(job_id, selection, offset, follow=follow) if isinstance(e, OutputChunk)
-    ]
 
 
 async def wait_for_output(mgr: JobManager, job_id: str, needle: bytes) -> None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from engine_helpers import collect
 
 from jobworker.engine import (
     EngineConfig,
@@ -22,19 +23,6 @@ from jobworker.engine import (
 
 PY = sys.executable
 ALL_BYTES = bytes(range(256))
-
-
-async def collect(
-    mgr: JobManager,
-    job_id: str,
-    selection: StreamSelection = StreamSelection.BOTH,
-    offset: int = 0,
-    *,
-    follow: bool = True,
-) -> list[OutputChunk]:
-    return [
-        e async for e in mgr.follow(job_id, selection, offset, follow=follow) if isinstance(e, OutputChunk)
-    ]
 
 
 def data_of(chunks: list[OutputChunk], stream: Stream | None = None) -> bytes:

@@ -3,39 +3,23 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-from server_helpers import LogCapture, Pki, Stub, channel_credentials, mint_pki, open_channel, server_config
+from server_helpers import (
+    Clients,
+    Connect,
+    LogCapture,
+    MakeServer,
+    OpenChannel,
+    Pki,
+    mint_pki,
+    server_config,
+)
 
 from jobworker.server import JobWorkerServer, build_server
-
-OpenChannel = Callable[[str | None], grpc.aio.Channel]
-Connect = Callable[[str | None], Stub]
-MakeServer = Callable[..., Awaitable[JobWorkerServer]]
-
-
-class Clients:
-    """Opens client channels as any PKI identity and closes them all at the end."""
-
-    def __init__(self, certs: Pki) -> None:
-        self._certs = certs
-        self._channels: list[grpc.aio.Channel] = []
-
-    def channel(self, port: int, name: str | None) -> grpc.aio.Channel:
-        opened = open_channel(port, channel_credentials(self._certs, name))
-        self._channels.append(opened)
-        return opened
-
-    def stub(self, port: int, name: str | None) -> Stub:
-        return Stub(self.channel(port, name))
-
-    async def close(self) -> None:
-        for opened in self._channels:
-            await opened.close()
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +25,7 @@ import grpc
 import pki
 from jobworker.api import jobworker_pb2 as pb
 from jobworker.api import jobworker_pb2_grpc as pb_grpc
-from jobworker.server import ServerConfig
+from jobworker.server import JobWorkerServer, ServerConfig
 from jobworker.server.jsonlog import record_fields
 
 if TYPE_CHECKING:
@@ -156,14 +156,19 @@ def output_of(messages: list[pb.StreamOutputResponse], stream: int | None = None
     )
 
 
+async def _drain(call: Any) -> None:
+    """Await a unary call or read a stream to its end."""
+    if hasattr(call, "__aiter__"):
+        async for _ in call:
+            pass
+    else:
+        await call
+
+
 async def rpc_code(call: Any) -> grpc.StatusCode:
     """Await a unary call or drain a stream; return its status code."""
     try:
-        if hasattr(call, "__aiter__"):
-            async for _ in call:
-                pass
-        else:
-            await call
+        await _drain(call)
     except grpc.aio.AioRpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK
@@ -172,11 +177,7 @@ async def rpc_code(call: Any) -> grpc.StatusCode:
 async def rpc_error(call: Any) -> grpc.aio.AioRpcError:
     """The error a call fails with (fails the test if it succeeds)."""
     try:
-        if hasattr(call, "__aiter__"):
-            async for _ in call:
-                pass
-        else:
-            await call
+        await _drain(call)
     except grpc.aio.AioRpcError as exc:
         return exc
     raise AssertionError("the call succeeded")
@@ -351,3 +352,28 @@ def tls_handshake(
             return exc.reason or str(exc)
         except (ConnectionResetError, BrokenPipeError):
             return "connection reset"
+
+
+OpenChannel = Callable[[str | None], grpc.aio.Channel]
+Connect = Callable[[str | None], Stub]
+MakeServer = Callable[..., Awaitable[JobWorkerServer]]
+
+
+class Clients:
+    """Opens client channels as any PKI identity and closes them all at the end."""
+
+    def __init__(self, certs: Pki) -> None:
+        self._certs = certs
+        self._channels: list[grpc.aio.Channel] = []
+
+    def channel(self, port: int, name: str | None) -> grpc.aio.Channel:
+        opened = open_channel(port, channel_credentials(self._certs, name))
+        self._channels.append(opened)
+        return opened
+
+    def stub(self, port: int, name: str | None) -> Stub:
+        return Stub(self.channel(port, name))
+
+    async def close(self) -> None:
+        for opened in self._channels:
+            await opened.close()

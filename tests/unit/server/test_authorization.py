@@ -7,9 +7,8 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Connect, OpenChannel
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_helpers import Stub, rpc_code, start_job
+from server_helpers import Connect, OpenChannel, Stub, rpc_code, start_job
 
 from jobworker.api import jobworker_pb2 as pb
 from jobworker.server import ACCESS, ROLELESS, JobWorkerServer

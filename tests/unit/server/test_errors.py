@@ -7,8 +7,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Clients, Connect, MakeServer
-from server_helpers import LogCapture, rpc_error, start_job
+from server_helpers import Clients, Connect, LogCapture, MakeServer, rpc_error, start_job
 
 from jobworker import engine
 from jobworker.api import jobworker_pb2 as pb

@@ -11,8 +11,17 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Clients, Connect, MakeServer
-from server_helpers import LogCapture, collect, next_message, output_of, read_rest, start_job
+from server_helpers import (
+    Clients,
+    Connect,
+    LogCapture,
+    MakeServer,
+    collect,
+    next_message,
+    output_of,
+    read_rest,
+    start_job,
+)
 
 from jobworker import engine
 from jobworker.api import jobworker_pb2 as pb

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Connect
 from server_helpers import (
+    Connect,
     LogCapture,
     Pki,
     Stub,
