@@ -8,7 +8,7 @@ StreamEnd: the same messages jw-server sends, with no job, spool, auth or engine
 from __future__ import annotations
 
 # Pins TLS 1.3 before grpc is imported, exactly as in jw-server.
-from jobworker.server import tls13  # noqa: F401
+import jobworker.server  # noqa: F401  (pins TLS 1.3 before grpc is imported)
 
 # isort: split
 

@@ -8,10 +8,9 @@ process that imports grpc before this package (and without the variable set) is 
 """
 # ruff: noqa: E402
 
-import os
+from jobworker import tls13
 
-_TLS13_ONLY_CIPHERS = "PSK-AES128-CBC-SHA"
-os.environ.setdefault("GRPC_SSL_CIPHER_SUITES", _TLS13_ONLY_CIPHERS)
+tls13.pin_tls13(override=False)
 
 from jobworker.client._async_client import AsyncClient
 from jobworker.client._client import Client

@@ -1,7 +1,11 @@
 """The jobworker gRPC server: the engine behind mTLS 1.3, roles, ownership and an audit trail."""
+# ruff: noqa: E402
 
-# Must run before anything in this process imports grpc; see tls13 for why.
-from jobworker.server import tls13  # noqa: I001
+# Must run before anything in this process imports grpc; see jobworker.tls13 for why.
+from jobworker import tls13
+
+PINNED = tls13.pin_tls13()
+"""Whether TLS 1.2 handshakes are refused in this process (and not only TLS 1.2 calls)."""
 
 from jobworker.server.app import JobWorkerServer, ServerStartError, build_server, run_server
 from jobworker.server.auth import ACCESS, ROLELESS, Caller, Scope
@@ -14,6 +18,7 @@ from jobworker.server.tls import CredentialError, CredentialFiles, CredentialRel
 __all__ = [
     "ACCESS",
     "ENGINE_ERROR_CODES",
+    "PINNED",
     "ROLELESS",
     "Caller",
     "CredentialError",

@@ -11,9 +11,9 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+import jobworker.server
 from jobworker import engine
 from jobworker.api import jobworker_pb2_grpc as pb_grpc
-from jobworker.server import tls13
 from jobworker.server.auth import AuthInterceptor
 from jobworker.server.config import MAX_RECEIVE_MESSAGE_BYTES, ServerConfig
 from jobworker.server.jsonlog import fields
@@ -102,7 +102,7 @@ class JobWorkerServer:
                 cgroup_reason=info.cgroup_reason,
                 namespaces=info.namespaces,
                 limits_supported=info.limits_supported,
-                tls13_handshake_pinned=tls13.PINNED,
+                tls13_handshake_pinned=jobworker.server.PINNED,
                 server_certificate=self._reloader.material.subject,
                 client_cas=list(self._reloader.material.client_cas),
             ),
