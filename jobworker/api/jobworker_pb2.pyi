@@ -658,6 +658,8 @@ class GetServerInfoResponse(_message.Message):
     MAX_LIMITS_FIELD_NUMBER: _builtins.int
     IDENTITY_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    ISOLATION_FIELD_NUMBER: _builtins.int
+    ISOLATION_DETAIL_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     cgroup_driver: _builtins.str
     """How jobs are put in cgroups: "v2", "v1" or "none"."""
@@ -669,6 +671,12 @@ class GetServerInfoResponse(_message.Message):
     identity: _builtins.str
     """The caller as the server sees it: certificate CN and role."""
     role: _builtins.str
+    isolation: _builtins.str
+    """How jobs are confined: "strict" (the job sandbox: unprivileged uid, no capabilities, seccomp, a root
+    of their own) or "none" (jobs run with the server's privileges, for trusted single-user hosts).
+    """
+    isolation_detail: _builtins.str
+    """One line on what that isolation does."""
     @_builtins.property
     def default_limits(self) -> Global___Limits:
         """Limits applied when a Start request leaves them unset."""
@@ -689,10 +697,12 @@ class GetServerInfoResponse(_message.Message):
         max_limits: Global___Limits | None = ...,
         identity: _builtins.str = ...,
         role: _builtins.str = ...,
+        isolation: _builtins.str = ...,
+        isolation_detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "max_limits", b"max_limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup_driver", b"cgroup_driver", "cgroup_reason", b"cgroup_reason", "default_limits", b"default_limits", "identity", b"identity", "limits_supported", b"limits_supported", "max_limits", b"max_limits", "namespaces", b"namespaces", "role", b"role", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup_driver", b"cgroup_driver", "cgroup_reason", b"cgroup_reason", "default_limits", b"default_limits", "identity", b"identity", "isolation", b"isolation", "isolation_detail", b"isolation_detail", "limits_supported", b"limits_supported", "max_limits", b"max_limits", "namespaces", b"namespaces", "role", b"role", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -222,6 +222,8 @@ def server_info_json(info: ServerInfo) -> dict[str, Any]:
         "max_limits": limits_json(info.max_limits),
         "identity": info.identity,
         "role": info.role,
+        "isolation": info.isolation,
+        "isolation_detail": info.isolation_detail,
     }
 
 
@@ -231,9 +233,16 @@ def server_info_details(info: ServerInfo, server: str) -> str:
         limits = f"enforced (cgroup {info.cgroup_driver})"
     else:
         limits = f"NOT enforced: {info.cgroup_reason}; requests with limits are refused"
+    if info.isolation == "strict":
+        isolation = f"strict: {info.isolation_detail}"
+    elif info.isolation == "none":
+        isolation = "NONE: jobs run with the server's own privileges (trusted hosts only)"
+    else:
+        isolation = "unknown (server predates the job sandbox)"
     fields = [
         ("Server", f"{server} (jobworker {info.version})"),
         ("You", f"{info.identity} ({info.role})"),
+        ("Isolation", isolation),
         ("Limits", limits),
         (
             "Namespaces",

@@ -143,6 +143,8 @@ def server_info_from_proto(message: pb.GetServerInfoResponse) -> ServerInfo:
         max_limits=limits_from_proto(message.max_limits),
         identity=message.identity,
         role=message.role,
+        isolation=message.isolation,
+        isolation_detail=message.isolation_detail,
     )
 
 

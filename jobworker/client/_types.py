@@ -119,6 +119,9 @@ class ServerInfo:
     max_limits: Limits
     identity: str
     role: str
+    # "strict" or "none" (empty from servers older than the job sandbox).
+    isolation: str = ""
+    isolation_detail: str = ""
 
 
 @dataclass(frozen=True)

@@ -25,16 +25,34 @@ from jobworker.engine.job import (
     StreamSelection,
     Usage,
 )
-from jobworker.engine.manager import EngineConfig, EngineInfo, JobManager
+from jobworker.engine.manager import (
+    EngineConfig,
+    EngineInfo,
+    JobManager,
+    default_job_limits,
+    default_max_limits,
+)
+from jobworker.engine.sandbox import (
+    DEFAULT_SCRATCH_BYTES,
+    DEFAULT_UID_RANGE,
+    Isolation,
+    JobMount,
+    SandboxConfig,
+    SandboxUnavailableError,
+)
 
 __all__ = [
+    "DEFAULT_SCRATCH_BYTES",
+    "DEFAULT_UID_RANGE",
     "CapacityError",
     "EngineClosedError",
     "EngineConfig",
     "EngineInfo",
     "InvalidSpecError",
+    "Isolation",
     "JobError",
     "JobManager",
+    "JobMount",
     "JobNotFoundError",
     "JobNotRunningError",
     "JobSpec",
@@ -45,8 +63,12 @@ __all__ = [
     "OutputChunk",
     "OutputEvent",
     "OutputTruncated",
+    "SandboxConfig",
+    "SandboxUnavailableError",
     "StartError",
     "Stream",
     "StreamSelection",
     "Usage",
+    "default_job_limits",
+    "default_max_limits",
 ]

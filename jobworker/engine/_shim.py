@@ -14,9 +14,13 @@ Process layout with namespaces::
 
 Without namespaces (not root) the shim itself joins the cgroup and plays init's part.
 
+With ``--sandbox`` (strict isolation) init also builds the job's root and the command drops to the job's
+uid, empties its capabilities and loads the seccomp filter before exec (``_confine.py``).
+
 Protocol on the status pipe (text lines, each written atomically):
 ``pid N`` host pid of init (or of the command without namespaces), ``started`` after a successful exec,
-``failed ERRNO MESSAGE`` when setup or exec failed, ``exit N`` / ``signal N`` when the command ended.
+``failed KIND ERRNO MESSAGE`` when setup (KIND ``setup``), the working directory (``cwd``) or the exec
+(``exec``) failed, ``exit N`` / ``signal N`` when the command ended.
 """
 
 # Not "signal": it imports enum, which costs milliseconds on every job start.
@@ -24,10 +28,15 @@ import _signal as signal  # type: ignore[import-not-found]
 import _socket
 import array
 import ctypes
+import errno
 import fcntl
 import os
 import struct
 import sys
+
+# -I keeps this file's directory off sys.path; the sandbox steps live beside it.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _confine  # type: ignore[import-not-found]
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -51,10 +60,9 @@ FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 ENVIRON = dict(os.environ)
 
 
-class SetupError(Exception):
-    def __init__(self, errno: int, message: str) -> None:
-        super().__init__(message)
-        self.errno = errno
+SetupError = _confine.SandboxError
+# Compiled seccomp programs by path: the fork server reads each once, its launchers inherit the bytes.
+_SECCOMP: dict[str, bytes] = {}
 
 
 def report(fd: int, line: str) -> None:
@@ -86,17 +94,19 @@ def join_cgroups(procs_files: list[str]) -> None:
             with open(path, "w") as f:
                 f.write("0")
         except OSError as e:
-            raise SetupError(e.errno or 0, f"joining cgroup {path}: {e.strerror}") from None
+            raise SetupError(e.errno or 0, f"joining the job's cgroup: {e.strerror}") from None
 
 
-def setup_namespace_inside(hostname: str) -> None:
-    """Runs as PID 1 of the new namespaces: private mounts, own /proc, loopback up, hostname."""
+def setup_namespace_inside(hostname: str, *, mount_proc: bool) -> None:
+    """Runs as PID 1 of the new namespaces: private mounts and own /proc (unless the sandbox made them),
+    loopback up, hostname."""
     c = libc()
-    check(c.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "making mounts private")
-    check(
-        c.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
-        "mounting /proc",
-    )
+    if mount_proc:
+        check(c.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "making mounts private")
+        check(
+            c.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
+            "mounting /proc",
+        )
     check(c.sethostname(hostname.encode(), len(hostname.encode())), "setting hostname")
     sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
     try:
@@ -109,34 +119,70 @@ def setup_namespace_inside(hostname: str) -> None:
         sock.close()
 
 
-def exec_command(exe: str, argv: list[str], err_w: int) -> None:
-    """In the command's process: restore what Python changed, then exec; on failure report and die."""
+def execvpe(argv: list[str], env: dict[str, str]) -> None:
+    """execvp(3) with the job's PATH; os.execvpe would import modules the job's user may not read."""
+    command = argv[0]
+    if "/" in command:
+        os.execve(command, argv, env)
+    failure: OSError | None = None
+    for directory in env.get("PATH", "/usr/bin:/bin").split(":"):
+        try:
+            os.execve(os.path.join(directory or ".", command), argv, env)
+        except OSError as e:
+            # Like execvp: keep looking past missing entries, remember the first real refusal.
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR) and failure is None:
+                failure = e
+    raise failure or OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+
+
+def exec_command(argv: list[str], cwd: str, plan: "_confine.Plan | None", err_w: int) -> None:
+    """In the command's process: confine, restore what Python changed, then exec; on failure report and die.
+
+    Everything that depends on the job's view (cwd, the PATH search) happens here, after the sandbox is in
+    place and as the job's user, so a path the job cannot reach fails exactly as it would for the job.
+    """
+    kind = "setup"
     try:
+        os.umask(0o022)
+        # Exactly 0, 1 and 2 reach the command; err_w is close-on-exec.
+        os.closerange(3, err_w)
+        os.closerange(err_w + 1, 1 << 20)
+        if plan is not None:
+            _confine.drop_privileges(plan.uid, plan.gid)
+        kind = "cwd"
+        os.chdir(cwd)
+        kind = "setup"
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        os.execve(exe, argv, ENVIRON)
+        if plan is not None:
+            _confine.load_seccomp(plan.seccomp)
+        kind = "exec"
+        execvpe(argv, ENVIRON)
+    except SetupError as e:
+        os.write(err_w, f"{kind} {e.errno} {e}".encode())
     except OSError as e:
-        os.write(err_w, f"{e.errno or 0} exec {exe}: {e.strerror}".encode())
+        os.write(err_w, f"{kind} {e.errno or 0} {e.strerror}".encode())
     except BaseException as e:
-        os.write(err_w, f"0 exec {exe}: {e}".encode())
+        os.write(err_w, f"{kind} 0 {type(e).__name__}".encode())
     os._exit(127)
 
 
-def supervise(exe: str, argv: list[str], status_fd: int, *, pid_namespace: bool) -> int:
+def supervise(
+    argv: list[str], cwd: str, plan: "_confine.Plan | None", status_fd: int, *, pid_namespace: bool
+) -> int:
     """Fork the command, report its start, reap every child, report its end; returns our exit code."""
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     child = os.fork()
     if child == 0:
         os.close(err_r)
-        exec_command(exe, argv, err_w)
+        exec_command(argv, cwd, plan, err_w)
     os.close(err_w)
     with os.fdopen(err_r, "rb") as f:
         failure = f.read()
     if failure:
         os.waitpid(child, 0)
-        errno, _, message = failure.decode(errors="replace").partition(" ")
-        report(status_fd, f"failed {errno} {message}")
+        report(status_fd, f"failed {failure.decode(errors='replace')}")
         return 127
     if not pid_namespace:
         report(status_fd, f"pid {child}")
@@ -169,33 +215,51 @@ def supervise(exe: str, argv: list[str], status_fd: int, *, pid_namespace: bool)
     return 0
 
 
-def main(args: list[str]) -> int:
-    status_fd = -1
-    procs_files: list[str] = []
-    namespaces = False
-    hostname = "job"
-    if "--keep-lc-ctype" not in args[: args.index("--")]:
-        ENVIRON.pop("LC_CTYPE", None)
-    while args and args[0] != "--":
-        flag, value = args[0], args[1] if len(args) > 1 else ""
-        if flag == "--status-fd":
-            status_fd = int(value)
+def parse(args: list[str]) -> "tuple[dict[str, str], list[str], _confine.Plan | None]":
+    """Flags before ``--`` (single values in a dict, the sandbox's in a Plan) and the command's argv."""
+    end = args.index("--")
+    flags: dict[str, str] = {}
+    plan = _confine.Plan() if "--sandbox" in args[:end] else None
+    i = 0
+    while i < end:
+        flag = args[i]
+        if flag in ("--keep-lc-ctype", "--namespaces"):
+            flags[flag] = ""
+            i += 1
+            continue
+        value = args[i + 1]
+        i += 2
+        if plan is not None and flag == "--bind":
+            source, target, mode = value.rsplit(":", 2)
+            plan.binds.append((source, target, mode == "rw"))
+        elif plan is not None and flag == "--mask":
+            plan.masks.append(value)
         elif flag == "--cgroup-procs":
-            procs_files.append(value)
-        elif flag == "--hostname":
-            hostname = value
-        elif flag == "--keep-lc-ctype":
-            args = args[1:]
-            continue
-        elif flag == "--namespaces":
-            namespaces = True
-            args = args[1:]
-            continue
+            flags[flag] = flags[flag] + "\0" + value if flag in flags else value
         else:
-            sys.stderr.write(f"jobworker shim: unknown flag {flag}\n")
-            return 126
-        args = args[2:]
-    exe, argv = args[1], args[2:]
+            flags[flag] = value
+    if plan is not None:
+        plan.stage = flags["--sandbox"]
+        plan.uid, plan.gid = int(flags["--uid"]), int(flags["--gid"])
+        plan.scratch_bytes = int(flags["--scratch-bytes"])
+        plan.workdir = flags["--workdir"]
+        path = flags["--seccomp"]
+        if path not in _SECCOMP:
+            with open(path, "rb") as f:
+                _SECCOMP[path] = f.read()
+        plan.seccomp = _SECCOMP[path]
+    return flags, args[end + 1 :], plan
+
+
+def main(args: list[str]) -> int:
+    flags, argv, plan = parse(args)
+    status_fd = int(flags["--status-fd"])
+    procs_files = flags["--cgroup-procs"].split("\0") if "--cgroup-procs" in flags else []
+    namespaces = "--namespaces" in flags
+    hostname = flags.get("--hostname", "job")
+    cwd = flags.get("--cwd", "/")
+    if "--keep-lc-ctype" not in flags:
+        ENVIRON.pop("LC_CTYPE", None)
     os.set_inheritable(status_fd, False)
     # Block rather than ignore: a stop can come as soon as the command runs, before the forwarding
     # handlers exist; blocked, it stays pending and reaches them once they are installed. (An ignored
@@ -204,7 +268,7 @@ def main(args: list[str]) -> int:
     try:
         if not namespaces:
             join_cgroups(procs_files)
-            return supervise(exe, argv, status_fd, pid_namespace=False)
+            return supervise(argv, cwd, plan, status_fd, pid_namespace=False)
         c = libc()
         check(
             c.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID),
@@ -214,13 +278,19 @@ def main(args: list[str]) -> int:
         if init == 0:
             try:
                 join_cgroups(procs_files)
-                setup_namespace_inside(hostname)
-                os._exit(supervise(exe, argv, status_fd, pid_namespace=True))
+                if plan is not None:
+                    os.umask(0)
+                    _confine.build_root(plan)
+                setup_namespace_inside(hostname, mount_proc=plan is None)
+                os._exit(supervise(argv, cwd, plan, status_fd, pid_namespace=True))
             except SetupError as e:
-                report(status_fd, f"failed {e.errno} {e}")
+                report(status_fd, f"failed setup {e.errno} {e}")
+                os._exit(126)
+            except OSError as e:
+                report(status_fd, f"failed setup {e.errno or 0} {e.strerror}")
                 os._exit(126)
             except BaseException as e:
-                report(status_fd, f"failed 0 {e!r}")
+                report(status_fd, f"failed setup 0 {type(e).__name__}")
                 os._exit(126)
         report(status_fd, f"pid {init}")
 
@@ -239,8 +309,20 @@ def main(args: list[str]) -> int:
             report(status_fd, f"signal {os.WTERMSIG(status)}")
         return 0
     except SetupError as e:
-        report(status_fd, f"failed {e.errno} {e}")
+        report(status_fd, f"failed setup {e.errno} {e}")
         return 126
+
+
+def preload_seccomp(args: list[str]) -> None:
+    """Read a request's seccomp program here, in the fork server, so every later launcher inherits it."""
+    if "--seccomp" in args:
+        path = args[args.index("--seccomp") + 1]
+        if path not in _SECCOMP:
+            try:
+                with open(path, "rb") as f:
+                    _SECCOMP[path] = f.read()
+            except OSError:
+                pass  # the launcher tries again and reports the failure
 
 
 def fork_server(control_fd: int) -> int:
@@ -283,6 +365,7 @@ def fork_server(control_fd: int) -> int:
             continue
         cwd, count = fields[0], int(fields[1])
         env, args = fields[2 : 2 + count], fields[2 + count :]
+        preload_seccomp(args)
         pid = os.fork()
         if pid == 0:
             code = 126
@@ -294,15 +377,16 @@ def fork_server(control_fd: int) -> int:
                 os.dup2(null, 0)
                 os.dup2(fds[0], 1)
                 os.dup2(fds[1], 2)
-                os.close(null)
+                for fd in (null, fds[0], fds[1]):
+                    if fd > 2:
+                        os.close(fd)
                 ENVIRON.clear()
                 ENVIRON.update(entry.split("=", 1) for entry in env)  # type: ignore[misc]
-                os.chdir(cwd)
-                code = main(["--status-fd", str(fds[2]), *args])
+                code = main(["--status-fd", str(fds[2]), "--cwd", cwd, *args])
             except OSError as e:
-                report(fds[2], f"failed {e.errno or 0} {e.strerror}: {e.filename}")
+                report(fds[2], f"failed setup {e.errno or 0} {e.strerror}")
             except BaseException as e:
-                report(fds[2], f"failed 0 {e!r}")
+                report(fds[2], f"failed setup 0 {type(e).__name__}")
             os._exit(code)
         for fd in fds:
             os.close(fd)

@@ -38,6 +38,14 @@ from jobworker.engine.job import (
     Usage,
 )
 from jobworker.engine.output import OutputSpool
+from jobworker.engine.sandbox import (
+    DEVICE_RULES,
+    JOB_WORKDIR,
+    Isolation,
+    Sandbox,
+    SandboxConfig,
+    SandboxUnavailableError,
+)
 from jobworker.engine.spawn import ForkServer, Launched, LaunchError, LaunchSpec
 from jobworker.engine.supervisor import JobSupervisor
 
@@ -48,6 +56,18 @@ _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
 _OUT_OF_FDS_MESSAGE = "the server has no file descriptors left for another job (raise its open-file limit)"
 # Bounds the wait for the shim to report "started"; a healthy start takes milliseconds.
 _START_TIMEOUT = 30.0
+_MiB = 1 << 20
+
+
+def default_job_limits() -> Limits:
+    """What a job gets when its request sets no limit: enough for real work, never the whole host."""
+    return Limits(cpus=float(os.cpu_count() or 1), memory_bytes=1024 * _MiB, pids=1024)
+
+
+def default_max_limits() -> Limits:
+    """The largest limits a request may ask for: the host itself (and a pids count no job needs more of)."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return Limits(cpus=float(os.cpu_count() or 1), memory_bytes=memory, pids=32768)
 
 
 @dataclass(frozen=True)
@@ -61,14 +81,21 @@ class EngineConfig:
     # deleted. None keeps every job forever.
     retained_jobs: int | None = 1000
     default_grace_seconds: float = 10.0
-    # Run jobs in their own PID/mount/net/UTS/IPC namespaces. None: whenever the host allows it (root).
-    # True: required, open() fails where they cannot be created.
+    # STRICT: the job sandbox (jobworker.engine.sandbox), open() fails where the host cannot provide it.
+    # NONE: jobs run as the server's user, for trusted single-user hosts.
+    isolation: Isolation = Isolation.STRICT
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    # With isolation NONE: run jobs in their own PID/mount/net/UTS/IPC namespaces. None: whenever the host
+    # allows it (root). True: required, open() fails where they cannot be created. STRICT always has them.
     namespaces: bool | None = None
     # Use cgroups when the host allows it; limits are refused where it does not.
     cgroups: bool = True
-    default_limits: Limits = field(default_factory=Limits)
-    max_limits: Limits = field(default_factory=Limits)
-    default_cwd: str = "/"
+    # Applied only where the cgroup driver can enforce limits (a host without cgroups runs jobs unlimited
+    # and says so in EngineInfo rather than refusing every start).
+    default_limits: Limits = field(default_factory=default_job_limits)
+    max_limits: Limits = field(default_factory=default_max_limits)
+    # None: the job's own working directory under strict isolation, / otherwise.
+    default_cwd: str | None = None
     # Launch jobs by forking a warm launcher process (about a millisecond) instead of starting a fresh
     # interpreter per job (tens of milliseconds). Falls back to the direct path if it dies.
     fork_server: bool = True
@@ -87,6 +114,11 @@ class EngineInfo:
     cgroup_reason: str
     namespaces: bool
     limits_supported: bool
+    isolation: Isolation = Isolation.NONE
+    # One line on what the isolation does (for logs and GetServerInfo).
+    isolation_detail: str = ""
+    # Limits applied when a request sets none (empty where the driver cannot enforce limits).
+    default_limits: Limits = field(default_factory=Limits)
 
 
 @dataclass
@@ -98,6 +130,8 @@ class _Job:
     spool: OutputSpool | None = None
     supervisor: JobSupervisor | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    # The host uid the job runs as under strict isolation, released when the job has ended.
+    uid: int | None = None
 
 
 class JobManager:
@@ -110,6 +144,8 @@ class JobManager:
         self._closed = False
         self._driver: CgroupDriver = null_driver("not opened yet")
         self._namespaces = False
+        self._sandbox: Sandbox | None = None
+        self._default_limits = Limits()
         self._fork_server: ForkServer | None = None
         # Ended jobs, oldest first: what retention deletes from.
         self._ended_ids: collections.deque[str] = collections.deque()
@@ -131,13 +167,51 @@ class JobManager:
                 log.info("removed stale job cgroups", extra={"count": removed})
         except CgroupError as e:
             log.warning("could not remove every stale job cgroup", extra={"error": str(e)})
-        self._namespaces = await self._probe_namespaces()
+        if self._driver.supports_limits():
+            self._default_limits = cfg.default_limits
+        elif not cfg.default_limits.is_empty():
+            log.warning("default limits are not enforced", extra={"reason": self._driver.reason})
+        if cfg.isolation is Isolation.STRICT:
+            await self._open_sandbox()
+        else:
+            log.warning("isolation none: jobs run with the server's own privileges (trusted hosts only)")
+            self._namespaces = await self._probe_namespaces()
         if cfg.fork_server:
             try:
                 self._fork_server = ForkServer()
             except OSError as e:
                 log.warning("no fork server, launching jobs directly", extra={"error": str(e)})
         self._reload()
+
+    async def _open_sandbox(self) -> None:
+        """Prepare strict isolation and start one job through it (SandboxUnavailableError if that fails)."""
+        cfg = self._config
+        if cfg.namespaces is False:
+            raise SandboxUnavailableError("strict isolation needs namespaces")
+        sandbox = Sandbox(cfg.sandbox, cfg.state_dir, extra_masks=(str(cfg.state_dir),))
+        await asyncio.to_thread(sandbox.prepare)
+        uid, gid = sandbox.acquire_uid()
+        true = shutil.which("true", path=validation.DEFAULT_PATH) or "true"
+        try:
+            spec = LaunchSpec(
+                (true,),
+                validation.job_environment({}),
+                "/",
+                namespaces=True,
+                sandbox_args=sandbox.shim_args(uid, gid),
+            )
+            launched = await Launched.start(spec)
+            try:
+                await launched.wait_started(_START_TIMEOUT)
+            finally:
+                await launched.status.closed
+        except (LaunchError, OSError) as e:
+            raise SandboxUnavailableError(f"strict isolation does not work on this host: {e}") from None
+        finally:
+            sandbox.release_uid(uid)
+        self._sandbox = sandbox
+        self._namespaces = True
+        log.info("strict isolation", extra={"detail": sandbox.description})
 
     async def _probe_namespaces(self) -> bool:
         wanted = self._config.namespaces
@@ -150,7 +224,7 @@ class JobManager:
         true = shutil.which("true", path=validation.DEFAULT_PATH) or "/bin/true"
         try:
             launched = await Launched.start(
-                LaunchSpec(true, ("true",), validation.job_environment({}), "/", namespaces=True)
+                LaunchSpec((true,), validation.job_environment({}), "/", namespaces=True)
             )
             try:
                 await launched.wait_started(_START_TIMEOUT)
@@ -188,11 +262,15 @@ class JobManager:
 
     @property
     def info(self) -> EngineInfo:
+        sandbox = self._sandbox
         return EngineInfo(
             cgroup_driver=self._driver.name,
             cgroup_reason=self._driver.reason,
             namespaces=self._namespaces,
             limits_supported=self._driver.supports_limits(),
+            isolation=Isolation.STRICT if sandbox is not None else Isolation.NONE,
+            isolation_detail=sandbox.description if sandbox is not None else "jobs run as the server's user",
+            default_limits=self._default_limits,
         )
 
     @property
@@ -209,16 +287,16 @@ class JobManager:
             raise EngineClosedError("the server is shutting down")
         cfg = self._config
         validation.check_spec(spec)
-        limits = validation.effective_limits(spec.limits, cfg.default_limits, cfg.max_limits)
+        limits = validation.effective_limits(spec.limits, self._default_limits, cfg.max_limits)
         if self._running >= cfg.max_running_jobs:
             raise CapacityError(f"the server already runs its maximum of {cfg.max_running_jobs} jobs")
         if not limits.is_empty() and not self._driver.supports_limits():
             raise LimitsUnsupportedError(
                 f"resource limits cannot be enforced on this server: {self._driver.reason}"
             )
-        env = validation.job_environment(spec.env)
-        cwd = validation.resolve_cwd(spec.cwd, cfg.default_cwd)
-        exe = validation.resolve_executable(spec.command, env, cwd)
+        strict = self._sandbox is not None
+        env = validation.job_environment(spec.env, home=JOB_WORKDIR if strict else None)
+        cwd = validation.check_cwd(spec.cwd or cfg.default_cwd or (JOB_WORKDIR if strict else "/"))
 
         job_id = str(uuid.uuid4())
         directory = records.job_dir(cfg.state_dir, job_id)
@@ -229,10 +307,18 @@ class JobManager:
                 raise CapacityError(_OUT_OF_FDS_MESSAGE) from None
             raise
         self._running += 1
+        uid: int | None = None
         try:
-            return await self._launch(job_id, directory, spec, limits, env, cwd, exe)
+            if self._sandbox is not None:
+                uid, gid = self._sandbox.acquire_uid()
+                sandbox_args = self._sandbox.shim_args(uid, gid)
+            else:
+                sandbox_args = ()
+            return await self._launch(job_id, directory, spec, limits, env, cwd, uid, sandbox_args)
         except BaseException:
             self._running -= 1
+            if uid is not None and self._sandbox is not None:
+                self._sandbox.release_uid(uid)
             shutil.rmtree(directory, ignore_errors=True)
             raise
 
@@ -244,10 +330,12 @@ class JobManager:
         limits: Limits,
         env: dict[str, str],
         cwd: str,
-        exe: str,
+        uid: int | None,
+        sandbox_args: tuple[str, ...],
     ) -> JobStatus:
         try:
-            cgroup = await asyncio.to_thread(self._driver.create, job_id, limits)
+            devices = DEVICE_RULES if self._sandbox is not None else None
+            cgroup = await asyncio.to_thread(self._driver.create, job_id, limits, devices)
         except CgroupError as e:
             raise StartError(f"cannot set up the job's cgroup: {e}") from None
         spool: OutputSpool | None = None
@@ -256,13 +344,13 @@ class JobManager:
             spool = OutputSpool(directory / records.SPOOL, self._config.output_cap_bytes)
             launched = await Launched.start(
                 LaunchSpec(
-                    exe=exe,
                     argv=(spec.command, *spec.args),
                     env=env,
                     cwd=cwd,
                     procs_files=cgroup.procs_files,
                     namespaces=self._namespaces,
                     hostname=f"job-{job_id[:8]}",
+                    sandbox_args=sandbox_args,
                 ),
                 self._fork_server,
             )
@@ -275,7 +363,7 @@ class JobManager:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(cgroup.remove)
             if isinstance(e, LaunchError):
-                raise StartError(f"cannot start {spec.command!r}: {e}") from None
+                raise _launch_error(spec, cwd, e) from None
             if isinstance(e, OSError):
                 if e.errno in _OUT_OF_FDS:
                     raise CapacityError(_OUT_OF_FDS_MESSAGE) from None
@@ -293,7 +381,7 @@ class JobManager:
             started_at=time.time(),
             limits=limits,
         )
-        job = _Job(status=status, directory=directory, spool=spool)
+        job = _Job(status=status, directory=directory, spool=spool, uid=uid)
         job.supervisor = JobSupervisor(
             launched,
             cgroup,
@@ -320,6 +408,11 @@ class JobManager:
             job.spool,
         )
         job.supervisor = None
+        # The job's processes are gone (the supervisor emptied its cgroup) and its files lived in tmpfs
+        # mounts of its own mount namespace: nothing of the uid is left to inherit.
+        if job.uid is not None and self._sandbox is not None:
+            self._sandbox.release_uid(job.uid)
+            job.uid = None
         try:
             records.save(job.directory, job.status)
         except OSError as e:
@@ -435,6 +528,31 @@ class JobManager:
             await asyncio.to_thread(self._driver.close)
         except CgroupError as e:
             log.warning("could not remove every job cgroup", extra={"error": str(e)})
+
+
+def _launch_error(spec: JobSpec, cwd: str, error: LaunchError) -> StartError | InvalidSpecError:
+    """The one-line error a failed launch means to the caller, by the step that failed."""
+    reason = os.strerror(error.errno) if error.errno else str(error)
+    if error.kind == "cwd":
+        if error.errno == errno.ENOENT:
+            return InvalidSpecError(f"working directory {cwd} does not exist in the job's view")
+        if error.errno == errno.ENOTDIR:
+            return InvalidSpecError(f"working directory {cwd} is not a directory")
+        return InvalidSpecError(f"working directory {cwd}: {reason}")
+    if error.kind == "exec":
+        if error.errno == errno.ENOENT:
+            where = "" if "/" in spec.command else " in PATH"
+            return StartError(f"executable {spec.command!r} not found{where}")
+        if error.errno in (errno.EACCES, errno.EISDIR, errno.EPERM):
+            return StartError(f"{spec.command!r} is not executable")
+        if error.errno == errno.ENOEXEC:
+            return StartError(f"{spec.command!r} is not in an executable format")
+        return StartError(f"cannot start {spec.command!r}: {reason}")
+    if error.errno in (errno.EAGAIN, errno.ENOMEM):
+        return StartError(
+            f"cannot start {spec.command!r}: the job's limits leave no room to start it ({reason})"
+        )
+    return StartError(f"cannot start {spec.command!r}: {error}")
 
 
 def _with_output(status: JobStatus, spool: OutputSpool | None) -> JobStatus:

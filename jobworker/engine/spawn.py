@@ -30,15 +30,19 @@ _F_SETPIPE_SZ = 1031
 
 @dataclass(frozen=True)
 class LaunchSpec:
-    """Everything the shim needs to start one command."""
+    """Everything the shim needs to start one command.
 
-    exe: str
+    argv[0] is looked up in the job's PATH, and cwd resolved, by the shim inside the job's view.
+    """
+
     argv: tuple[str, ...]
     env: dict[str, str]
     cwd: str
     procs_files: tuple[str, ...] = ()
     namespaces: bool = False
     hostname: str = "job"
+    # Shim flags of strict isolation (jobworker.engine.sandbox); empty for none.
+    sandbox_args: tuple[str, ...] = ()
 
 
 @dataclass
@@ -58,11 +62,15 @@ def _new_future() -> asyncio.Future[None]:
 
 
 class LaunchError(Exception):
-    """The shim could not start the command; the message is one readable line."""
+    """The shim could not start the command; the message is one readable line.
 
-    def __init__(self, errno: int, message: str) -> None:
+    kind says which step failed: "setup" (namespaces, sandbox, cgroup), "cwd" or "exec".
+    """
+
+    def __init__(self, errno: int, message: str, kind: str = "setup") -> None:
         super().__init__(message)
         self.errno = errno
+        self.kind = kind
 
 
 class ForkServer:
@@ -156,7 +164,7 @@ class Launched:
             shim_args.append("--keep-lc-ctype")
         if spec.namespaces:
             shim_args += ["--namespaces", "--hostname", spec.hostname]
-        shim_args += ["--", spec.exe, *spec.argv]
+        shim_args += [*spec.sandbox_args, "--", *spec.argv]
         process: subprocess.Popen[bytes] | None = None
         try:
             pid = 0
@@ -168,13 +176,23 @@ class Launched:
             if not pid:
                 # Popen returns once the child has exec'd: fast enough not to need a thread.
                 process = subprocess.Popen(  # noqa: ASYNC220
-                    [sys.executable, "-I", "-S", str(SHIM), "--status-fd", str(status_w), *shim_args],
+                    [
+                        sys.executable,
+                        "-I",
+                        "-S",
+                        str(SHIM),
+                        "--status-fd",
+                        str(status_w),
+                        "--cwd",
+                        spec.cwd,
+                        *shim_args,
+                    ],
                     stdin=subprocess.DEVNULL,
                     stdout=out_w,
                     stderr=err_w,
                     pass_fds=(status_w,),
                     env=spec.env,
-                    cwd=spec.cwd,
+                    cwd="/",
                     start_new_session=True,
                 )
                 pid = process.pid
@@ -228,8 +246,9 @@ class Launched:
             if st.pid:
                 st.started.set_result(None)
         elif word == "failed" and not st.started.done():
+            kind, _, rest = rest.partition(" ")
             errno, _, message = rest.partition(" ")
-            st.started.set_exception(LaunchError(int(errno or 0), message))
+            st.started.set_exception(LaunchError(int(errno) if errno.isdigit() else 0, message, kind))
         elif word in ("exit", "signal") and st.exit_code is None and st.signal is None:
             if word == "exit":
                 st.exit_code = int(rest)
@@ -244,7 +263,9 @@ class Launched:
         code = self._process.wait() if self._process is not None else 0
         st = self.status
         if not st.started.done():
-            st.started.set_exception(LaunchError(0, f"the job launcher exited with status {code}"))
+            # Killed before it could say why: in practice a limit (memory, pids) too small to start at all.
+            message = "the job was killed while starting (are its memory or pids limits too small?)"
+            st.started.set_exception(LaunchError(0, message))
         if st.exit_code is None and st.signal is None and code < 0:
             st.signal = -code
         if not st.closed.done():

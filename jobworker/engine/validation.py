@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
-from jobworker.engine.errors import InvalidSpecError, StartError
+from jobworker.engine.errors import InvalidSpecError
 from jobworker.engine.job import JobSpec, Limits
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -56,35 +56,16 @@ def effective_limits(requested: Limits, defaults: Limits, ceilings: Limits) -> L
     return Limits(**values)
 
 
-def job_environment(extra: Mapping[str, str]) -> dict[str, str]:
-    """The job's whole environment: a sane PATH plus what the caller passed, never the server's own."""
-    return {"PATH": DEFAULT_PATH, **extra}
+def job_environment(extra: Mapping[str, str], *, home: str | None = None) -> dict[str, str]:
+    """The job's whole environment: a sane PATH (and HOME) plus what the caller passed, never the server's."""
+    base = {"PATH": DEFAULT_PATH}
+    if home is not None:
+        base["HOME"] = home
+    return {**base, **extra}
 
 
-def resolve_cwd(cwd: str | None, default: str) -> str:
-    path = cwd or default
+def check_cwd(path: str) -> str:
+    """Refuse a relative working directory; whether it exists is decided inside the job's view."""
     if not os.path.isabs(path):
         raise InvalidSpecError(f"cwd must be an absolute path, got {path!r}")
-    if not os.path.isdir(path):
-        raise StartError(f"working directory {path} does not exist")
-    return path
-
-
-def resolve_executable(command: str, env: Mapping[str, str], cwd: str) -> str:
-    """Find the executable like execvp would, so that a bad command fails the Start call itself."""
-    if "/" in command:
-        path = os.path.join(cwd, command)
-        return _check_executable(path, command)
-    for directory in env.get("PATH", DEFAULT_PATH).split(":"):
-        candidate = os.path.join(directory or ".", command)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    raise StartError(f"executable {command!r} not found in PATH")
-
-
-def _check_executable(path: str, command: str) -> str:
-    if not os.path.exists(path):
-        raise StartError(f"executable {command!r} not found")
-    if os.path.isdir(path) or not os.access(path, os.X_OK):
-        raise StartError(f"{command!r} is not executable")
     return path

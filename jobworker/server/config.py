@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,17 +27,32 @@ class ServerConfig:
     # Ended jobs kept with their output; the oldest beyond this are deleted.
     retain_jobs: int = 1000
     output_cap_bytes: int = 1 << 30
+    # Only the limits set here; the others keep the engine's defaults and ceilings.
     default_limits: engine.Limits = field(default_factory=engine.Limits)
     max_limits: engine.Limits = field(default_factory=engine.Limits)
     # False runs jobs without cgroups (and refuses limits), for hosts where cgroups misbehave.
     cgroups: bool = True
     # Names this server's cgroup subtree; servers sharing a host need distinct prefixes.
     cgroup_prefix: str = "jobworker"
+    isolation: engine.Isolation = engine.Isolation.STRICT
+    job_user: str | None = None
+    job_uids: range = engine.DEFAULT_UID_RANGE
+    job_mounts: tuple[engine.JobMount, ...] = ()
+    job_masks: tuple[str, ...] = ()
+    job_scratch_bytes: int = engine.DEFAULT_SCRATCH_BYTES
 
     @property
     def credential_files(self) -> CredentialFiles:
         """The certificate, key and client CA paths."""
         return CredentialFiles(cert=self.cert, key=self.key, ca=self.ca)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Paths jobs must never see: the server's credentials and every key beside them (the CA's key
+        usually sits next to its certificate)."""
+        paths = [self.cert, self.key, self.ca]
+        for directory in {self.key.parent, self.ca.parent, self.cert.parent}:
+            paths += sorted(directory.glob("*.key"))
+        return tuple(str(p) for p in paths)
 
     def engine_config(self) -> engine.EngineConfig:
         """The engine settings these server settings imply."""
@@ -46,8 +62,22 @@ class ServerConfig:
             max_running_jobs=self.max_jobs,
             retained_jobs=self.retain_jobs,
             default_grace_seconds=self.grace_seconds,
-            default_limits=self.default_limits,
-            max_limits=self.max_limits,
+            default_limits=_overlay(engine.default_job_limits(), self.default_limits),
+            max_limits=_overlay(engine.default_max_limits(), self.max_limits),
             cgroups=self.cgroups,
             cgroup_prefix=self.cgroup_prefix,
+            isolation=self.isolation,
+            sandbox=engine.SandboxConfig(
+                uid_range=self.job_uids,
+                job_user=self.job_user,
+                mounts=self.job_mounts,
+                masked=(*self.secrets(), *self.job_masks),
+                scratch_bytes=self.job_scratch_bytes,
+            ),
         )
+
+
+def _overlay(base: engine.Limits, overrides: engine.Limits) -> engine.Limits:
+    """base with every limit that overrides sets."""
+    values = {f.name: getattr(overrides, f.name) for f in dataclasses.fields(overrides)}
+    return dataclasses.replace(base, **{k: v for k, v in values.items() if v is not None})

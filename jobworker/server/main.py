@@ -62,13 +62,54 @@ def _limit_options(func: _F) -> _F:
         ("io-write-bps", ByteSize(), "block device write limit (bytes/s)"),
         ("pids", _POSITIVE, "process count limit"),
     ]
+    defaults = _limit_texts(engine.default_job_limits())
+    ceilings = _limit_texts(engine.default_max_limits())
+    # Derived from the host: say so rather than print this machine's numbers.
+    defaults["cpus"] = ceilings["cpus"] = "the host's cores"
+    ceilings["memory"] = "the host's memory"
     for name, kind, what in reversed(specs):
         env = name.upper().replace("-", "_")
-        ceiling = f"Largest {what} a job may ask for."
-        func = _option(f"--max-{name}", f"MAX_{env}", type=kind, help=ceiling)(func)
-        default = f"Job {what} when the request sets none."
-        func = _option(f"--default-{name}", f"DEFAULT_{env}", type=kind, help=default)(func)
+        ceiling = f"Largest {what} a job may ask for [default: {ceilings.get(name, 'none')}]."
+        func = _option(f"--max-{name}", f"MAX_{env}", type=kind, help=ceiling, show_default=False)(func)
+        default = f"Job {what} when the request sets none [default: {defaults.get(name, 'none')}]."
+        func = _option(f"--default-{name}", f"DEFAULT_{env}", type=kind, help=default, show_default=False)(
+            func
+        )
     return func
+
+
+def _limit_texts(limits: engine.Limits) -> dict[str, str]:
+    """Option name -> the value as a user would type it (1G, 2.0)."""
+    out: dict[str, str] = {}
+    names = {
+        "cpus": "cpus",
+        "memory_bytes": "memory",
+        "io_read_bps": "io-read-bps",
+        "io_write_bps": "io-write-bps",
+    }
+    names["pids"] = "pids"
+    for attr, option in names.items():
+        value = getattr(limits, attr)
+        if value is None:
+            continue
+        if attr in ("memory_bytes", "io_read_bps", "io_write_bps"):
+            value = _size_text(value)
+        out[option] = f"{value:g}" if isinstance(value, float) else str(value)
+    return out
+
+
+def _size_text(size: int) -> str:
+    for unit, factor in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def _uid_range(text: str) -> range:
+    first, sep, last = text.partition("-")
+    if not sep or not first.isdigit() or not last.isdigit() or int(last) < int(first):
+        raise ValueError(f"job uid range {text!r} is not FIRST-LAST")
+    return range(int(first), int(last) + 1)
 
 
 def _raise_open_file_limit() -> None:
@@ -127,6 +168,45 @@ def _raise_open_file_limit() -> None:
     "so servers sharing a host need distinct prefixes.",
 )
 @_option(
+    "--isolation",
+    "ISOLATION",
+    type=click.Choice(["strict", "none"]),
+    default="strict",
+    help="strict: every job runs in the sandbox (an unprivileged uid of its own, no capabilities, seccomp, "
+    "a read-only view of the host with private /tmp and /job). none: jobs run with the server's privileges "
+    "(trusted single-user hosts only; logged as a warning).",
+)
+@_option(
+    "--job-user",
+    "JOB_USER",
+    help="Run every job as this host user (NAME, UID or UID:GID) instead of one uid per job.",
+)
+@_option(
+    "--job-uids",
+    "JOB_UIDS",
+    default=f"{engine.DEFAULT_UID_RANGE.start}-{engine.DEFAULT_UID_RANGE.stop - 1}",
+    help="Range of host uids allocated one per running job (no host user may own one of them).",
+)
+@_option(
+    "--job-mount",
+    "JOB_MOUNT",
+    multiple=True,
+    help="Expose a host path to every job: HOST:PATH[:ro|rw] (read-only unless :rw). Repeatable.",
+)
+@_option(
+    "--job-mask",
+    "JOB_MASK",
+    multiple=True,
+    help="Hide a host path from jobs (the state dir and the server's keys are always hidden). Repeatable.",
+)
+@_option(
+    "--job-scratch-size",
+    "JOB_SCRATCH_SIZE",
+    type=ByteSize(),
+    default="512M",
+    help="Size of each job's private /tmp and /job (memory, charged to the job's memory limit).",
+)
+@_option(
     "--log-level",
     "LOG_LEVEL",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -148,6 +228,11 @@ def main(ctx: click.Context, /, **options: Any) -> None:
             pids=options[f"{prefix}_pids"],
         )
 
+    try:
+        uids = _uid_range(options["job_uids"])
+        mounts = tuple(engine.JobMount.parse(m) for m in options["job_mount"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
     config = ServerConfig(
         listen=options["listen"],
         cert=options["cert"],
@@ -162,6 +247,12 @@ def main(ctx: click.Context, /, **options: Any) -> None:
         max_limits=limits("max"),
         cgroups=options["cgroups"],
         cgroup_prefix=options["cgroup_prefix"],
+        isolation=engine.Isolation(options["isolation"]),
+        job_user=options["job_user"],
+        job_uids=uids,
+        job_mounts=mounts,
+        job_masks=tuple(options["job_mask"]),
+        job_scratch_bytes=options["job_scratch_size"],
     )
     _raise_open_file_limit()
     try:

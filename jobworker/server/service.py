@@ -118,10 +118,12 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
             cgroup_reason="" if info.limits_supported else info.cgroup_reason,
             limits_supported=info.limits_supported,
             namespaces=info.namespaces,
-            default_limits=convert.limits_to_proto(config.default_limits),
+            default_limits=convert.limits_to_proto(info.default_limits),
             max_limits=convert.limits_to_proto(config.max_limits),
             identity=caller.identity,
             role=caller.role.value,
+            isolation=info.isolation.value,
+            isolation_detail=info.isolation_detail,
         )
 
     async def StreamOutput(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -73,8 +73,11 @@ class CgroupDriver(Protocol):
         """Whether this driver can enforce resource limits at all."""
         ...
 
-    def create(self, job_id: str, limits: Limits) -> JobCgroup:
-        """Make the job's cgroup(s) with limits applied, or raise CgroupError leaving nothing."""
+    def create(self, job_id: str, limits: Limits, devices: Sequence[str] | None = None) -> JobCgroup:
+        """Make the job's cgroup(s) with limits applied, or raise CgroupError leaving nothing.
+
+        devices, when given, restricts the job to these device rules where the driver can.
+        """
         ...
 
     def cleanup_stale(self) -> int:

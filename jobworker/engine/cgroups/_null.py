@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from jobworker.engine.job import Limits
 
 from ._base import CgroupError, CgroupStats, check_job_id
@@ -45,7 +47,7 @@ class NullDriver:
         """Never."""
         return False
 
-    def create(self, job_id: str, limits: Limits) -> NullJobCgroup:
+    def create(self, job_id: str, limits: Limits, devices: Sequence[str] | None = None) -> NullJobCgroup:
         """A placeholder cgroup, or CgroupError when limits were asked for."""
         check_job_id(job_id)
         if not limits.is_empty():

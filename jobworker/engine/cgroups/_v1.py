@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from jobworker.engine.job import Limits
@@ -33,7 +34,7 @@ from ._base import (
 from ._devices import block_devices_for
 from ._host import Host, mkdir_exist_ok, remove_all, rmdir_until, subdirs, write_or_raise
 
-CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio", "freezer")
+CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio", "freezer", "devices")
 _LIMIT_CONTROLLERS = ("cpu", "memory", "pids", "blkio")
 # v1 has no change notification for cgroup.procs or freezer.state, so waits re-read at this pace.
 _POLL_INTERVAL_S = 0.01
@@ -171,11 +172,18 @@ class V1Driver:
         """True when at least one limit controller is mounted."""
         return any(c in self._controllers for c in _LIMIT_CONTROLLERS)
 
-    def create(self, job_id: str, limits: Limits) -> V1JobCgroup:
-        """Make the job's directory in every hierarchy and write the limits, or undo and raise."""
+    def create(self, job_id: str, limits: Limits, devices: Sequence[str] | None = None) -> V1JobCgroup:
+        """Make the job's directory in every hierarchy and write the limits, or undo and raise.
+
+        devices, when given, are the only device rules ("c 1:3 rwm") the job keeps: everything else is
+        denied (where the devices controller is mounted).
+        """
         check_job_id(job_id)
         check_limits(limits)
         writes = self._limit_writes(limits)
+        if devices is not None and "devices" in self._controllers:
+            writes.append(("devices", "devices.deny", "a"))
+            writes.extend(("devices", "devices.allow", rule) for rule in devices)
         cgroup = self._job(job_id)
         made: list[str] = []
         try:

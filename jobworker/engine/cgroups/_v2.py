@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from jobworker.engine.job import Limits
 
@@ -161,8 +161,12 @@ class V2Driver:
         """True when at least one limit controller is enabled for jobs."""
         return bool(self.controllers)
 
-    def create(self, job_id: str, limits: Limits) -> V2JobCgroup:
-        """Make ``<jobs_dir>/<job_id>`` and write the limits; on failure remove it and raise."""
+    def create(self, job_id: str, limits: Limits, devices: Sequence[str] | None = None) -> V2JobCgroup:
+        """Make ``<jobs_dir>/<job_id>`` and write the limits; on failure remove it and raise.
+
+        devices is ignored: v2 filters devices with a BPF program, which this driver does not attach (jobs
+        under strict isolation only reach the nodes of their own /dev, as every other mount is nodev).
+        """
         check_job_id(job_id)
         check_limits(limits)
         writes = self._limit_writes(limits)

@@ -142,7 +142,7 @@ def test_hybrid_with_combined_cpu_cpuacct_is_v1(tmp_path: Path) -> None:
 
     driver = _detect_v1(tmp_path)
 
-    assert driver.reason == "cgroup v1 controllers not mounted: blkio"
+    assert driver.reason == "cgroup v1 controllers not mounted: blkio, devices"
     assert driver.jobs_dirs == tuple(
         str(root / name / "srv" / "jw") for name in ["cpu,cpuacct", "freezer", "memory", "pids"]
     )

@@ -214,4 +214,8 @@ def test_info_shows_enforced_limits_and_ceilings(jw_limits: Jw) -> None:
     assert info["cgroup_driver"] in {"v1", "v2"}
     assert info["namespaces"] is True
     assert info["max_limits"]["memory_bytes"] == 1 << 30
-    assert "Ceilings:   memory=1GiB" in jw_limits("info").stdout
+    assert info["isolation"] == "strict"
+    text = jw_limits("info").stdout
+    assert "Ceilings:   cpus=" in text
+    assert " memory=1GiB " in text.split("Ceilings:")[1]
+    assert "Isolation:  strict: jobs run as one uid per job" in text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,10 +14,12 @@ import pytest
 from jobworker.engine import (
     EngineConfig,
     JobManager,
+    JobMount,
     JobSpec,
     JobState,
     Limits,
     OutputChunk,
+    SandboxConfig,
     Stream,
 )
 
@@ -27,7 +28,9 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and cgroups need root"),
 ]
 
-PY = sys.executable
+# The job runs as another user in its own view of the host: the venv (under /root here) may be out of
+# its reach, the system python3 on the job's PATH is not.
+PY = "python3"
 MiB = 1 << 20
 
 
@@ -43,9 +46,20 @@ def cgroup_dirs(prefix: str) -> list[str]:
 
 
 @pytest.fixture
-async def isolated(tmp_path: Path) -> AsyncIterator[JobManager]:
+def shared_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "shared"
+    path.mkdir()
+    path.chmod(0o777)
+    return path
+
+
+@pytest.fixture
+async def isolated(tmp_path: Path, shared_dir: Path) -> AsyncIterator[JobManager]:
     prefix = f"jwtest-{uuid.uuid4().hex[:12]}"
-    mgr = JobManager(EngineConfig(state_dir=tmp_path / "state", namespaces=True, cgroup_prefix=prefix))
+    mounts = (JobMount(str(shared_dir), str(shared_dir), writable=True),)
+    mgr = JobManager(
+        EngineConfig(state_dir=tmp_path / "state", sandbox=SandboxConfig(mounts=mounts), cgroup_prefix=prefix)
+    )
     await mgr.open()
     if not mgr.info.limits_supported:
         pytest.skip(f"cgroups unavailable: {mgr.info.cgroup_reason}")
@@ -126,8 +140,8 @@ async def test_pids_limit_contains_a_fork_bomb(isolated: JobManager) -> None:
     assert time.monotonic() - started < 10
 
 
-async def test_io_write_limit_throttles_direct_writes(isolated: JobManager, tmp_path: Path) -> None:
-    target = tmp_path / "dd.out"
+async def test_io_write_limit_throttles_direct_writes(isolated: JobManager, shared_dir: Path) -> None:
+    target = shared_dir / "dd.out"
     dd = ("if=/dev/zero", f"of={target}", "bs=64k", "count=48", "oflag=direct")
     started = time.monotonic()
     status = await isolated.start(JobSpec("dd", dd, limits=Limits(io_write_bps=MiB)))

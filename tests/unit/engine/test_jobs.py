@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import os
 import signal
-import sys
 import uuid
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from jobworker.engine import (
     CapacityError,
     EngineConfig,
     InvalidSpecError,
+    Isolation,
     JobManager,
     JobNotFoundError,
     JobNotRunningError,
@@ -29,7 +29,9 @@ from jobworker.engine import (
     Stream,
 )
 
-PY = sys.executable
+# The job runs as another user in its own view of the host: the venv (under /root here) may be out of
+# its reach, the system python3 on the job's PATH is not.
+PY = "python3"
 
 
 async def wait_for_output(mgr: JobManager, job_id: str, needle: bytes) -> None:
@@ -92,15 +94,18 @@ async def test_job_environment_is_minimal(manager: JobManager) -> None:
         del os.environ["JW_TEST_SECRET"]
     lines = b"".join(c.data for c in await collect(manager, status.id)).decode().splitlines()
     names = {line.split("=", 1)[0] for line in lines}
-    assert names == {"PATH", "GREETING"}
+    strict = manager.info.isolation is Isolation.STRICT
+    assert names == ({"PATH", "GREETING", "HOME"} if strict else {"PATH", "GREETING"})
     assert "GREETING=hi" in lines
+    if strict:
+        assert "HOME=/job" in lines
 
 
-async def test_cwd_is_used(manager: JobManager, tmp_path: Path) -> None:
-    status = await manager.start(JobSpec("pwd", cwd=str(tmp_path)))
+async def test_cwd_is_used(manager: JobManager, shared_dir: Path) -> None:
+    status = await manager.start(JobSpec("pwd", cwd=str(shared_dir)))
     await manager.wait(status.id)
     out = b"".join(c.data for c in await collect(manager, status.id))
-    assert out == f"{tmp_path}\n".encode()
+    assert out == f"{shared_dir}\n".encode()
 
 
 @pytest.mark.parametrize(
@@ -109,28 +114,29 @@ async def test_cwd_is_used(manager: JobManager, tmp_path: Path) -> None:
         (JobSpec("definitely-not-a-command-xyz"), "not found"),
         (JobSpec("/nonexistent/bin/tool"), "not found"),
         (JobSpec("/tmp"), "not executable"),
-        (JobSpec("true", cwd="/nonexistent-dir"), "does not exist"),
+        (JobSpec("true", cwd="/nonexistent-dir"), "/nonexistent-dir does not exist"),
+        (JobSpec("true", cwd="/etc/os-release"), "/etc/os-release is not a directory"),
     ],
 )
 async def test_start_errors_leave_no_record(
     plain_manager: JobManager, tmp_path: Path, spec: JobSpec, message: str
 ) -> None:
-    with pytest.raises(StartError, match=message):
+    with pytest.raises((StartError, InvalidSpecError), match=message):
         await plain_manager.start(spec)
     assert plain_manager.list() == []
     assert list((tmp_path / "state" / "jobs").iterdir()) == []
 
 
-async def test_start_error_for_files_that_cannot_be_executed(manager: JobManager, tmp_path: Path) -> None:
-    plain = tmp_path / "notes.txt"
+async def test_start_error_for_files_that_cannot_be_executed(manager: JobManager, shared_dir: Path) -> None:
+    plain = shared_dir / "notes.txt"
     plain.write_text("hello")
     plain.chmod(0o644)
-    garbage = tmp_path / "garbage"
+    garbage = shared_dir / "garbage"
     garbage.write_bytes(b"\x00\x01 not an executable format")
     garbage.chmod(0o755)
     with pytest.raises(StartError, match="not executable"):
         await manager.start(JobSpec(str(plain)))
-    with pytest.raises(StartError, match="Exec format error"):
+    with pytest.raises(StartError, match="not in an executable format"):
         await manager.start(JobSpec(str(garbage)))
     assert manager.list() == []
 
@@ -157,7 +163,13 @@ async def test_invalid_specs_are_rejected(plain_manager: JobManager, spec: JobSp
 
 async def test_limits_over_ceiling_name_the_ceiling(tmp_path: Path) -> None:
     mgr = JobManager(
-        EngineConfig(state_dir=tmp_path, namespaces=False, cgroups=False, max_limits=Limits(pids=100))
+        EngineConfig(
+            state_dir=tmp_path,
+            isolation=Isolation.NONE,
+            namespaces=False,
+            cgroups=False,
+            max_limits=Limits(pids=100),
+        )
     )
     await mgr.open()
     with pytest.raises(InvalidSpecError, match="exceeds the server ceiling of 100"):
@@ -172,7 +184,11 @@ async def test_limits_refused_where_cgroups_are_unavailable(plain_manager: JobMa
 
 
 async def test_capacity_limit(tmp_path: Path) -> None:
-    mgr = JobManager(EngineConfig(state_dir=tmp_path, namespaces=False, cgroups=False, max_running_jobs=1))
+    mgr = JobManager(
+        EngineConfig(
+            state_dir=tmp_path, isolation=Isolation.NONE, namespaces=False, cgroups=False, max_running_jobs=1
+        )
+    )
     await mgr.open()
     first = await mgr.start(JobSpec("sleep", ("30",)))
     with pytest.raises(CapacityError):
@@ -271,7 +287,7 @@ async def test_no_fds_leak_after_jobs_end(manager: JobManager) -> None:
 
 
 async def test_jobs_reload_after_restart(tmp_path: Path) -> None:
-    config = EngineConfig(state_dir=tmp_path, namespaces=False, cgroups=False)
+    config = EngineConfig(state_dir=tmp_path, isolation=Isolation.NONE, namespaces=False, cgroups=False)
     first = JobManager(config)
     await first.open()
     status = await first.start(JobSpec("sh", ("-c", "echo out; echo err >&2; exit 4"), owner="al"))
@@ -298,7 +314,9 @@ async def test_close_stops_running_jobs_and_refuses_new_ones(plain_manager: JobM
 
 
 async def test_retention_deletes_the_oldest_ended_jobs(tmp_path: Path) -> None:
-    config = EngineConfig(state_dir=tmp_path, namespaces=False, cgroups=False, retained_jobs=2)
+    config = EngineConfig(
+        state_dir=tmp_path, isolation=Isolation.NONE, namespaces=False, cgroups=False, retained_jobs=2
+    )
     mgr = JobManager(config)
     await mgr.open()
     ids = []
@@ -321,7 +339,11 @@ async def test_retention_deletes_the_oldest_ended_jobs(tmp_path: Path) -> None:
 
 
 async def test_running_jobs_are_never_deleted_by_retention(tmp_path: Path) -> None:
-    mgr = JobManager(EngineConfig(state_dir=tmp_path, namespaces=False, cgroups=False, retained_jobs=0))
+    mgr = JobManager(
+        EngineConfig(
+            state_dir=tmp_path, isolation=Isolation.NONE, namespaces=False, cgroups=False, retained_jobs=0
+        )
+    )
     await mgr.open()
     running = await mgr.start(JobSpec("sleep", ("100",)))
     done = await mgr.start(JobSpec("true"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import resource
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from engine_helpers import collect
 
 from jobworker.engine import (
     EngineConfig,
+    Isolation,
     JobManager,
     JobSpec,
     OutputChunk,
@@ -21,7 +21,9 @@ from jobworker.engine import (
     StreamSelection,
 )
 
-PY = sys.executable
+# The job runs as another user in its own view of the host: the venv (under /root here) may be out of
+# its reach, the system python3 on the job's PATH is not.
+PY = "python3"
 ALL_BYTES = bytes(range(256))
 
 
@@ -126,7 +128,15 @@ async def test_hundred_concurrent_followers_get_identical_output(manager: JobMan
 
 
 async def test_output_cap_truncates_and_job_keeps_running(tmp_path: Path) -> None:
-    mgr = JobManager(EngineConfig(state_dir=tmp_path, namespaces=False, cgroups=False, output_cap_bytes=1000))
+    mgr = JobManager(
+        EngineConfig(
+            state_dir=tmp_path,
+            isolation=Isolation.NONE,
+            namespaces=False,
+            cgroups=False,
+            output_cap_bytes=1000,
+        )
+    )
     await mgr.open()
     status = await mgr.start(writer("w.write(b'x' * 5000); w.flush(); e.write(b'after cap'); sys.exit(7)"))
     final = await mgr.wait(status.id)

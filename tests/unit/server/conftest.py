@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from server_helpers import (
     server_config,
 )
 
+from jobworker.engine import JobMount
 from jobworker.server import JobWorkerServer, build_server
 
 
@@ -33,7 +35,12 @@ async def make_server(certs: Pki, tmp_path: Path) -> AsyncIterator[MakeServer]:
     """make_server(**ServerConfig overrides) -> a started in-process server, shut down afterwards."""
     servers: list[JobWorkerServer] = []
 
+    # Jobs run in the sandbox: tests hand them files (FIFOs) through tmp_path, exposed at the same path.
+    await asyncio.to_thread(tmp_path.chmod, 0o755)
+    shared = (JobMount(str(tmp_path), str(tmp_path), writable=True),)
+
     async def make(**overrides: Any) -> JobWorkerServer:
+        overrides.setdefault("job_mounts", shared)
         state_dir = tmp_path / f"state{len(servers)}"
         running = await build_server(server_config(certs, state_dir, **overrides))
         servers.append(running)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import subprocess
 import sys
@@ -61,9 +62,87 @@ def test_flags_map_to_the_engine_config(certs: Pki, tmp_path: Path, captured: li
     config = captured[0].engine_config()
     assert (config.max_running_jobs, config.output_cap_bytes) == (7, 64 << 20)
     assert config.default_grace_seconds == 3.5
-    assert config.default_limits == engine.Limits(memory_bytes=256 << 20, pids=100)
-    assert config.max_limits == engine.Limits(cpus=2.0, memory_bytes=1 << 30, io_read_bps=10 << 20)
+    # What a flag sets replaces the engine's default; the rest stays.
+    defaults, ceilings = engine.default_job_limits(), engine.default_max_limits()
+    assert config.default_limits == dataclasses.replace(defaults, memory_bytes=256 << 20, pids=100)
+    assert config.max_limits == dataclasses.replace(
+        ceilings, cpus=2.0, memory_bytes=1 << 30, io_read_bps=10 << 20
+    )
     assert captured[0].listen == "127.0.0.1:50051"
+
+
+def test_without_flags_jobs_are_strictly_isolated_and_limited(
+    certs: Pki, tmp_path: Path, captured: list[ServerConfig]
+) -> None:
+    args = [
+        "--cert",
+        str(certs.cert("server")),
+        "--key",
+        str(certs.key("server")),
+        "--ca",
+        str(certs.ca_path),
+    ]
+    result = CliRunner().invoke(main.main, [*args, "--state-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    config = captured[0].engine_config()
+    assert config.isolation is engine.Isolation.STRICT
+    assert config.default_limits == engine.Limits(
+        cpus=float(os.cpu_count() or 1), memory_bytes=1 << 30, pids=1024
+    )
+    assert config.max_limits.pids == 32768
+    # The server's key, certificate, CA and any key beside them are hidden from jobs.
+    masked = set(config.sandbox.masked)
+    assert {str(certs.key("server")), str(certs.cert("server")), str(certs.ca_path)} <= masked
+    assert config.sandbox.uid_range == engine.DEFAULT_UID_RANGE
+
+
+def test_sandbox_flags_map_to_the_engine_config(
+    certs: Pki, tmp_path: Path, captured: list[ServerConfig]
+) -> None:
+    args = [
+        "--cert", str(certs.cert("server")), "--key", str(certs.key("server")),
+        "--ca", str(certs.ca_path), "--state-dir", str(tmp_path),
+        "--job-uids", "3000-3009", "--job-mount", f"{tmp_path}:/data:rw", "--job-mount", "/usr/share:/share",
+        "--job-mask", "/etc/secret", "--job-scratch-size", "64M",
+    ]  # fmt: skip
+    result = CliRunner().invoke(main.main, args)
+    assert result.exit_code == 0, result.output
+    sandbox = captured[0].engine_config().sandbox
+    assert sandbox.uid_range == range(3000, 3010)
+    assert sandbox.mounts == (
+        engine.JobMount(str(tmp_path), "/data", writable=True),
+        engine.JobMount("/usr/share", "/share", writable=False),
+    )
+    assert "/etc/secret" in sandbox.masked
+    assert sandbox.scratch_bytes == 64 << 20
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--job-uids", "10-1", "is not FIRST-LAST"),
+        ("--job-mount", "relative:/x", "must be absolute"),
+        ("--job-mount", "/a:/b:rx", "is not HOST:PATH"),
+        ("--job-mount", "/a:/proc/x", "cannot replace /proc/x"),
+        ("--isolation", "loose", "'loose' is not one of"),
+    ],
+)
+def test_bad_sandbox_flags_are_usage_errors(
+    certs: Pki, tmp_path: Path, captured: list[ServerConfig], flag: str, value: str, message: str
+) -> None:
+    args = [
+        "--cert",
+        str(certs.cert("server")),
+        "--key",
+        str(certs.key("server")),
+        "--ca",
+        str(certs.ca_path),
+    ]
+    result = CliRunner().invoke(main.main, [*args, "--state-dir", str(tmp_path), flag, value])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert captured == []
 
 
 def test_environment_variables_configure_the_server(

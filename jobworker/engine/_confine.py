@@ -1,0 +1,276 @@
+"""The job sandbox, as one ordered sequence of steps run by the shim (standard library only).
+
+The order follows bubblewrap's: build the job's root in the new mount namespace, pivot into it and detach
+the host's tree, then, in the command's own process and as late as possible, drop to the job's host uid,
+empty every capability set, set no_new_privs and load the seccomp filter right before ``execve``.
+
+Two processes take part:
+
+- **init** (PID 1 of the job's PID namespace) stays host root: it builds the root (``build_root``) and
+  supervises. Running as a different uid than the command is what keeps it out of the command's reach:
+  ``kill``, ``ptrace`` and ``/proc/1/{mem,fd,environ}`` all need the same uid or a capability.
+- **the command** calls ``drop_privileges`` and ``load_seccomp`` between fork and exec.
+
+Imported by ``_shim.py`` from the same directory; see ``jobworker.engine.sandbox`` for the host side (uid
+pool, seccomp compilation, the plan this module executes).
+"""
+
+import ctypes
+import os
+import struct
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MNT_DETACH = 2
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+# Syscall numbers of calls the C library does not wrap (same on x86_64 and aarch64 for the new ones).
+_SYS = {
+    "x86_64": {"pivot_root": 155, "capset": 126, "mount_setattr": 442},
+    "aarch64": {"pivot_root": 41, "capset": 91, "mount_setattr": 442},
+}
+
+# Host paths never bound into the job's root: each gets a fresh mount of its own instead.
+FRESH = ("proc", "sys", "dev", "tmp", "run")
+# Device nodes of the job's /dev: (name, major, minor). The v1 devices cgroup allows exactly these.
+DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
+# Readable by anyone in a fresh procfs and useless to a job (Docker masks the same).
+PROC_MASKED = ("kcore", "keys", "timer_list", "sched_debug", "sysrq-trigger")
+
+
+class SandboxError(Exception):
+    def __init__(self, errno: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class Plan:
+    """What build_root and drop_privileges do for one job (parsed from shim flags)."""
+
+    def __init__(self) -> None:
+        self.stage = ""
+        self.uid = -1
+        self.gid = -1
+        self.scratch_bytes = 0
+        self.workdir = ""
+        # (host source, path in the job, writable)
+        self.binds: list[tuple[str, str, bool]] = []
+        self.masks: list[str] = []
+        self.seccomp = b""
+
+
+_LIBC: ctypes.CDLL | None = None
+
+
+def _libc() -> ctypes.CDLL:
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
+
+
+def _sys(name: str) -> int:
+    machine = os.uname().machine
+    try:
+        return _SYS[machine][name]
+    except KeyError:
+        raise SandboxError(0, f"the job sandbox does not support {machine}") from None
+
+
+def _prctl(option: int, arg2: int | bytes = 0) -> int:
+    # prctl and syscall are variadic: every argument is passed as a full register-sized value.
+    arg = arg2 if isinstance(arg2, bytes) else ctypes.c_ulong(arg2)
+    return int(
+        _libc().prctl(ctypes.c_int(option), arg, ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    )
+
+
+def _syscall(name: str, *args: int | bytes) -> int:
+    wrapped = [a if isinstance(a, bytes) else ctypes.c_long(a) for a in args]
+    return int(_libc().syscall(ctypes.c_long(_sys(name)), *wrapped))
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise SandboxError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    c = _libc()
+    rc = c.mount(
+        source.encode() if source else None,
+        target.encode(),
+        fstype.encode() if fstype else None,
+        ctypes.c_ulong(flags),
+        data.encode() if data else None,
+    )
+    _check(rc, f"mounting {target}")
+
+
+def _setattr(path: str, attrs: int, *, recursive: bool) -> None:
+    """mount_setattr(2): flags for a whole tree in one call (Linux 5.12+)."""
+    attr = struct.pack("QQQQ", attrs, 0, 0, 0)
+    rc = _syscall("mount_setattr", -100, path.encode(), AT_RECURSIVE if recursive else 0, attr, len(attr))
+    _check(rc, f"making {path} read-only (needs Linux 5.12 or later)")
+
+
+def _tmpfs(target: str, options: str, flags: int = MS_NOSUID | MS_NODEV) -> None:
+    _mount("tmpfs", target, "tmpfs", flags, options)
+
+
+def _bind_entry(name: str) -> None:
+    """Mirror one top-level entry of the host's root into /newroot (read-only comes later, for all)."""
+    src, dst = "/oldroot/" + name, "/newroot/" + name
+    if os.path.islink(src):
+        os.symlink(os.readlink(src), dst)
+        return
+    if os.path.isdir(src):
+        os.mkdir(dst, 0o755)
+        _mount(src, dst, None, MS_BIND | MS_REC)
+    elif os.path.isfile(src):
+        os.close(os.open(dst, os.O_CREAT | os.O_WRONLY, 0o644))
+        _mount(src, dst, None, MS_BIND)
+
+
+def _make_dev() -> None:
+    _tmpfs("/newroot/dev", "mode=0755,size=64k", MS_NOSUID | MS_NOEXEC)
+    for name, major, minor in DEVICES:
+        path = "/newroot/dev/" + name
+        os.mknod(path, 0o666 | 0o020000, os.makedev(major, minor))
+        os.chmod(path, 0o666)
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ):
+        os.symlink(target, "/newroot/dev/" + name)
+    os.mkdir("/newroot/dev/pts", 0o755)
+    os.mkdir("/newroot/dev/shm", 0o755)
+    _mount(
+        "devpts", "/newroot/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"
+    )
+    _tmpfs("/newroot/dev/shm", "mode=1777,size=64m")
+
+
+def _make_proc() -> None:
+    _mount("proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _mount("/newroot/proc/sys", "/newroot/proc/sys", None, MS_BIND | MS_REC)
+    _setattr("/newroot/proc/sys", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, recursive=True)
+    for name in PROC_MASKED:
+        if os.path.exists("/newroot/proc/" + name):
+            _mount("/empty", "/newroot/proc/" + name, None, MS_BIND)
+
+
+def _mask(path: str) -> None:
+    """Cover a host path so nothing of it shows, whatever its permissions (a no-op if not in the view)."""
+    target = "/newroot" + path
+    if not os.path.lexists(target) or os.path.islink(target):
+        return
+    if os.path.isdir(target):
+        _tmpfs(target, "mode=0000,size=4k", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    else:
+        _mount("/empty", target, None, MS_BIND)
+
+
+def build_root(plan: Plan) -> None:
+    """Build the job's root and pivot into it; runs as host root inside the new mount namespace.
+
+    The host's tree is reached through /oldroot while building, so a bind source can never be hidden by a
+    mount made for the job (bubblewrap does the same). Afterwards the host's tree is detached whole: nothing
+    of it lies beneath any mount the job can see.
+    """
+    c = _libc()
+    _check(c.mount(None, b"/", None, ctypes.c_ulong(MS_REC | (1 << 18)), None), "making mounts private")
+    _tmpfs(plan.stage, "mode=0700,size=64k")
+    os.mkdir(plan.stage + "/oldroot", 0o700)
+    os.mkdir(plan.stage + "/newroot", 0o755)
+    _check(_syscall("pivot_root", plan.stage.encode(), (plan.stage + "/oldroot").encode()), "pivoting root")
+    os.chdir("/")
+    os.close(os.open("/empty", os.O_CREAT | os.O_WRONLY, 0))
+    _tmpfs("/newroot", "mode=0755,size=64k")
+    top_targets = {target.strip("/").split("/")[0] for _src, target, _w in plan.binds}
+    skip = set(FRESH) | {plan.workdir.strip("/")}
+    for name in sorted(os.listdir("/oldroot")):
+        if name not in skip:
+            _bind_entry(name)
+    for name in (*FRESH, plan.workdir.strip("/"), *top_targets):
+        if not os.path.lexists("/newroot/" + name):
+            os.mkdir("/newroot/" + name, 0o755)
+    # One call makes every host mount read-only, setuid-less and device-less; mounts made after it are the
+    # job's own and get their flags explicitly.
+    _setattr("/newroot", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, recursive=True)
+    _make_proc()
+    _make_dev()
+    # sysfs without the mounts below it: no cgroupfs, nothing writable.
+    _mount("/oldroot/sys", "/newroot/sys", None, MS_BIND)
+    _mount(None, "/newroot/sys", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _tmpfs("/newroot/run", "mode=0755,size=64k", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _tmpfs("/newroot/tmp", f"mode=1777,size={plan.scratch_bytes}")
+    _tmpfs("/newroot" + plan.workdir, f"mode=0700,uid={plan.uid},gid={plan.gid},size={plan.scratch_bytes}")
+    for source, target, writable in plan.binds:
+        # A target below the job's own tmpfs mounts (/tmp/x, /job/x) is made here; below the read-only
+        # host view it must exist already (EROFS says so at the start-up probe).
+        if not os.path.lexists("/newroot" + target):
+            if os.path.isdir("/oldroot" + source):
+                os.makedirs("/newroot" + target, 0o755)
+            else:
+                os.makedirs(os.path.dirname("/newroot" + target), 0o755, exist_ok=True)
+                os.close(os.open("/newroot" + target, os.O_CREAT | os.O_WRONLY, 0o644))
+        _mount("/oldroot" + source, "/newroot" + target, None, MS_BIND | MS_REC)
+        ro = 0 if writable else MOUNT_ATTR_RDONLY
+        _setattr("/newroot" + target, ro | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, recursive=True)
+    for path in plan.masks:
+        _mask(path)
+    os.chdir("/newroot")
+    _check(_syscall("pivot_root", b".", b"."), "entering the job's root")
+    _check(c.umount2(b".", MNT_DETACH), "detaching the host's root")
+    os.chdir("/")
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become uid:gid with no supplementary groups and every capability set empty, no_new_privs on."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last_cap = int(f.read())
+    for cap in range(last_cap + 1):
+        _check(_prctl(PR_CAPBSET_DROP, cap), "dropping the capability bounding set")
+    _check(_prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL), "clearing ambient capabilities")
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    # setresuid away from 0 clears permitted and effective, not inheritable: clear all three explicitly.
+    header = struct.pack("II", _LINUX_CAPABILITY_VERSION_3, 0)
+    data = bytes(24)
+    _check(_syscall("capset", header, data), "clearing capabilities")
+    _check(_prctl(PR_SET_NO_NEW_PRIVS, 1), "setting no_new_privs")
+
+
+def load_seccomp(program: bytes) -> None:
+    """Install a compiled BPF filter (struct sock_filter[]); needs no_new_privs first."""
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("HxxxxxxP", len(program) // 8, ctypes.addressof(buf))
+    # prctl(PR_SET_SECCOMP, mode, prog): the mode is arg2 and the program arg3.
+    rc = _libc().prctl(
+        ctypes.c_int(PR_SET_SECCOMP),
+        ctypes.c_ulong(SECCOMP_MODE_FILTER),
+        fprog,
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+    )
+    _check(int(rc), "loading the seccomp filter")
