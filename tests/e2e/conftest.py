@@ -17,6 +17,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -51,6 +52,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 E2E_DIR = Path(__file__).resolve().parent
 CONTAINER_PORT = 50051
 CERTS_IN_CONTAINER = "/certs"
+# A host directory shared by the test, the container and (as a --job-mount) every job: jobs live in a
+# sandbox with a private /tmp, so files the test hands them (go signals, dd targets) go through here.
+EXCHANGE = "/exchange"
 E2E_IMAGE_TAG = "jobworker:e2e"
 READY_TIMEOUT = float(os.environ.get("JW_E2E_READY_TIMEOUT", "60"))
 BUILD_TIMEOUT = float(os.environ.get("JW_E2E_BUILD_TIMEOUT", "1200"))
@@ -375,6 +379,9 @@ class JobworkerServer:
 
     host = "127.0.0.1"
 
+    # Where the test and the server's jobs exchange files (a --job-mount of a host directory).
+    exchange = EXCHANGE
+
     def __init__(self, container: DockerContainer, certs: PkiDir, port: int) -> None:
         self.container = container
         self.certs = certs
@@ -558,12 +565,17 @@ def running_server(
 ) -> Iterator[JobworkerServer]:
     """Start a privileged server container with a private cgroup namespace; remove it on exit.
 
-    `volumes` maps host directories to read-write mount points in the container.
+    `volumes` maps host directories to read-write mount points in the container. EXCHANGE is always
+    there, writable by jobs.
     """
+    exchange = tempfile.mkdtemp(prefix="jw-e2e-exchange-")
+    os.chmod(exchange, 0o777)
     container = (
         DockerContainer(image)
         .with_kwargs(privileged=True, cgroupns="private")
         .with_volume_mapping(str(certs.dir), CERTS_IN_CONTAINER, "ro")
+        .with_volume_mapping(exchange, EXCHANGE, "rw")
+        .with_env("JW_SERVER_JOB_MOUNT", f"{EXCHANGE}:{EXCHANGE}:rw")
     )
     for host_dir, mount_point in (volumes or {}).items():
         container.with_volume_mapping(host_dir, mount_point, "rw")
@@ -578,6 +590,8 @@ def running_server(
         yield server
     finally:
         container.stop()
+        # Jobs wrote here as their own uids: the container (root) can remove what the host user cannot.
+        shutil.rmtree(exchange, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jobworker.client import JobInfo, JobState, Limits, OutputStream
@@ -122,19 +121,12 @@ def _supports_direct_io(server: JobworkerServer, directory: str) -> bool:
 
 
 def test_io_write_limit_throttles_direct_writes(
-    server: JobworkerServer,
-    server_factory: Callable[..., JobworkerServer],
-    tmp_path: Path,
-    figure: Callable[[str], None],
+    server: JobworkerServer, figure: Callable[[str], None]
 ) -> None:
-    directory = "/var/lib/jobworker"
-    if not _supports_direct_io(server, directory):
-        # O_DIRECT on the container's own filesystem is not possible here: write to a bind mount
-        # of a host directory instead, which sits on a real disk.
-        tmp_path.chmod(0o777)
-        server = server_factory(volumes={str(tmp_path): "/scratch"})
-        directory = "/scratch"
-        assert _supports_direct_io(server, directory), "no O_DIRECT on a bind mount either"
+    # Jobs write only where the server exposes a host path: the exchange bind mount, on a real disk
+    # (O_DIRECT is not possible on the container's overlay filesystem).
+    directory = server.exchange
+    assert _supports_direct_io(server, directory), "no O_DIRECT on a bind mount of a host directory"
     target = f"{directory}/dd-{uuid.uuid4().hex}.out"
     dd = ["if=/dev/zero", f"of={target}", *DD_BLOCKS, "oflag=direct"]
     try:

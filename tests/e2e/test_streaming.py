@@ -128,7 +128,7 @@ async def test_fifty_concurrent_followers_receive_identical_bytes(
     server: JobworkerServer, figure: Callable[[str], None]
 ) -> None:
     expected = _expected(BLOCKS)
-    go_file = f"/tmp/jw-e2e-go-{uuid.uuid4().hex}"
+    go_file = f"{server.exchange}/jw-e2e-go-{uuid.uuid4().hex}"
     identities = ("reader", "writer", "admin")
     async with contextlib.AsyncExitStack() as stack:
         writer = await stack.enter_async_context(server.async_client("writer"))
@@ -166,7 +166,7 @@ async def test_late_follower_gets_everything_from_byte_0(server: JobworkerServer
     expected = _expected(BLOCKS)
     early_blocks = BLOCKS // 2
     early_size = early_blocks * BLOCK_DIGESTS * 32
-    go_file = f"/tmp/jw-e2e-go-{uuid.uuid4().hex}"
+    go_file = f"{server.exchange}/jw-e2e-go-{uuid.uuid4().hex}"
     async with (
         server.async_client("writer") as writer,
         server.async_client("reader") as first_client,
