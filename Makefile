@@ -1,4 +1,5 @@
-# jobworker: the two commands users need are `make up` (run) and `make test` (test everything).
+# jobworker: the commands users need are `make up` (run in Docker), `make run` (run without Docker) and
+# `make test` (test everything).
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ PYTEST := $(PY) -m pytest
 UNIT_WORKERS ?= auto
 E2E_WORKERS ?= 2
 
-.PHONY: help venv proto lint unit e2e test image up down bench clean
+.PHONY: help venv proto lint unit e2e test image up down run bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -32,8 +33,8 @@ proto: $(VENV)/.installed  ## regenerate jobworker/api from proto/ (never edit j
 	done
 
 lint: $(VENV)/.installed  ## ruff + mypy --strict
-	$(VENV)/bin/ruff check jobworker pki tests bench
-	$(VENV)/bin/ruff format --check jobworker pki tests bench
+	$(VENV)/bin/ruff check jobworker pki tests bench dev
+	$(VENV)/bin/ruff format --check jobworker pki tests bench dev
 	$(VENV)/bin/mypy
 
 unit: $(VENV)/.installed  ## unit tests (no Docker; root-only tests skip when not root)
@@ -64,6 +65,11 @@ up: image  ## run pki + server with docker compose (certs in ./certs, server on 
 
 down:  ## stop the compose deployment (the state volume and ./certs are kept)
 	JW_IMAGE='$(IMAGE)' docker compose down
+
+# RUN_ARGS: options of dev/run.py (`--listen HOST:PORT`, `--certs DIR`, `--state-dir DIR`, `--unprivileged`,
+# then `-- JW-SERVER-OPTIONS`); `$(PY) dev/run.py --help` lists them.
+run: $(VENV)/.installed  ## run jw-server here without Docker (dev certs in ./certs, a jw profile, 127.0.0.1:50051)
+	@$(PY) dev/run.py $(RUN_ARGS)
 
 bench: $(VENV)/.installed  ## benchmarks against their baselines (root, < 10 min; BENCH_ARGS=--quick), JSON in bench/results/
 	$(PY) bench/run.py $(BENCH_ARGS)
