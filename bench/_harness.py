@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -165,8 +165,9 @@ class CgroupCounter:
 class ServerProcess:
     """A jw-server subprocess on 127.0.0.1:0 with a temp state dir and its own cgroup prefix."""
 
-    def __init__(self, workdir: Path, certs: Certs, *, max_jobs: int) -> None:
+    def __init__(self, workdir: Path, certs: Certs, *, max_jobs: int, extra_args: Sequence[str] = ()) -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.certs = certs
         self.cgroup_prefix = f"jwbench-{uuid.uuid4().hex[:10]}"
         self.log_path = workdir / "server.log"
@@ -184,6 +185,7 @@ class ServerProcess:
             f"--max-jobs={max_jobs}",
             "--output-cap=2G",
             "--grace=2",
+            *extra_args,
         ]
         self.cgroups = CgroupCounter(self.cgroup_prefix)
         self._log = self.log_path.open("wb")

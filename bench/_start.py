@@ -8,13 +8,15 @@ import time
 
 from _context import JOB_LIMITS, Context
 from _followers import docker_run_seconds
-from _harness import BenchError
+from _harness import BenchError, ServerProcess
 from _report import CaseResult, Metric, summary_ms
 
-from jobworker.client import JobState, StreamEnd
+from jobworker.client import AsyncClient, JobState, StreamEnd
 
 _WARMUP = 5
 UNSHARE = ("unshare", "-p", "-f", "--mount-proc", "-n", "true")
+# The same with a user namespace, the closer match to a sandboxed job (issue 17's baseline).
+UNSHARE_USERNS = ("unshare", "-U", "-r", "-p", "-f", "--mount-proc", "-n", "true")
 SPACED_GAP_SECONDS = 0.1
 
 
@@ -43,15 +45,39 @@ async def _jobworker(ctx: Context, count: int, gap: float = 0.0) -> tuple[list[f
     return starts, finals, job_id
 
 
-def _unshare(count: int, gap: float = 0.0) -> list[float]:
+def _unshare(count: int, gap: float = 0.0, command: tuple[str, ...] = UNSHARE) -> list[float]:
     times: list[float] = []
     for i in range(_WARMUP + count):
         time.sleep(gap)
         t0 = time.perf_counter()
-        subprocess.run(UNSHARE, check=True, timeout=30)
+        subprocess.run(command, check=True, timeout=30)
         if i >= _WARMUP:
             times.append(time.perf_counter() - t0)
     return times
+
+
+async def _sandbox_cost(ctx: Context, result: CaseResult, strict: dict[str, float]) -> None:
+    """What strict isolation (the default) adds: the same starts on a server with --isolation none."""
+    n = ctx.sizes.starts
+    server = ServerProcess(
+        ctx.workdir / "isolation-none", ctx.certs, max_jobs=100, extra_args=["--isolation=none"]
+    )
+    try:
+        async with AsyncClient(server.config()) as client:
+            plain = Context(ctx.sizes, ctx.workdir, ctx.certs, server, ctx.bare, client, ctx.docker)
+            starts, _finals, _id = await _jobworker(plain, n)
+    finally:
+        server.stop()
+    none = summary_ms(starts)
+    userns = summary_ms(_unshare(n, command=UNSHARE_USERNS))
+    result.data.update(jobworker_start_isolation_none=none, unshare_userns=userns)
+    result.metrics += [
+        Metric("Start RPC p50, strict vs --isolation none", strict["p50_ms"], "ms", "none", none["p50_ms"]),
+        Metric("Start RPC p50 vs unshare -U -r", strict["p50_ms"], "ms", "unshare -U", userns["p50_ms"]),
+    ]
+    result.notes.append(
+        f"the sandbox adds {strict['p50_ms'] - none['p50_ms']:+.2f} ms to the Start RPC p50 (budget: +1.5 ms)"
+    )
 
 
 async def run(ctx: Context) -> CaseResult:
@@ -98,6 +124,7 @@ async def run(ctx: Context) -> CaseResult:
     result.notes.append(
         "the unshare baseline is a whole run (spawn to exit), so it bounds both the start and the final rows"
     )
+    await _sandbox_cost(ctx, result, jw_start)
     image = ctx.docker.image
     if image is None:
         result.notes.append(f"docker run baseline skipped: {ctx.docker.skip_reason}")

@@ -209,9 +209,13 @@ class JobManager:
             raise SandboxUnavailableError(f"strict isolation does not work on this host: {e}") from None
         finally:
             sandbox.release_uid(uid)
+        try:
+            devices = await asyncio.to_thread(self._driver.confine_devices, DEVICE_RULES)
+        except CgroupError as e:
+            raise SandboxUnavailableError(f"cannot restrict the jobs' devices: {e}") from None
         self._sandbox = sandbox
         self._namespaces = True
-        log.info("strict isolation", extra={"detail": sandbox.description})
+        log.info("strict isolation", extra={"detail": sandbox.description, "devices_cgroup": devices})
 
     async def _probe_namespaces(self) -> bool:
         wanted = self._config.namespaces
@@ -334,8 +338,7 @@ class JobManager:
         sandbox_args: tuple[str, ...],
     ) -> JobStatus:
         try:
-            devices = DEVICE_RULES if self._sandbox is not None else None
-            cgroup = await asyncio.to_thread(self._driver.create, job_id, limits, devices)
+            cgroup = await asyncio.to_thread(self._driver.create, job_id, limits)
         except CgroupError as e:
             raise StartError(f"cannot set up the job's cgroup: {e}") from None
         spool: OutputSpool | None = None

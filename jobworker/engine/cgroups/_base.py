@@ -73,15 +73,16 @@ class CgroupDriver(Protocol):
         """Whether this driver can enforce resource limits at all."""
         ...
 
-    def create(self, job_id: str, limits: Limits, devices: Sequence[str] | None = None) -> JobCgroup:
-        """Make the job's cgroup(s) with limits applied, or raise CgroupError leaving nothing.
-
-        devices, when given, restricts the job to these device rules where the driver can.
-        """
+    def create(self, job_id: str, limits: Limits) -> JobCgroup:
+        """Make the job's cgroup(s) with limits applied, or raise CgroupError leaving nothing."""
         ...
 
     def cleanup_stale(self) -> int:
         """Remove job cgroups left by an earlier server run; return how many were removed."""
+        ...
+
+    def confine_devices(self, rules: Sequence[str]) -> bool:
+        """Allow every later job only these device rules ("c 1:3 rwm"); False where the driver cannot."""
         ...
 
     def close(self) -> None:

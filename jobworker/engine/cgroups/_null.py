@@ -47,7 +47,7 @@ class NullDriver:
         """Never."""
         return False
 
-    def create(self, job_id: str, limits: Limits, devices: Sequence[str] | None = None) -> NullJobCgroup:
+    def create(self, job_id: str, limits: Limits) -> NullJobCgroup:
         """A placeholder cgroup, or CgroupError when limits were asked for."""
         check_job_id(job_id)
         if not limits.is_empty():
@@ -57,6 +57,10 @@ class NullDriver:
     def cleanup_stale(self) -> int:
         """Nothing to clean."""
         return 0
+
+    def confine_devices(self, rules: Sequence[str]) -> bool:
+        """No cgroups, no device controller."""
+        return False
 
     def close(self) -> None:
         """Nothing to remove."""

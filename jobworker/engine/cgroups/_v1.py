@@ -172,18 +172,11 @@ class V1Driver:
         """True when at least one limit controller is mounted."""
         return any(c in self._controllers for c in _LIMIT_CONTROLLERS)
 
-    def create(self, job_id: str, limits: Limits, devices: Sequence[str] | None = None) -> V1JobCgroup:
-        """Make the job's directory in every hierarchy and write the limits, or undo and raise.
-
-        devices, when given, are the only device rules ("c 1:3 rwm") the job keeps: everything else is
-        denied (where the devices controller is mounted).
-        """
+    def create(self, job_id: str, limits: Limits) -> V1JobCgroup:
+        """Make the job's directory in every hierarchy and write the limits, or undo and raise."""
         check_job_id(job_id)
         check_limits(limits)
         writes = self._limit_writes(limits)
-        if devices is not None and "devices" in self._controllers:
-            writes.append(("devices", "devices.deny", "a"))
-            writes.extend(("devices", "devices.allow", rule) for rule in devices)
         cgroup = self._job(job_id)
         made: list[str] = []
         try:
@@ -212,6 +205,17 @@ class V1Driver:
         for path in self.jobs_dirs:
             with contextlib.suppress(OSError):
                 os.rmdir(path)
+
+    def confine_devices(self, rules: Sequence[str]) -> bool:
+        """Deny every device but rules on our ``<prefix>`` directory: a new v1 cgroup copies its parent's
+        device list, so each job inherits it at mkdir, at no cost per job."""
+        jobs_dir = next((h.jobs_dir for h in self.hierarchies if "devices" in h.controllers), None)
+        if jobs_dir is None:
+            return False
+        write_or_raise(self._host, os.path.join(jobs_dir, "devices.deny"), "a")
+        for rule in rules:
+            write_or_raise(self._host, os.path.join(jobs_dir, "devices.allow"), rule)
+        return True
 
     def cleanup_stale(self) -> int:
         """Kill and remove every job directory under our prefix in all hierarchies."""
