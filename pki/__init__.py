@@ -30,6 +30,7 @@ from pki._issue import (
     issue_server,
 )
 from pki._keys import KeyType, PrivateKey, generate_key
+from pki._policy import Purpose, issuer_problem, policy_problems, profile_problems, window_problem
 from pki._role import ROLE_OID, Role, encode_role, parse_role, parse_role_der
 from pki._verify import verify_certificate
 
@@ -48,6 +49,7 @@ __all__ = [
     "OverwriteError",
     "PkiError",
     "PrivateKey",
+    "Purpose",
     "Role",
     "RoleError",
     "ValidityError",
@@ -60,12 +62,16 @@ __all__ = [
     "issue_client",
     "issue_server",
     "issued_paths",
+    "issuer_problem",
     "load_ca",
     "load_certificate",
     "load_issued",
     "load_private_key",
     "parse_role",
     "parse_role_der",
+    "policy_problems",
+    "profile_problems",
     "verify_certificate",
+    "window_problem",
     "write_issued",
 ]
