@@ -10,6 +10,9 @@ from jobworker.server.tls import CredentialFiles
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 MAX_RECEIVE_MESSAGE_BYTES = 1 << 20
+# A connection outlives its certificate's revocation or rotation by at most this much (plus the grace).
+DEFAULT_MAX_CONNECTION_AGE_SECONDS = 3600.0
+DEFAULT_CONNECTION_AGE_GRACE_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,11 @@ class ServerConfig:
     cgroups: bool = True
     # Names this server's cgroup subtree; servers sharing a host need distinct prefixes.
     cgroup_prefix: str = "jobworker"
+    # A CRL of revoked client certificates (jw-pki revoke), re-read whenever it changes.
+    revoked: Path | None = None
+    # grpc closes connections this old (GOAWAY); calls in flight get the grace to finish.
+    max_connection_age_seconds: float = DEFAULT_MAX_CONNECTION_AGE_SECONDS
+    connection_age_grace_seconds: float = DEFAULT_CONNECTION_AGE_GRACE_SECONDS
 
     @property
     def credential_files(self) -> CredentialFiles:

@@ -16,7 +16,12 @@ import click
 import jobworker
 from jobworker import engine
 from jobworker.server.app import ServerStartError, run_server
-from jobworker.server.config import DEFAULT_LISTEN, ServerConfig
+from jobworker.server.config import (
+    DEFAULT_CONNECTION_AGE_GRACE_SECONDS,
+    DEFAULT_LISTEN,
+    DEFAULT_MAX_CONNECTION_AGE_SECONDS,
+    ServerConfig,
+)
 from jobworker.server.jsonlog import configure_logging, fields
 
 _log = logging.getLogger("jobworker.server")
@@ -89,6 +94,27 @@ def _raise_open_file_limit() -> None:
 @_option("--key", "KEY", type=_EXISTING_FILE, required=True, help="Server private key (PEM).")
 @_option("--ca", "CA", type=_EXISTING_FILE, required=True, help="CA bundle for client certs.")
 @_option(
+    "--revoked",
+    "REVOKED",
+    type=_EXISTING_FILE,
+    default=None,
+    help="CRL of revoked client certificates (jw-pki revoke); re-read whenever it changes.",
+)
+@_option(
+    "--max-connection-age",
+    "MAX_CONNECTION_AGE",
+    type=click.FloatRange(min=1),
+    default=DEFAULT_MAX_CONNECTION_AGE_SECONDS,
+    help="Seconds after which a connection is closed (the client reconnects with a new handshake).",
+)
+@_option(
+    "--connection-age-grace",
+    "CONNECTION_AGE_GRACE",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_CONNECTION_AGE_GRACE_SECONDS,
+    help="Seconds calls in flight may still run on a connection past its maximum age.",
+)
+@_option(
     "--state-dir",
     "STATE_DIR",
     type=click.Path(file_okay=False, path_type=Path),
@@ -153,6 +179,9 @@ def main(ctx: click.Context, /, **options: Any) -> None:
         cert=options["cert"],
         key=options["key"],
         ca=options["ca"],
+        revoked=options["revoked"],
+        max_connection_age_seconds=options["max_connection_age"],
+        connection_age_grace_seconds=options["connection_age_grace"],
         state_dir=options["state_dir"],
         grace_seconds=options["grace"],
         max_jobs=options["max_jobs"],
