@@ -16,6 +16,7 @@ from jobworker.client._types import (
     OutputEvent,
     OutputStream,
     OutputTruncated,
+    Quota,
     ServerInfo,
     StreamEnd,
     StreamEndReason,
@@ -143,6 +144,18 @@ def server_info_from_proto(message: pb.GetServerInfoResponse) -> ServerInfo:
         max_limits=limits_from_proto(message.max_limits),
         identity=message.identity,
         role=message.role,
+        quota=_quota_from_proto(message.quota, message.usage),
+    )
+
+
+def _quota_from_proto(quota: pb.OwnerQuota, usage: pb.OwnerUsage) -> Quota:
+    return Quota(
+        max_running_jobs=quota.max_running_jobs if quota.HasField("max_running_jobs") else None,
+        max_output_bytes=quota.max_output_bytes if quota.HasField("max_output_bytes") else None,
+        retained_jobs=quota.retained_jobs if quota.HasField("retained_jobs") else None,
+        running_jobs=usage.running_jobs,
+        output_bytes=usage.output_bytes,
+        kept_jobs=usage.retained_jobs,
     )
 
 

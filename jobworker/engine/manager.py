@@ -390,16 +390,25 @@ class JobManager:
     def _apply_retention(self) -> None:
         """Delete the oldest ended jobs beyond the configured numbers, records and output alike.
 
-        Per owner first, so that one owner's churn never evicts another's history; then server-wide.
+        Per owner first, then server-wide; server-wide, the owner that keeps the most ended jobs gives
+        up its oldest, so that one owner's churn does not evict another's history.
         """
         doomed = self._over_owner_retention()
+        keep = self._config.retained_jobs
+        if keep is not None and len(self._ended_ids) - len(doomed) > keep:
+            gone = set(doomed)
+            by_owner: dict[str, collections.deque[str]] = {}
+            for job_id in self._ended_ids:
+                if job_id not in gone:
+                    by_owner.setdefault(self._jobs[job_id].status.owner, collections.deque()).append(job_id)
+            for _ in range(len(self._ended_ids) - len(doomed) - keep):
+                # Ties go to the owner with the oldest job (dict order is order of first appearance).
+                owner = max(by_owner, key=lambda o: len(by_owner[o]))
+                doomed.append(by_owner[owner].popleft())
         if doomed:
             gone = set(doomed)
             self._ended_ids = collections.deque(i for i in self._ended_ids if i not in gone)
-        keep = self._config.retained_jobs
-        while keep is not None and len(self._ended_ids) > keep:
-            doomed.append(self._ended_ids.popleft())
-        self._delete(doomed)
+            self._delete(doomed)
 
     def _over_owner_retention(self) -> list[str]:
         """Ended jobs with more than retained_jobs_per_owner newer ended jobs of the same owner."""

@@ -29,6 +29,10 @@ class ServerConfig:
     # Ended jobs kept with their output; the oldest beyond this are deleted.
     retain_jobs: int = 1000
     output_cap_bytes: int = 1 << 30
+    # Per-owner shares (None: no quota); see EngineConfig for what each one does.
+    max_jobs_per_owner: int | None = 100
+    max_output_per_owner_bytes: int | None = 10 << 30
+    retain_jobs_per_owner: int | None = 100
     default_limits: engine.Limits = field(default_factory=engine.Limits)
     max_limits: engine.Limits = field(default_factory=engine.Limits)
     # False runs jobs without cgroups (and refuses limits), for hosts where cgroups misbehave.
@@ -53,6 +57,9 @@ class ServerConfig:
             output_cap_bytes=self.output_cap_bytes,
             max_running_jobs=self.max_jobs,
             retained_jobs=self.retain_jobs,
+            max_running_jobs_per_owner=self.max_jobs_per_owner,
+            max_output_bytes_per_owner=self.max_output_per_owner_bytes,
+            retained_jobs_per_owner=self.retain_jobs_per_owner,
             default_grace_seconds=self.grace_seconds,
             default_limits=self.default_limits,
             max_limits=self.max_limits,

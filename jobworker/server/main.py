@@ -35,6 +35,9 @@ class ByteSize(click.ParamType[int, Any]):
 
     name = "size"
 
+    def __init__(self, *, allow_zero: bool = False) -> None:
+        self._minimum = 0 if allow_zero else 1
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
@@ -42,7 +45,7 @@ class ByteSize(click.ParamType[int, Any]):
         if match is None:
             self.fail(f"{value!r} is not a size like 4096, 512K, 64M or 1G", param, ctx)
         size = int(match.group(1)) * _UNITS[match.group(2).lower()]
-        if size < 1:
+        if size < self._minimum:
             self.fail("size must be at least 1 byte", param, ctx)
         return size
 
@@ -137,6 +140,29 @@ def _raise_open_file_limit() -> None:
     help="Ended jobs kept with their status and output; the oldest beyond this are deleted.",
 )
 @_option("--output-cap", "OUTPUT_CAP", type=ByteSize(), default="1G", help="Output kept per job.")
+@_option(
+    "--max-jobs-per-owner",
+    "MAX_JOBS_PER_OWNER",
+    type=click.IntRange(min=0),
+    default=100,
+    help="Running jobs one owner (certificate CN) may have; 0: no quota.",
+)
+@_option(
+    "--max-output-per-owner",
+    "MAX_OUTPUT_PER_OWNER",
+    type=ByteSize(allow_zero=True),
+    default="10G",
+    help="Output one owner's jobs may store; at the quota a Start deletes the owner's oldest ended "
+    "jobs first. 0: no quota.",
+)
+@_option(
+    "--retain-jobs-per-owner",
+    "RETAIN_JOBS_PER_OWNER",
+    type=click.IntRange(min=0),
+    default=100,
+    help="Ended jobs kept per owner (the newest); older ones are deleted with their output. "
+    "0: no per-owner limit.",
+)
 @_limit_options
 @_option(
     "--cgroups/--no-cgroups",
@@ -187,6 +213,9 @@ def main(ctx: click.Context, /, **options: Any) -> None:
         max_jobs=options["max_jobs"],
         retain_jobs=options["retain_jobs"],
         output_cap_bytes=options["output_cap"],
+        max_jobs_per_owner=options["max_jobs_per_owner"] or None,
+        max_output_per_owner_bytes=options["max_output_per_owner"] or None,
+        retain_jobs_per_owner=options["retain_jobs_per_owner"] or None,
         default_limits=limits("default"),
         max_limits=limits("max"),
         cgroups=options["cgroups"],

@@ -101,3 +101,15 @@ async def test_quotas_can_be_switched_off(make_manager: Callable[..., Any]) -> N
     )
     ids = [await _run(mgr, "alice", "echo x") for _ in range(3)]
     assert [s.id for s in mgr.list()] == ids
+
+
+async def test_server_wide_retention_takes_from_the_owner_with_most_jobs(
+    make_manager: Callable[..., Any],
+) -> None:
+    # The reported case: with --retain-jobs 3, three quick jobs of one writer evicted another's history.
+    mgr: JobManager = await make_manager(retained_jobs=3)
+    bob = await _run(mgr, "bob")
+    alices = [await _run(mgr, "alice") for _ in range(3)]
+    assert [s.id for s in mgr.list(owner="bob")] == [bob]
+    assert [s.id for s in mgr.list(owner="alice")] == alices[-2:]
+    assert len(mgr.list()) == 3
