@@ -13,8 +13,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jobworker.api import jobworker_pb2_grpc
 from jobworker.client import _convert
 from jobworker.client._config import ClientConfig
-from jobworker.client._connection import DEFAULT_TIMEOUT, Connection
-from jobworker.client._types import JobInfo, JobState, Limits, OutputEvent, ServerInfo, StreamSelection
+from jobworker.client._connection import DEFAULT_TIMEOUT, Connection, connection_aged
+from jobworker.client._types import (
+    JobInfo,
+    JobState,
+    Limits,
+    OutputChunk,
+    OutputEvent,
+    ServerInfo,
+    StreamSelection,
+)
 
 
 class Client:
@@ -105,20 +113,31 @@ class Client:
         offset: int = 0,
         follow: bool = True,
     ) -> Iterator[OutputEvent]:
-        """Yield the job's output from `offset`; with `follow`, live until the job ends."""
+        """Yield the job's output from `offset`; with `follow`, live until the job ends.
+
+        A stream cut because the server retired an old connection resumes where it stopped, on a new
+        connection, without the caller noticing.
+        """
         request = _convert.stream_request(job_id, streams, offset, follow)
         # No deadline: a followed job may run for days. Connect failures still surface fast.
         call = self._stub.StreamOutput(request)
-        return self._events(call)
+        return self._events(call, request)
 
-    def _events(self, call: Any) -> Iterator[OutputEvent]:
-        try:
-            for response in call:
-                yield _convert.event_from_proto(response)
-        except grpc.RpcError as exc:
-            raise self._conn.error(exc) from exc
-        finally:
-            call.cancel()
+    def _events(self, call: Any, request: Any) -> Iterator[OutputEvent]:
+        while True:
+            try:
+                for response in call:
+                    event = _convert.event_from_proto(response)
+                    if isinstance(event, OutputChunk):
+                        request.offset = event.end_offset
+                    yield event
+                return
+            except grpc.RpcError as exc:
+                if not connection_aged(exc):
+                    raise self._conn.error(exc) from exc
+            finally:
+                call.cancel()
+            call = self._stub.StreamOutput(request)
 
     def health(self, service: str = "") -> bool:
         """Whether the server reports SERVING for `service` ("" = the server as a whole)."""

@@ -13,6 +13,18 @@ DEFAULT_TIMEOUT = 10.0
 SERVER_DEFAULT_GRACE = 10.0
 # After the grace period the server SIGKILLs and waits for the job to go; allow for that.
 _STOP_SLACK = 10.0
+# grpc's status details when the server closed a connection that reached its maximum age (plus the
+# grace) under a call still running: the job's output is all still there, so a stream resumes.
+_CONNECTION_AGED = "max connection age"
+
+
+def connection_aged(exc: grpc.RpcError) -> bool:
+    """Whether a call failed only because the server retired its connection (--max-connection-age)."""
+    code = getattr(exc, "code", None)
+    details = getattr(exc, "details", None)
+    if not callable(code) or not callable(details):
+        return False
+    return bool(code() is grpc.StatusCode.UNAVAILABLE and details() == _CONNECTION_AGED)
 
 
 class Connection:
