@@ -67,6 +67,7 @@ class AsyncClient:
     ) -> JobInfo:
         """Start `command` with `args`; return the new job's status."""
         request = _convert.start_request(command, args, env, cwd, limits)
+        await self._conn.check_server_async(self._channel)
         try:
             response = await self._stub.Start(request, timeout=self._conn.timeout)
         except grpc.RpcError as exc:
@@ -76,6 +77,7 @@ class AsyncClient:
     async def stop(self, job_id: str, grace_seconds: float | None = None) -> JobInfo:
         """Stop a running job (SIGTERM, SIGKILL after the grace period); return its final status."""
         request = _convert.stop_request(job_id, grace_seconds)
+        await self._conn.check_server_async(self._channel)
         try:
             response = await self._stub.Stop(request, timeout=self._conn.stop_deadline(grace_seconds))
         except grpc.RpcError as exc:
@@ -84,6 +86,7 @@ class AsyncClient:
 
     async def server_info(self) -> ServerInfo:
         """What the server enforces (isolation, default and maximum limits) and who we are to it."""
+        await self._conn.check_server_async(self._channel)
         try:
             response = await self._stub.GetServerInfo(
                 _convert.server_info_request(), timeout=self._conn.timeout
@@ -95,6 +98,7 @@ class AsyncClient:
     async def status(self, job_id: str) -> JobInfo:
         """Return the status of one job."""
         request = _convert.status_request(job_id)
+        await self._conn.check_server_async(self._channel)
         try:
             response = await self._stub.GetStatus(request, timeout=self._conn.timeout)
         except grpc.RpcError as exc:
@@ -104,6 +108,7 @@ class AsyncClient:
     async def list(self, states: Iterable[JobState] = (), owner: str | None = None) -> builtins.list[JobInfo]:
         """Return the jobs visible to us, optionally only those in `states` or of `owner`."""
         request = _convert.list_request(states, owner)
+        await self._conn.check_server_async(self._channel)
         try:
             response = await self._stub.List(request, timeout=self._conn.timeout)
         except grpc.RpcError as exc:
@@ -124,9 +129,11 @@ class AsyncClient:
         connection, without the caller noticing.
         """
         request = _convert.stream_request(job_id, streams, offset, follow)
-        return self._events(self._stub.StreamOutput(request), request)
+        return self._events(request)
 
-    async def _events(self, call: Any, request: Any) -> AsyncIterator[OutputEvent]:
+    async def _events(self, request: Any) -> AsyncIterator[OutputEvent]:
+        await self._conn.check_server_async(self._channel)
+        call = self._stub.StreamOutput(request)
         while True:
             try:
                 async for response in call:
@@ -145,6 +152,7 @@ class AsyncClient:
     async def health(self, service: str = "") -> bool:
         """Whether the server reports SERVING for `service` ("" = the server as a whole)."""
         stub = health_pb2_grpc.HealthStub(self._channel)
+        await self._conn.check_server_async(self._channel)
         try:
             response = await stub.Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=self._conn.timeout

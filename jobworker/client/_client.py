@@ -64,6 +64,7 @@ class Client:
     ) -> JobInfo:
         """Start `command` with `args`; return the new job's status."""
         request = _convert.start_request(command, args, env, cwd, limits)
+        self._conn.check_server(self._channel)
         try:
             response = self._stub.Start(request, timeout=self._conn.timeout)
         except grpc.RpcError as exc:
@@ -73,6 +74,7 @@ class Client:
     def stop(self, job_id: str, grace_seconds: float | None = None) -> JobInfo:
         """Stop a running job (SIGTERM, SIGKILL after the grace period); return its final status."""
         request = _convert.stop_request(job_id, grace_seconds)
+        self._conn.check_server(self._channel)
         try:
             response = self._stub.Stop(request, timeout=self._conn.stop_deadline(grace_seconds))
         except grpc.RpcError as exc:
@@ -81,6 +83,7 @@ class Client:
 
     def server_info(self) -> ServerInfo:
         """What the server enforces (isolation, default and maximum limits) and who we are to it."""
+        self._conn.check_server(self._channel)
         try:
             response = self._stub.GetServerInfo(_convert.server_info_request(), timeout=self._conn.timeout)
         except grpc.RpcError as exc:
@@ -90,6 +93,7 @@ class Client:
     def status(self, job_id: str) -> JobInfo:
         """Return the status of one job."""
         request = _convert.status_request(job_id)
+        self._conn.check_server(self._channel)
         try:
             response = self._stub.GetStatus(request, timeout=self._conn.timeout)
         except grpc.RpcError as exc:
@@ -99,6 +103,7 @@ class Client:
     def list(self, states: Iterable[JobState] = (), owner: str | None = None) -> builtins.list[JobInfo]:
         """Return the jobs visible to us, optionally only those in `states` or of `owner`."""
         request = _convert.list_request(states, owner)
+        self._conn.check_server(self._channel)
         try:
             response = self._stub.List(request, timeout=self._conn.timeout)
         except grpc.RpcError as exc:
@@ -119,6 +124,7 @@ class Client:
         connection, without the caller noticing.
         """
         request = _convert.stream_request(job_id, streams, offset, follow)
+        self._conn.check_server(self._channel)
         # No deadline: a followed job may run for days. Connect failures still surface fast.
         call = self._stub.StreamOutput(request)
         return self._events(call, request)
@@ -142,6 +148,7 @@ class Client:
     def health(self, service: str = "") -> bool:
         """Whether the server reports SERVING for `service` ("" = the server as a whole)."""
         stub = health_pb2_grpc.HealthStub(self._channel)
+        self._conn.check_server(self._channel)
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self._conn.timeout)
         except grpc.RpcError as exc:

@@ -5,6 +5,7 @@ Each one breaks exactly one rule of the certificate policy, so a test can tell w
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -59,8 +60,9 @@ def forge(
     sha1: bool = False,
     not_before: datetime | None = None,
     not_after: datetime | None = None,
+    sans: list[str] | None = None,
 ) -> pki.Issued:
-    """A client certificate signed by `issuer`; `eku=[]` leaves the EKU extension out."""
+    """A client certificate signed by `issuer`; `eku=[]` leaves the EKU extension out, `sans` add SANs."""
     key = key or ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
     builder = (
@@ -79,11 +81,22 @@ def forge(
     if eku != []:
         usages = eku if eku is not None else [ExtendedKeyUsageOID.CLIENT_AUTH]
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    if sans:
+        names = [pki_san(name) for name in sans]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     cert = builder.sign(issuer.key, hashes.SHA256())
     if sha1:
         assert isinstance(issuer.key, ec.EllipticCurvePrivateKey)
         cert = resign_sha1(cert, issuer.key)
     return pki.Issued(cert, key)
+
+
+def pki_san(name: str) -> x509.GeneralName:
+    """A DNS or IP SAN entry."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def chain_pem(*certs: pki.Issued) -> bytes:
