@@ -15,7 +15,7 @@ import jobworker.server
 from jobworker import engine
 from jobworker.api import jobworker_pb2_grpc as pb_grpc
 from jobworker.server.auth import AuthInterceptor
-from jobworker.server.config import MAX_RECEIVE_MESSAGE_BYTES, ServerConfig
+from jobworker.server.config import GRPC_RECEIVE_LIMIT_BYTES, ServerConfig
 from jobworker.server.jsonlog import fields
 from jobworker.server.policy import PeerPolicy
 from jobworker.server.revocation import RevocationError, RevocationList
@@ -31,7 +31,8 @@ _STOP_MARGIN_SECONDS = 2.0
 
 def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     return [
-        ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+        # Above the real limit, so that the call wrapper sees (and audits) most oversized requests.
+        ("grpc.max_receive_message_length", GRPC_RECEIVE_LIMIT_BYTES),
         # grpc defaults to SO_REUSEPORT, which would let a second server silently share our port.
         ("grpc.so_reuseport", 0),
         # Notice clients that vanished without closing their connection, so their streams are freed.

@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2
 import pki
 from jobworker.api import jobworker_pb2
 from jobworker.server.audit import CallRecord, log_call
+from jobworker.server.config import MAX_RECEIVE_MESSAGE_BYTES
 from jobworker.server.errors import INTERNAL_MESSAGE, ServiceError, status_for
 from jobworker.server.policy import PeerPolicy
 
@@ -241,6 +242,30 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
 
+@dataclass(frozen=True)
+class _Oversized:
+    """Stands in for a request too large to decode, so the wrapper refuses it with an audit line."""
+
+    size: int
+
+
+def _bounded(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        if len(data) > MAX_RECEIVE_MESSAGE_BYTES:
+            return _Oversized(len(data))
+        return deserializer(data) if deserializer is not None else data
+
+    return deserialize
+
+
+def _check_size(request: object) -> None:
+    if isinstance(request, _Oversized):
+        raise ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"request of {request.size} bytes exceeds the limit of {MAX_RECEIVE_MESSAGE_BYTES} bytes",
+        )
+
+
 def _wrap(
     method: str, handler: grpc.RpcMethodHandler[Any, Any], policy: PeerPolicy | None
 ) -> grpc.RpcMethodHandler[Any, Any]:
@@ -248,7 +273,7 @@ def _wrap(
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
             _wrap_unary(method, cast(UnaryBehavior, handler.unary_unary), policy),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_bounded(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
@@ -262,13 +287,13 @@ def _wrap(
         )
         return grpc.unary_stream_rpc_method_handler(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_bounded(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     # No client-streaming RPCs exist; refusing them keeps the wrapper the only way in.
     return grpc.stream_unary_rpc_method_handler(
         _refuse_client_streaming,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=_bounded(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
 
@@ -327,6 +352,7 @@ def _wrap_unary(method: str, behavior: UnaryBehavior, policy: PeerPolicy | None)
         call = _begin(method, request, context)
         try:
             _admit(call, context, policy)
+            _check_size(request)
             return await behavior(request, context)
         except BaseException as exc:
             await _fail(call, context, exc)
@@ -341,6 +367,7 @@ def _wrap_stream(method: str, behavior: StreamBehavior, policy: PeerPolicy | Non
         call = _begin(method, request, context)
         try:
             _admit(call, context, policy)
+            _check_size(request)
             # Close the handler now, not at garbage collection, so a vanished client frees everything
             # the stream held.
             async with contextlib.aclosing(behavior(request, context)) as messages:

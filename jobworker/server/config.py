@@ -9,7 +9,10 @@ from jobworker import engine
 from jobworker.server.tls import CredentialFiles
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+# Requests above this are refused by the call wrapper (audited, with the caller's identity) ...
 MAX_RECEIVE_MESSAGE_BYTES = 1 << 20
+# ... and above this by grpc itself, before any Python code sees the call (so without an audit line).
+GRPC_RECEIVE_LIMIT_BYTES = 4 * MAX_RECEIVE_MESSAGE_BYTES
 # A connection outlives its certificate's revocation or rotation by at most this much (plus the grace).
 DEFAULT_MAX_CONNECTION_AGE_SECONDS = 3600.0
 DEFAULT_CONNECTION_AGE_GRACE_SECONDS = 300.0

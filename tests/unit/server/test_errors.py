@@ -75,9 +75,25 @@ async def test_bad_input_names_the_rule(connect: Connect, case: str) -> None:
     assert "/sys/fs/cgroup" not in details
 
 
-async def test_requests_over_the_message_limit_are_refused_by_grpc(connect: Connect) -> None:
+async def test_requests_over_the_message_limit_are_refused_and_audited(
+    connect: Connect, logs: LogCapture
+) -> None:
     error = await rpc_error(connect("walt").Start(start(args=["x" * (2 << 20)])))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.details() == "request of 2097168 bytes exceeds the limit of 1048576 bytes"
+    line = await logs.wait_for("jobworker.audit", lambda x: x["code"] == "RESOURCE_EXHAUSTED")
+    assert (line["identity"], line["reason"]) == ("walt", error.details())
+    assert line["fingerprint"]
+
+
+async def test_requests_far_over_the_limit_are_refused_by_grpc_itself(
+    connect: Connect, logs: LogCapture
+) -> None:
+    # grpc refuses these before any Python code sees the call: no identity, hence no audit line.
+    error = await rpc_error(connect("walt").Start(start(args=["x" * (5 << 20)])))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in (error.details() or "")
+    assert logs.lines("jobworker.audit") == []
 
 
 MALFORMED_IDS = ["", "abc", "6ba7b810-9dad-11d1-80b4-00c04fd430c8", MISSING_ID + "0", "../etc"]
