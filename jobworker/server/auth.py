@@ -35,6 +35,8 @@ from jobworker.server.policy import PeerPolicy
 _log = logging.getLogger(__name__)
 
 TLS_VERSION = b"TLSv1.3"
+# How often an open stream re-applies the certificate policy (at its next message).
+STREAM_RECHECK_SECONDS = 1.0
 
 
 class Scope(enum.Enum):
@@ -309,7 +311,9 @@ def _begin(method: str, request: object, context: grpc.aio.ServicerContext[Any, 
     return call
 
 
-def _admit(call: _Call, context: grpc.aio.ServicerContext[Any, Any], policy: PeerPolicy | None) -> None:
+def _admit(
+    call: _Call, context: grpc.aio.ServicerContext[Any, Any], policy: PeerPolicy | None
+) -> PeerCertificate:
     peer = authenticate(context.auth_context())
     record = call.record
     # The CN as the certificate states it, even when it is not a usable identity (a refusal says why).
@@ -318,6 +322,7 @@ def _admit(call: _Call, context: grpc.aio.ServicerContext[Any, Any], policy: Pee
     record.serial, record.fingerprint = peer.serial, peer.fingerprint
     enforce(peer, policy)
     call.caller = authorize(record.method, peer)
+    return peer
 
 
 def _raw_common_name(cert: x509.Certificate | None) -> str:
@@ -366,12 +371,17 @@ def _wrap_stream(method: str, behavior: StreamBehavior, policy: PeerPolicy | Non
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncGenerator[Any, None]:
         call = _begin(method, request, context)
         try:
-            _admit(call, context, policy)
+            peer = _admit(call, context, policy)
             _check_size(request)
+            recheck_at = time.monotonic() + STREAM_RECHECK_SECONDS
             # Close the handler now, not at garbage collection, so a vanished client frees everything
             # the stream held.
             async with contextlib.aclosing(behavior(request, context)) as messages:
                 async for message in messages:
+                    # A long stream outlives its admission: expiry and revocation end it too.
+                    if time.monotonic() >= recheck_at:
+                        enforce(peer, policy)
+                        recheck_at = time.monotonic() + STREAM_RECHECK_SECONDS
                     yield message
         except BaseException as exc:
             await _fail(call, context, exc)

@@ -17,7 +17,19 @@ from cert_forge import chain_pem, forge
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-from server_helpers import Clients, Connect, LogCapture, MakeServer, Pki, Stub, open_channel, rpc_error
+from server_helpers import (
+    Clients,
+    Connect,
+    LogCapture,
+    MakeServer,
+    Pki,
+    Stub,
+    next_message,
+    open_channel,
+    read_rest,
+    rpc_error,
+    start_job,
+)
 
 import pki
 from jobworker.api import jobworker_pb2 as pb
@@ -154,6 +166,24 @@ async def test_revoking_cuts_off_an_open_connection_at_its_next_call(
         "jobworker.server.revocation", lambda x: x["msg"] == "revocation list reloaded"
     )
     assert reloaded["revoked"] == 1
+
+
+async def test_revoking_ends_a_stream_that_is_already_open(
+    certs: Pki, make_server: MakeServer, clients: Clients
+) -> None:
+    crl_file = _crl(certs)
+    server = await make_server(revoked=crl_file)
+    stub = clients.stub(server.port, "walt")
+    job = await start_job(stub, "/bin/sh", "-c", "while :; do echo tick; sleep 0.1; done")
+    call = stub.StreamOutput(pb.StreamOutputRequest(job_id=job.id, follow=True))
+    await next_message(call)
+    pki.write_crl(crl_file.parent, pki.revoke(certs.ca, [certs.issued["walt"].cert]))
+    # The stream re-applies the policy about once a second, at its next message.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await read_rest(call)
+    error = info.value
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error.details() == "client certificate refused: revoked"
 
 
 async def test_a_broken_revocation_list_keeps_the_last_good_one(
