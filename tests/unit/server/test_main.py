@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from server_helpers import (
     spawn_server,
 )
 
+import pki
 from jobworker import engine
 from jobworker.api import jobworker_pb2 as pb
 from jobworker.server import ServerConfig, main
@@ -168,3 +170,68 @@ async def _follow_while_terminating(process: ServerProcess, certs: Pki) -> tuple
         return rest[-1].end, job.pid
     finally:
         await channel.close()
+
+
+def test_policy_and_quota_flags_map_to_the_config(
+    certs: Pki, tmp_path: Path, captured: list[ServerConfig]
+) -> None:
+    crl = pki.write_crl(tmp_path, pki.revoke(certs.ca, []))
+    args = [
+        "--cert", str(certs.cert("server")), "--key", str(certs.key("server")),
+        "--ca", str(certs.ca_path), "--state-dir", str(tmp_path),
+        "--max-connection-age", "600", "--connection-age-grace", "5",
+        "--max-jobs-per-owner", "0", "--max-output-per-owner", "1G", "--retain-jobs-per-owner", "3",
+    ]  # fmt: skip
+    result = CliRunner().invoke(main.main, args, env={"JW_SERVER_REVOKED": str(crl)})
+    assert result.exit_code == 0, result.output
+    config = captured[0]
+    assert config.revoked == crl
+    assert (config.max_connection_age_seconds, config.connection_age_grace_seconds) == (600, 5)
+    engine_config = config.engine_config()
+    assert engine_config.max_running_jobs_per_owner is None, "0 switches a quota off"
+    assert engine_config.max_output_bytes_per_owner == 1 << 30
+    assert engine_config.retained_jobs_per_owner == 3
+
+
+def test_quota_and_age_defaults_stop_one_owner_taking_everything(
+    certs: Pki, tmp_path: Path, captured: list[ServerConfig]
+) -> None:
+    args = ["--cert", str(certs.cert("server")), "--key", str(certs.key("server"))]
+    result = CliRunner().invoke(main.main, [*args, "--ca", str(certs.ca_path)])
+    assert result.exit_code == 0, result.output
+    config = captured[0]
+    assert config.revoked is None
+    assert config.max_connection_age_seconds <= 3600
+    engine_config = config.engine_config()
+    assert engine_config.max_running_jobs_per_owner is not None
+    assert engine_config.max_running_jobs_per_owner < engine_config.max_running_jobs
+    assert engine_config.retained_jobs_per_owner is not None
+    assert engine_config.retained_jobs is not None
+    assert engine_config.retained_jobs_per_owner < engine_config.retained_jobs
+
+
+def test_a_revocation_list_of_another_ca_is_a_clean_startup_error(certs: Pki, tmp_path: Path) -> None:
+    foreign = pki.Issued(certs.issued["foreign-ca"].cert, certs.issued["foreign-ca"].key)
+    crl = pki.write_crl(tmp_path, pki.revoke(foreign, []))
+    code, lines = run_to_exit(
+        certs, "--key", str(certs.key("server")), "--state-dir", str(tmp_path / "state"),
+        "--no-cgroups", "--revoked", str(crl),
+    )  # fmt: skip
+    assert code == 1
+    assert '"msg": "cannot start"' in lines[-1]
+    assert "is issued by CN=foreign CA, not a client CA" in lines[-1]
+
+
+def test_sighup_reloads_the_revocation_list(certs: Pki, tmp_path: Path) -> None:
+    crl_dir = tmp_path / "crl"
+    crl = pki.write_crl(crl_dir, pki.revoke(certs.ca, []))
+    process = spawn_server(certs, tmp_path / "state", "--revoked", str(crl))
+    try:
+        assert process.wait_for_log("listening")["revoked"] == 0
+        seen = len(process.lines)
+        pki.write_crl(crl_dir, pki.revoke(certs.ca, [certs.issued["wendy"].cert]))
+        process.process.send_signal(signal.SIGHUP)
+        # No call was made since the file changed, so this reload is SIGHUP's doing.
+        assert process.wait_for_log("revocation list reloaded", start=seen)["revoked"] == 1
+    finally:
+        assert process.terminate() == 0
