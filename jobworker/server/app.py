@@ -113,6 +113,7 @@ class JobWorkerServer:
                 namespaces=info.namespaces,
                 limits_supported=info.limits_supported,
                 tls13_handshake_pinned=jobworker.server.PINNED,
+                handshakes_audited=jobworker.server.HANDSHAKES_TRACED,
                 server_certificate=self._reloader.material.subject,
                 client_cas=list(self._reloader.material.client_cas),
                 revoked=None if self._revocation is None else self._revocation.size,

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 
 import jobworker
+import jobworker.server
 from jobworker import engine
 from jobworker.server.app import ServerStartError, run_server
 from jobworker.server.config import (
@@ -22,6 +23,7 @@ from jobworker.server.config import (
     DEFAULT_MAX_CONNECTION_AGE_SECONDS,
     ServerConfig,
 )
+from jobworker.server.grpclog import GrpcLogCapture
 from jobworker.server.jsonlog import configure_logging, fields
 
 _log = logging.getLogger("jobworker.server")
@@ -189,7 +191,14 @@ def _raise_open_file_limit() -> None:
 @click.pass_context
 def main(ctx: click.Context, /, **options: Any) -> None:
     """Run the jobworker gRPC server (mTLS 1.3 only). SIGHUP reloads certificates; SIGTERM stops."""
-    configure_logging(options["log_level"].upper())
+    stream = None
+    if jobworker.server.HANDSHAKES_TRACED:
+        # grpc's C core logs to fd 2 in plain text; read it back, so every line is JSON and failed
+        # handshakes are audited. Only where the tracer took effect (not when grpc came first).
+        capture = GrpcLogCapture(traced=True)
+        ctx.call_on_close(capture.close)
+        stream = capture.stream
+    configure_logging(options["log_level"].upper(), stream)
 
     def limits(prefix: str) -> engine.Limits:
         return engine.Limits(
