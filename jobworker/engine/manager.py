@@ -130,6 +130,7 @@ class JobManager:
     async def open(self) -> None:
         """Prepare the state directory, cgroups and namespaces, and reload past jobs."""
         cfg = self._config
+        validation.check_limit_settings(cfg.default_limits, cfg.max_limits)
         (cfg.state_dir / "jobs").mkdir(parents=True, exist_ok=True, mode=0o700)
         if cfg.cgroup_driver is not None:
             self._driver = cfg.cgroup_driver

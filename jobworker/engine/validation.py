@@ -94,6 +94,15 @@ def effective_limits(requested: Limits, defaults: Limits, ceilings: Limits) -> L
     return Limits(**values)
 
 
+def check_limit_settings(defaults: Limits, ceilings: Limits) -> None:
+    """Refuse server defaults the kernel would not accept or above their ceiling, before any job asks."""
+    try:
+        effective_limits(Limits(), defaults, ceilings)
+    except InvalidSpecError as exc:
+        # Otherwise every Start without that limit would fail with a message about a limit it never set.
+        raise InvalidSpecError(f"default limits: {exc}") from None
+
+
 def job_environment(extra: Mapping[str, str]) -> dict[str, str]:
     """The job's whole environment: a sane PATH plus what the caller passed, never the server's own."""
     return {"PATH": DEFAULT_PATH, **extra}

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from jobworker.engine import InvalidSpecError, Limits
-from jobworker.engine.validation import effective_limits
+from jobworker.engine.validation import check_limit_settings, effective_limits
 
 CORES = os.cpu_count() or 1
 
@@ -53,3 +53,25 @@ def test_ceiling_message_shows_sizes_in_mib() -> None:
     with pytest.raises(InvalidSpecError) as info:
         effective_limits(Limits(memory_bytes=2 << 30), Limits(), Limits(memory_bytes=1 << 30))
     assert str(info.value) == "memory 2048 MiB exceeds the server ceiling of 1024 MiB"
+
+
+@pytest.mark.parametrize(
+    ("defaults", "ceilings", "message"),
+    [
+        (Limits(pids=1), Limits(), "default limits: pids must be between 2 and 4194304, got 1"),
+        (
+            Limits(memory_bytes=8 << 30),
+            Limits(memory_bytes=4 << 30),
+            "default limits: memory 8192 MiB exceeds",
+        ),
+    ],
+)
+def test_server_defaults_are_checked_once_at_start(defaults: Limits, ceilings: Limits, message: str) -> None:
+    with pytest.raises(InvalidSpecError) as info:
+        check_limit_settings(defaults, ceilings)
+    assert str(info.value).startswith(message)
+
+
+def test_ceilings_above_the_host_are_allowed() -> None:
+    # A ceiling only bounds requests; the kernel range still applies to each one.
+    check_limit_settings(Limits(cpus=0.5), Limits(cpus=float(CORES * 8), pids=10**9))

@@ -236,3 +236,12 @@ def test_sighup_reloads_the_revocation_list(certs: Pki, tmp_path: Path) -> None:
         assert process.wait_for_log("revocation list reloaded", start=seen)["revoked"] == 1
     finally:
         assert process.terminate() == 0
+
+
+def test_a_default_limit_the_kernel_refuses_is_a_clean_startup_error(certs: Pki, tmp_path: Path) -> None:
+    code, lines = run_to_exit(
+        certs, "--key", str(certs.key("server")), "--state-dir", str(tmp_path / "state"),
+        "--no-cgroups", "--default-pids", "1",
+    )  # fmt: skip
+    assert code == 1
+    assert any("default limits: pids must be between 2 and 4194304, got 1" in line for line in lines), lines
