@@ -33,7 +33,7 @@ from server_helpers import (
 
 import pki
 from jobworker.api import jobworker_pb2 as pb
-from jobworker.server import JobWorkerServer
+from jobworker.server import JobWorkerServer, ServerStartError
 
 # Client -> the rule its certificate breaks, as the refusal names it.
 REFUSED = {
@@ -244,3 +244,12 @@ async def test_connections_are_closed_at_their_maximum_age_and_the_channel_recon
     peers = [line["peer"] for line in logs.lines("jobworker.audit") if line["identity"] == "walt"]
     assert len(peers) == 2
     assert peers[0] != peers[1], "the second call came over a new connection (new source port)"
+
+
+async def test_a_revocation_list_under_the_cas_name_but_another_key_is_refused(
+    certs: Pki, make_server: MakeServer
+) -> None:
+    impostor = pki.issue_ca("test CA")
+    crl = pki.write_crl(certs.directory / "impostor", pki.revoke(impostor, []))
+    with pytest.raises(ServerStartError, match="is not signed by the key of CN=test CA"):
+        await make_server(revoked=crl)
