@@ -225,7 +225,6 @@ class JobManager:
         limits = validation.effective_limits(spec.limits, cfg.default_limits, cfg.max_limits)
         if self._running >= cfg.max_running_jobs:
             raise CapacityError(f"the server already runs its maximum of {cfg.max_running_jobs} jobs")
-        self._check_quota(spec.owner)
         if not limits.is_empty() and not self._driver.supports_limits():
             raise LimitsUnsupportedError(
                 f"resource limits cannot be enforced on this server: {self._driver.reason}"
@@ -233,6 +232,8 @@ class JobManager:
         env = validation.job_environment(spec.env)
         cwd = validation.resolve_cwd(spec.cwd, cfg.default_cwd)
         exe = validation.resolve_executable(spec.command, env, cwd)
+        # Last of the checks, so a Start that fails them never makes room by deleting old output.
+        self._check_quota(spec.owner)
 
         job_id = str(uuid.uuid4())
         directory = records.job_dir(cfg.state_dir, job_id)
