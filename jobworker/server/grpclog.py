@@ -15,6 +15,7 @@ Stdlib only: imported by `jobworker.server` before grpc.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -39,6 +40,7 @@ _LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": log
 _TRACE_SOURCES = frozenset({"handshaker.cc", "channel_trace.h", "trace.cc"})
 _SSL_FAILURE = ("ssl_transport_security.cc", "Handshake failed with error ")
 
+_PIPE_BYTES = 1 << 20
 _grpc_log = logging.getLogger("grpc")
 # Whatever else reaches fd 2 (a child process's complaint, a C library's warning).
 _stderr_log = logging.getLogger("jobworker.server.stderr")
@@ -123,6 +125,10 @@ class GrpcLogCapture:
         self._saved_stderr = sys.stderr
         sys.stderr = self.stream
         read_fd, write_fd = os.pipe()
+        # grpc's threads block on a full pipe until the reader, which needs the GIL, drains it: give
+        # bursts of handshakes room (Linux only; the default 64 KiB is kept elsewhere).
+        with contextlib.suppress(AttributeError, OSError):
+            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         os.dup2(write_fd, 2)
         os.close(write_fd)
         self._parser = GrpcLogParser(traced=traced)
