@@ -274,8 +274,7 @@ class JobManager:
         jobs_quota = cfg.max_running_jobs_per_owner
         if jobs_quota is not None and use.running_jobs >= jobs_quota:
             raise QuotaError(
-                f"quota reached: max-jobs-per-owner is {jobs_quota} running jobs, "
-                f"{owner} runs {use.running_jobs}"
+                f"quota reached: {owner} runs {use.running_jobs} jobs, max-jobs-per-owner is {jobs_quota}"
             )
         output_quota = cfg.max_output_bytes_per_owner
         if output_quota is not None and use.output_bytes >= output_quota:
@@ -284,8 +283,8 @@ class JobManager:
             use = self.usage_of(owner)
         if output_quota is not None and use.output_bytes >= output_quota:
             raise QuotaError(
-                f"quota reached: max-output-per-owner is {output_quota} bytes, the jobs of {owner} store "
-                f"{use.output_bytes}"
+                f"quota reached: running jobs of {owner} store {use.output_bytes} bytes of output, "
+                f"max-output-per-owner is {output_quota} bytes"
             )
 
     async def _launch(

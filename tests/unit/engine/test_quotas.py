@@ -42,7 +42,7 @@ async def test_running_jobs_quota_stops_one_writer_not_the_other(make_manager: C
         await mgr.start(JobSpec("sleep", ("100",), owner="alice"))
     with pytest.raises(QuotaError) as info:
         await mgr.start(JobSpec("sleep", ("100",), owner="alice"))
-    assert str(info.value) == "quota reached: max-jobs-per-owner is 2 running jobs, alice runs 2"
+    assert str(info.value) == "quota reached: alice runs 2 jobs, max-jobs-per-owner is 2"
     # The other writer still gets its share.
     bob = await mgr.start(JobSpec("sleep", ("100",), owner="bob"))
     assert mgr.usage_of("alice") == OwnerUsage(running_jobs=2, output_bytes=0, retained_jobs=0)
@@ -89,9 +89,10 @@ async def test_output_held_by_running_jobs_refuses_a_start(make_manager: Callabl
         break
     with pytest.raises(QuotaError) as info:
         await mgr.start(JobSpec("true", owner="alice"))
-    assert (
-        str(info.value) == "quota reached: max-output-per-owner is 1000 bytes, the jobs of alice store 1500"
+    expected = (
+        "quota reached: running jobs of alice store 1500 bytes of output, max-output-per-owner is 1000 bytes"
     )
+    assert str(info.value) == expected
     await _run(mgr, "bob")
 
 

@@ -16,7 +16,7 @@ async def test_one_writer_at_its_quota_does_not_block_another(
     await start_job(walt, "/bin/sleep", "30")
     error = await rpc_error(walt.Start(pb.StartRequest(command="/bin/true"), timeout=10))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert error.details() == "quota reached: max-jobs-per-owner is 1 running jobs, walt runs 1"
+    assert error.details() == "quota reached: walt runs 1 jobs, max-jobs-per-owner is 1"
     await start_job(wendy, "/bin/sleep", "30")
     line = await logs.wait_for("jobworker.audit", lambda x: x["code"] == "RESOURCE_EXHAUSTED")
     assert (line["identity"], line["reason"]) == ("walt", error.details())
