@@ -48,6 +48,8 @@ def test_help_names_every_environment_variable() -> None:
     for name in ("LISTEN", "CERT", "KEY", "CA", "STATE_DIR", "GRACE", "MAX_JOBS", "OUTPUT_CAP"):
         assert f"JW_SERVER_{name}" in result.output
     assert "JW_SERVER_MAX_MEMORY" in result.output
+    for name in ("REVOKED", "MAX_CONNECTION_AGE", "MAX_JOBS_PER_OWNER", "MAX_OUTPUT_PER_OWNER"):
+        assert f"JW_SERVER_{name}" in result.output
 
 
 def test_flags_map_to_the_engine_config(certs: Pki, tmp_path: Path, captured: list[ServerConfig]) -> None:
