@@ -3,7 +3,8 @@
 # jw-pki-init. Idempotent: files that already exist are kept, so `docker compose up` can run it
 # every time. Writes into $JW_CERTS_DIR (default /certs):
 #   ca.crt/key, server.crt/key (SANs localhost, 127.0.0.1, server and $JW_SERVER_SANS),
-#   admin, writer and reader client certificates with those roles.
+#   admin, writer and reader client certificates with those roles, and crl.pem, the CA's (at first
+#   empty) revocation list that jw-server reads with --revoked (add to it with `jw-pki revoke NAME`).
 # Keys are 0600 and owned by root in the container; set JW_UID/JW_GID (e.g. `JW_UID=$(id -u)
 # JW_GID=$(id -g) docker compose up`, which `make up` does) to hand the directory to that host user.
 set -eu
@@ -51,6 +52,13 @@ issue server jw-pki issue-server --dir "$dir" --name server $sans
 for role in admin writer reader; do
     issue "$role" jw-pki issue-client --dir "$dir" --name "$role" --role "$role"
 done
+
+# A list signed by an earlier CA would be refused by the server: start a new one with a new CA.
+if [ "$new_ca" = 1 ] || [ ! -s "$dir/crl.pem" ]; then
+    rm -f "$dir/crl.pem"
+    jw-pki revoke --dir "$dir" >/dev/null
+    echo "jw-pki-init: empty revocation list $dir/crl.pem"
+fi
 
 uid="${JW_UID:-0}"
 gid="${JW_GID:-$uid}"

@@ -56,6 +56,15 @@ def _write_atomic(path: Path, data: bytes, mode: int, *, force: bool) -> None:
             os.unlink(tmp)
 
 
+def write_file(path: Path, data: bytes) -> None:
+    """Replace a public file (mode 0644) atomically: readers see the old or the new contents, never a mix."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, data, _CERT_MODE, force=True)
+    except OSError as exc:
+        raise PkiError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
 def write_issued(directory: Path, name: str, issued: Issued, *, force: bool = False) -> tuple[Path, Path]:
     """Write `NAME.crt` (0644) and `NAME.key` (0600) atomically; return their paths."""
     cert_path, key_path = issued_paths(directory, name)

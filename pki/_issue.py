@@ -24,6 +24,7 @@ CLIENT_URI_PREFIX = "urn:jobworker:client:"
 # Names double as file names and as the identity the server records, so keep them boring.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DNS_LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+NAME_RULE = "use 1-64 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,15 @@ class Issued:
         )
 
 
+def valid_name(name: str) -> bool:
+    """Whether `name` follows NAME_RULE (certificate CNs, file stems, identities)."""
+    return _NAME_RE.fullmatch(name) is not None
+
+
 def check_name(name: str) -> str:
     """Return `name` if it is a valid certificate/file name, else raise IssueError."""
-    if not _NAME_RE.fullmatch(name):
-        raise IssueError(
-            f"invalid name {name!r}: use 1-64 characters from A-Z a-z 0-9 . _ -, "
-            "starting with a letter or digit"
-        )
+    if not valid_name(name):
+        raise IssueError(f"invalid name {name!r}: {NAME_RULE}")
     return name
 
 

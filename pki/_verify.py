@@ -1,4 +1,4 @@
-"""Verification of a certificate against the CA: chain, validity, EKU and role."""
+"""Verification of a certificate against the CA: chain, validity, EKU, role and the policy."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from pki._errors import RoleError, VerificationError
+from pki._policy import ca_flag_problem, key_problem, name_problem, signature_problem
 from pki._role import ROLE_OID, parse_role
 
 
@@ -45,7 +46,13 @@ def _extensions(cert: x509.Certificate) -> x509.Extensions | str:
 
 
 def _verify_ca(ca: x509.Certificate, at: datetime) -> list[str]:
-    problems = [p for p in (_window_problem("CA", ca, at), _signature_problem(ca, ca)) if p]
+    checks = (
+        _window_problem("CA", ca, at),
+        _signature_problem(ca, ca),
+        key_problem(ca),
+        signature_problem(ca),
+    )
+    problems = [p for p in checks if p]
     extensions = _extensions(ca)
     if isinstance(extensions, str):
         return [*problems, extensions]
@@ -108,6 +115,12 @@ def verify_certificate(cert: x509.Certificate, ca: x509.Certificate, *, at: date
     client = ExtendedKeyUsageOID.CLIENT_AUTH in usages
     if not client and ExtendedKeyUsageOID.SERVER_AUTH not in usages:
         problems.append("no serverAuth or clientAuth extended key usage")
+    # The same policy the server and client apply on every connection (pki._policy).
+    problems.extend(
+        p
+        for p in (ca_flag_problem(cert), key_problem(cert), signature_problem(cert), name_problem(cert))
+        if p
+    )
     if client or any(ext.oid == ROLE_OID for ext in extensions):
         try:
             parse_role(cert)

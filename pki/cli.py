@@ -9,10 +9,11 @@ from typing import Any
 import click
 
 from pki._errors import PkiError, VerificationError
-from pki._files import CA_NAME, load_ca, load_certificate, write_issued
+from pki._files import CA_NAME, issued_paths, load_ca, load_certificate, write_issued
 from pki._inspect import describe
 from pki._issue import DEFAULT_SERVER_SANS, issue_ca, issue_client, issue_server
 from pki._keys import KeyType
+from pki._revoke import crl_path, is_revoked, load_crl, revoke, write_crl
 from pki._role import Role
 from pki._verify import verify_certificate
 
@@ -169,14 +170,46 @@ def inspect_command(file: Path, as_json: bool) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @_dir_option
 def verify_command(file: Path, directory: Path) -> None:
-    """Verify FILE against the CA in --dir: chain, validity, EKU and role; exit 1 on failure."""
+    """Verify FILE against the CA in --dir: chain, validity, EKU, role, policy and revocation (exit 1)."""
     cert = load_certificate(file)
     ca = load_certificate(directory / f"{CA_NAME}.crt")
     try:
         verify_certificate(cert, ca)
     except VerificationError as exc:
         raise click.ClickException(f"{file}: verification failed: {exc}") from exc
+    crl = crl_path(directory)
+    if cert != ca and crl.exists() and is_revoked(load_crl(crl), cert):
+        raise click.ClickException(f"{file}: verification failed: revoked (listed in {crl})")
     info = describe(cert)
     what = "CA" if info.is_ca else ", ".join(info.eku)
     role = f", role {info.role}" if info.role else ""
     click.echo(f"{file}: OK ({what}{role}; valid until {info.not_after})")
+
+
+@main.command("revoke", short_help="Revoke certificates (CRL in --dir).")
+@click.argument("certificates", nargs=-1, metavar="[NAME|CERT]...")
+@_dir_option
+def revoke_command(certificates: tuple[str, ...], directory: Path) -> None:
+    """Add each NAME (NAME.crt in --dir) or CERT file to the CA's revocation list, crl.pem in --dir.
+
+    Without arguments, writes the list as it is (an empty one the first time), for jw-server --revoked.
+    A running server refuses a revoked certificate from its next call on.
+    """
+    ca = load_ca(directory)
+    certs = [load_certificate(_certificate_path(directory, given)) for given in certificates]
+    path = crl_path(directory)
+    previous = load_crl(path) if path.exists() else None
+    crl = revoke(ca, certs, previous)
+    write_crl(directory, crl)
+    for given, cert in zip(certificates, certs, strict=True):
+        click.echo(f"revoked {given} (serial {cert.serial_number:x})")
+    click.echo(f"wrote {path} ({len(crl)} revoked)")
+
+
+def _certificate_path(directory: Path, given: str) -> Path:
+    # A path names a file; a bare name is a certificate jw-pki issued into --dir.
+    if "/" in given or given.endswith((".crt", ".pem")):
+        return Path(given)
+    if given == CA_NAME:
+        raise click.BadParameter("the CA cannot revoke itself", param_hint="NAME")
+    return issued_paths(directory, given)[0]

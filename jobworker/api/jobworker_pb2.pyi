@@ -658,6 +658,8 @@ class GetServerInfoResponse(_message.Message):
     MAX_LIMITS_FIELD_NUMBER: _builtins.int
     IDENTITY_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
     ISOLATION_DETAIL_FIELD_NUMBER: _builtins.int
     version: _builtins.str
@@ -685,6 +687,12 @@ class GetServerInfoResponse(_message.Message):
     def max_limits(self) -> Global___Limits:
         """The largest limits a Start request may ask for; unset means no ceiling."""
 
+    @_builtins.property
+    def quota(self) -> Global___OwnerQuota:
+        """The caller's share of the server (per-owner quotas) and how much of it the caller uses now."""
+
+    @_builtins.property
+    def usage(self) -> Global___OwnerUsage: ...
     def __init__(
         self,
         *,
@@ -697,13 +705,83 @@ class GetServerInfoResponse(_message.Message):
         max_limits: Global___Limits | None = ...,
         identity: _builtins.str = ...,
         role: _builtins.str = ...,
+        quota: Global___OwnerQuota | None = ...,
+        usage: Global___OwnerUsage | None = ...,
         isolation: _builtins.str = ...,
         isolation_detail: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "max_limits", b"max_limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "max_limits", b"max_limits", "quota", b"quota", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup_driver", b"cgroup_driver", "cgroup_reason", b"cgroup_reason", "default_limits", b"default_limits", "identity", b"identity", "isolation", b"isolation", "isolation_detail", b"isolation_detail", "limits_supported", b"limits_supported", "max_limits", b"max_limits", "namespaces", b"namespaces", "role", b"role", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup_driver", b"cgroup_driver", "cgroup_reason", b"cgroup_reason", "default_limits", b"default_limits", "identity", b"identity", "isolation", b"isolation", "isolation_detail", b"isolation_detail", "limits_supported", b"limits_supported", "max_limits", b"max_limits", "namespaces", b"namespaces", "quota", b"quota", "role", b"role", "usage", b"usage", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetServerInfoResponse: _TypeAlias = GetServerInfoResponse  # noqa: Y015
+
+@_typing.final
+class OwnerQuota(_message.Message):
+    """Per-owner quotas; an unset field has no quota."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_RUNNING_JOBS_FIELD_NUMBER: _builtins.int
+    MAX_OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
+    RETAINED_JOBS_FIELD_NUMBER: _builtins.int
+    max_running_jobs: _builtins.int
+    """Start is refused (RESOURCE_EXHAUSTED) while the owner runs this many jobs."""
+    max_output_bytes: _builtins.int
+    """Output stored by the owner's jobs; at the quota a Start deletes the owner's oldest ended jobs first."""
+    retained_jobs: _builtins.int
+    """Ended jobs kept per owner; older ones are deleted with their output."""
+    def __init__(
+        self,
+        *,
+        max_running_jobs: _builtins.int | None = ...,
+        max_output_bytes: _builtins.int | None = ...,
+        retained_jobs: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_output_bytes", b"_max_output_bytes", "_max_running_jobs", b"_max_running_jobs", "_retained_jobs", b"_retained_jobs", "max_output_bytes", b"max_output_bytes", "max_running_jobs", b"max_running_jobs", "retained_jobs", b"retained_jobs"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_output_bytes", b"_max_output_bytes", "_max_running_jobs", b"_max_running_jobs", "_retained_jobs", b"_retained_jobs", "max_output_bytes", b"max_output_bytes", "max_running_jobs", b"max_running_jobs", "retained_jobs", b"retained_jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_output_bytes: _TypeAlias = _typing.Literal["max_output_bytes"]  # noqa: Y015
+    _WhichOneofArgType__max_output_bytes: _TypeAlias = _typing.Literal["_max_output_bytes", b"_max_output_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__max_running_jobs: _TypeAlias = _typing.Literal["max_running_jobs"]  # noqa: Y015
+    _WhichOneofArgType__max_running_jobs: _TypeAlias = _typing.Literal["_max_running_jobs", b"_max_running_jobs"]  # noqa: Y015
+    _WhichOneofReturnType__retained_jobs: _TypeAlias = _typing.Literal["retained_jobs"]  # noqa: Y015
+    _WhichOneofArgType__retained_jobs: _TypeAlias = _typing.Literal["_retained_jobs", b"_retained_jobs"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_output_bytes) -> _WhichOneofReturnType__max_output_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_running_jobs) -> _WhichOneofReturnType__max_running_jobs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retained_jobs) -> _WhichOneofReturnType__retained_jobs | None: ...
+
+Global___OwnerQuota: _TypeAlias = OwnerQuota  # noqa: Y015
+
+@_typing.final
+class OwnerUsage(_message.Message):
+    """What one owner holds on the server."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNNING_JOBS_FIELD_NUMBER: _builtins.int
+    OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
+    RETAINED_JOBS_FIELD_NUMBER: _builtins.int
+    running_jobs: _builtins.int
+    output_bytes: _builtins.int
+    retained_jobs: _builtins.int
+    def __init__(
+        self,
+        *,
+        running_jobs: _builtins.int = ...,
+        output_bytes: _builtins.int = ...,
+        retained_jobs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["output_bytes", b"output_bytes", "retained_jobs", b"retained_jobs", "running_jobs", b"running_jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OwnerUsage: _TypeAlias = OwnerUsage  # noqa: Y015

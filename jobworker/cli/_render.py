@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jobworker.client import JobInfo, JobState, Limits, ServerInfo
+from jobworker.client import JobInfo, JobState, Limits, Quota, ServerInfo
 
 _COMMAND_WIDTH = 48
 _SIZE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
@@ -224,7 +224,34 @@ def server_info_json(info: ServerInfo) -> dict[str, Any]:
         "role": info.role,
         "isolation": info.isolation,
         "isolation_detail": info.isolation_detail,
+        "quota": {
+            "max_running_jobs": info.quota.max_running_jobs,
+            "max_output_bytes": info.quota.max_output_bytes,
+            "retained_jobs": info.quota.retained_jobs,
+        },
+        "usage": {
+            "running_jobs": info.quota.running_jobs,
+            "output_bytes": info.quota.output_bytes,
+            "retained_jobs": info.quota.kept_jobs,
+        },
     }
+
+
+def _quota_text(quota: Quota) -> str:
+    def of(used: str, limit: str | None) -> str:
+        return f"{used} of {limit}" if limit is not None else f"{used} (no quota)"
+
+    output_limit = format_size(quota.max_output_bytes) if quota.max_output_bytes is not None else None
+    parts = [
+        f"running jobs {of(str(quota.running_jobs), _str(quota.max_running_jobs))}",
+        f"output {of(format_size(quota.output_bytes), output_limit)}",
+        f"ended jobs kept {of(str(quota.kept_jobs), _str(quota.retained_jobs))}",
+    ]
+    return ", ".join(parts)
+
+
+def _str(value: int | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def server_info_details(info: ServerInfo, server: str) -> str:
@@ -250,6 +277,7 @@ def server_info_details(info: ServerInfo, server: str) -> str:
         ),
         ("Defaults", _limits_text(info.default_limits, "none")),
         ("Ceilings", _limits_text(info.max_limits, "none")),
+        ("Your quota", _quota_text(info.quota)),
     ]
     width = max(len(name) for name, _ in fields) + 1
     return "\n".join(f"{name + ':':<{width}} {value}" for name, value in fields)

@@ -14,8 +14,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jobworker.api import jobworker_pb2_grpc
 from jobworker.client import _convert
 from jobworker.client._config import ClientConfig
-from jobworker.client._connection import DEFAULT_TIMEOUT, Connection
-from jobworker.client._types import JobInfo, JobState, Limits, OutputEvent, ServerInfo, StreamSelection
+from jobworker.client._connection import DEFAULT_TIMEOUT, Connection, connection_aged
+from jobworker.client._types import (
+    JobInfo,
+    JobState,
+    Limits,
+    OutputChunk,
+    OutputEvent,
+    ServerInfo,
+    StreamSelection,
+)
 
 
 class AsyncClient:
@@ -59,6 +67,7 @@ class AsyncClient:
     ) -> JobInfo:
         """Start `command` with `args`; return the new job's status."""
         request = _convert.start_request(command, args, env, cwd, limits)
+        await self._conn.check_server_async(self._channel)
         try:
             response = await self._stub.Start(request, timeout=self._conn.timeout)
         except grpc.RpcError as exc:
@@ -68,6 +77,7 @@ class AsyncClient:
     async def stop(self, job_id: str, grace_seconds: float | None = None) -> JobInfo:
         """Stop a running job (SIGTERM, SIGKILL after the grace period); return its final status."""
         request = _convert.stop_request(job_id, grace_seconds)
+        await self._conn.check_server_async(self._channel)
         try:
             response = await self._stub.Stop(request, timeout=self._conn.stop_deadline(grace_seconds))
         except grpc.RpcError as exc:
@@ -76,6 +86,7 @@ class AsyncClient:
 
     async def server_info(self) -> ServerInfo:
         """What the server enforces (isolation, default and maximum limits) and who we are to it."""
+        await self._conn.check_server_async(self._channel)
         try:
             response = await self._stub.GetServerInfo(
                 _convert.server_info_request(), timeout=self._conn.timeout
@@ -87,6 +98,7 @@ class AsyncClient:
     async def status(self, job_id: str) -> JobInfo:
         """Return the status of one job."""
         request = _convert.status_request(job_id)
+        await self._conn.check_server_async(self._channel)
         try:
             response = await self._stub.GetStatus(request, timeout=self._conn.timeout)
         except grpc.RpcError as exc:
@@ -96,6 +108,7 @@ class AsyncClient:
     async def list(self, states: Iterable[JobState] = (), owner: str | None = None) -> builtins.list[JobInfo]:
         """Return the jobs visible to us, optionally only those in `states` or of `owner`."""
         request = _convert.list_request(states, owner)
+        await self._conn.check_server_async(self._channel)
         try:
             response = await self._stub.List(request, timeout=self._conn.timeout)
         except grpc.RpcError as exc:
@@ -110,22 +123,36 @@ class AsyncClient:
         offset: int = 0,
         follow: bool = True,
     ) -> AsyncIterator[OutputEvent]:
-        """Yield the job's output from `offset`; with `follow`, live until the job ends."""
-        request = _convert.stream_request(job_id, streams, offset, follow)
-        return self._events(self._stub.StreamOutput(request))
+        """Yield the job's output from `offset`; with `follow`, live until the job ends.
 
-    async def _events(self, call: Any) -> AsyncIterator[OutputEvent]:
-        try:
-            async for response in call:
-                yield _convert.event_from_proto(response)
-        except grpc.RpcError as exc:
-            raise self._conn.error(exc) from exc
-        finally:
-            call.cancel()
+        A stream cut because the server retired an old connection resumes where it stopped, on a new
+        connection, without the caller noticing.
+        """
+        request = _convert.stream_request(job_id, streams, offset, follow)
+        return self._events(request)
+
+    async def _events(self, request: Any) -> AsyncIterator[OutputEvent]:
+        await self._conn.check_server_async(self._channel)
+        call = self._stub.StreamOutput(request)
+        while True:
+            try:
+                async for response in call:
+                    event = _convert.event_from_proto(response)
+                    if isinstance(event, OutputChunk):
+                        request.offset = event.end_offset
+                    yield event
+                return
+            except grpc.RpcError as exc:
+                if not connection_aged(exc):
+                    raise self._conn.error(exc) from exc
+            finally:
+                call.cancel()
+            call = self._stub.StreamOutput(request)
 
     async def health(self, service: str = "") -> bool:
         """Whether the server reports SERVING for `service` ("" = the server as a whole)."""
         stub = health_pb2_grpc.HealthStub(self._channel)
+        await self._conn.check_server_async(self._channel)
         try:
             response = await stub.Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=self._conn.timeout

@@ -13,8 +13,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jobworker.api import jobworker_pb2_grpc
 from jobworker.client import _convert
 from jobworker.client._config import ClientConfig
-from jobworker.client._connection import DEFAULT_TIMEOUT, Connection
-from jobworker.client._types import JobInfo, JobState, Limits, OutputEvent, ServerInfo, StreamSelection
+from jobworker.client._connection import DEFAULT_TIMEOUT, Connection, connection_aged
+from jobworker.client._types import (
+    JobInfo,
+    JobState,
+    Limits,
+    OutputChunk,
+    OutputEvent,
+    ServerInfo,
+    StreamSelection,
+)
 
 
 class Client:
@@ -56,6 +64,7 @@ class Client:
     ) -> JobInfo:
         """Start `command` with `args`; return the new job's status."""
         request = _convert.start_request(command, args, env, cwd, limits)
+        self._conn.check_server(self._channel)
         try:
             response = self._stub.Start(request, timeout=self._conn.timeout)
         except grpc.RpcError as exc:
@@ -65,6 +74,7 @@ class Client:
     def stop(self, job_id: str, grace_seconds: float | None = None) -> JobInfo:
         """Stop a running job (SIGTERM, SIGKILL after the grace period); return its final status."""
         request = _convert.stop_request(job_id, grace_seconds)
+        self._conn.check_server(self._channel)
         try:
             response = self._stub.Stop(request, timeout=self._conn.stop_deadline(grace_seconds))
         except grpc.RpcError as exc:
@@ -73,6 +83,7 @@ class Client:
 
     def server_info(self) -> ServerInfo:
         """What the server enforces (isolation, default and maximum limits) and who we are to it."""
+        self._conn.check_server(self._channel)
         try:
             response = self._stub.GetServerInfo(_convert.server_info_request(), timeout=self._conn.timeout)
         except grpc.RpcError as exc:
@@ -82,6 +93,7 @@ class Client:
     def status(self, job_id: str) -> JobInfo:
         """Return the status of one job."""
         request = _convert.status_request(job_id)
+        self._conn.check_server(self._channel)
         try:
             response = self._stub.GetStatus(request, timeout=self._conn.timeout)
         except grpc.RpcError as exc:
@@ -91,6 +103,7 @@ class Client:
     def list(self, states: Iterable[JobState] = (), owner: str | None = None) -> builtins.list[JobInfo]:
         """Return the jobs visible to us, optionally only those in `states` or of `owner`."""
         request = _convert.list_request(states, owner)
+        self._conn.check_server(self._channel)
         try:
             response = self._stub.List(request, timeout=self._conn.timeout)
         except grpc.RpcError as exc:
@@ -105,24 +118,37 @@ class Client:
         offset: int = 0,
         follow: bool = True,
     ) -> Iterator[OutputEvent]:
-        """Yield the job's output from `offset`; with `follow`, live until the job ends."""
+        """Yield the job's output from `offset`; with `follow`, live until the job ends.
+
+        A stream cut because the server retired an old connection resumes where it stopped, on a new
+        connection, without the caller noticing.
+        """
         request = _convert.stream_request(job_id, streams, offset, follow)
+        self._conn.check_server(self._channel)
         # No deadline: a followed job may run for days. Connect failures still surface fast.
         call = self._stub.StreamOutput(request)
-        return self._events(call)
+        return self._events(call, request)
 
-    def _events(self, call: Any) -> Iterator[OutputEvent]:
-        try:
-            for response in call:
-                yield _convert.event_from_proto(response)
-        except grpc.RpcError as exc:
-            raise self._conn.error(exc) from exc
-        finally:
-            call.cancel()
+    def _events(self, call: Any, request: Any) -> Iterator[OutputEvent]:
+        while True:
+            try:
+                for response in call:
+                    event = _convert.event_from_proto(response)
+                    if isinstance(event, OutputChunk):
+                        request.offset = event.end_offset
+                    yield event
+                return
+            except grpc.RpcError as exc:
+                if not connection_aged(exc):
+                    raise self._conn.error(exc) from exc
+            finally:
+                call.cancel()
+            call = self._stub.StreamOutput(request)
 
     def health(self, service: str = "") -> bool:
         """Whether the server reports SERVING for `service` ("" = the server as a whole)."""
         stub = health_pb2_grpc.HealthStub(self._channel)
+        self._conn.check_server(self._channel)
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self._conn.timeout)
         except grpc.RpcError as exc:

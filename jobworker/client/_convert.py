@@ -16,6 +16,7 @@ from jobworker.client._types import (
     OutputEvent,
     OutputStream,
     OutputTruncated,
+    Quota,
     ServerInfo,
     StreamEnd,
     StreamEndReason,
@@ -145,6 +146,18 @@ def server_info_from_proto(message: pb.GetServerInfoResponse) -> ServerInfo:
         role=message.role,
         isolation=message.isolation,
         isolation_detail=message.isolation_detail,
+        quota=_quota_from_proto(message.quota, message.usage),
+    )
+
+
+def _quota_from_proto(quota: pb.OwnerQuota, usage: pb.OwnerUsage) -> Quota:
+    return Quota(
+        max_running_jobs=quota.max_running_jobs if quota.HasField("max_running_jobs") else None,
+        max_output_bytes=quota.max_output_bytes if quota.HasField("max_output_bytes") else None,
+        retained_jobs=quota.retained_jobs if quota.HasField("retained_jobs") else None,
+        running_jobs=usage.running_jobs,
+        output_bytes=usage.output_bytes,
+        kept_jobs=usage.retained_jobs,
     )
 
 

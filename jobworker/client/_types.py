@@ -107,6 +107,18 @@ class JobInfo:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """The caller's share of the server (None: no quota) and what the caller uses of it now."""
+
+    max_running_jobs: int | None = None
+    max_output_bytes: int | None = None
+    retained_jobs: int | None = None
+    running_jobs: int = 0
+    output_bytes: int = 0
+    kept_jobs: int = 0
+
+
+@dataclass(frozen=True)
 class ServerInfo:
     """What a server enforces, and who we are to it."""
 
@@ -119,6 +131,7 @@ class ServerInfo:
     max_limits: Limits
     identity: str
     role: str
+    quota: Quota = Quota()
     # "strict" or "none" (empty from servers older than the job sandbox).
     isolation: str = ""
     isolation_detail: str = ""

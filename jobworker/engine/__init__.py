@@ -11,6 +11,7 @@ from jobworker.engine.errors import (
     JobNotFoundError,
     JobNotRunningError,
     LimitsUnsupportedError,
+    QuotaError,
     StartError,
 )
 from jobworker.engine.job import (
@@ -21,6 +22,7 @@ from jobworker.engine.job import (
     OutputChunk,
     OutputEvent,
     OutputTruncated,
+    OwnerUsage,
     Stream,
     StreamSelection,
     Usage,
@@ -63,6 +65,8 @@ __all__ = [
     "OutputChunk",
     "OutputEvent",
     "OutputTruncated",
+    "OwnerUsage",
+    "QuotaError",
     "SandboxConfig",
     "SandboxUnavailableError",
     "StartError",

@@ -6,6 +6,7 @@ JobError
 ├── JobNotFoundError        no job with that id
 ├── JobNotRunningError      the operation needs a running job (stop of a finished job)
 ├── CapacityError           the server's job limit is reached
+│   └── QuotaError          the caller's own share (running jobs, stored output) is used up
 ├── LimitsUnsupportedError  limits were asked for but this host cannot enforce them
 └── EngineClosedError       the engine is shutting down
 """
@@ -39,6 +40,10 @@ class JobNotRunningError(JobError):
 
 class CapacityError(JobError):
     """The engine runs as many jobs as it is configured to allow."""
+
+
+class QuotaError(CapacityError):
+    """The owner already uses its whole share of the server; the message names the quota and its value."""
 
 
 class LimitsUnsupportedError(JobError):

@@ -65,6 +65,15 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class OwnerUsage:
+    """What one owner holds on the server, derived from the job table (the quotas count this)."""
+
+    running_jobs: int = 0
+    output_bytes: int = 0
+    retained_jobs: int = 0
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """What to run and on whose behalf."""
 

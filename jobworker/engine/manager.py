@@ -26,6 +26,7 @@ from jobworker.engine.errors import (
     JobNotFoundError,
     JobNotRunningError,
     LimitsUnsupportedError,
+    QuotaError,
     StartError,
 )
 from jobworker.engine.job import (
@@ -34,6 +35,7 @@ from jobworker.engine.job import (
     JobStatus,
     Limits,
     OutputEvent,
+    OwnerUsage,
     StreamSelection,
     Usage,
 )
@@ -80,6 +82,14 @@ class EngineConfig:
     # Ended jobs kept (status and output, in memory and on disk); beyond this the oldest ended jobs are
     # deleted. None keeps every job forever.
     retained_jobs: int | None = 1000
+    # Per-owner shares, so that one caller cannot take the server from the others (None: no quota).
+    # Start is refused at max_running_jobs_per_owner running jobs. At max_output_bytes_per_owner of
+    # stored output a Start first deletes the owner's oldest ended jobs, and is refused only if the
+    # owner's running jobs hold that much.
+    max_running_jobs_per_owner: int | None = 100
+    max_output_bytes_per_owner: int | None = 10 << 30
+    # Each owner keeps its newest ended jobs up to this many; older ones are deleted, output included.
+    retained_jobs_per_owner: int | None = 100
     default_grace_seconds: float = 10.0
     # STRICT: the job sandbox (jobworker.engine.sandbox), open() fails where the host cannot provide it.
     # NONE: jobs run as the server's user, for trusted single-user hosts.
@@ -149,11 +159,14 @@ class JobManager:
         self._fork_server: ForkServer | None = None
         # Ended jobs, oldest first: what retention deletes from.
         self._ended_ids: collections.deque[str] = collections.deque()
+        # Jobs between the quota check and their row in the table, by id -> owner.
+        self._launching: dict[str, str] = {}
         self._deletions: set[asyncio.Future[None]] = set()
 
     async def open(self) -> None:
         """Prepare the state directory, cgroups and namespaces, and reload past jobs."""
         cfg = self._config
+        validation.check_limit_settings(cfg.default_limits, cfg.max_limits)
         (cfg.state_dir / "jobs").mkdir(parents=True, exist_ok=True, mode=0o700)
         if cfg.cgroup_driver is not None:
             self._driver = cfg.cgroup_driver
@@ -301,6 +314,8 @@ class JobManager:
         strict = self._sandbox is not None
         env = validation.job_environment(spec.env, home=JOB_WORKDIR if strict else None)
         cwd = validation.check_cwd(spec.cwd or cfg.default_cwd or (JOB_WORKDIR if strict else "/"))
+        # Last of the checks, so a Start that fails them never makes room by deleting old output.
+        self._check_quota(spec.owner)
 
         job_id = str(uuid.uuid4())
         directory = records.job_dir(cfg.state_dir, job_id)
@@ -312,6 +327,7 @@ class JobManager:
             raise
         self._running += 1
         uid: int | None = None
+        self._launching[job_id] = spec.owner
         try:
             if self._sandbox is not None:
                 uid, gid = self._sandbox.acquire_uid()
@@ -325,6 +341,41 @@ class JobManager:
                 self._sandbox.release_uid(uid)
             shutil.rmtree(directory, ignore_errors=True)
             raise
+        finally:
+            del self._launching[job_id]
+
+    def usage_of(self, owner: str) -> OwnerUsage:
+        """What `owner` holds now: running jobs, stored output bytes, ended jobs kept."""
+        running = sum(1 for o in self._launching.values() if o == owner)
+        output = retained = 0
+        for job in self._jobs.values():
+            if job.status.owner != owner:
+                continue
+            output += _stored_bytes(job)
+            if job.supervisor is None:
+                retained += 1
+            else:
+                running += 1
+        return OwnerUsage(running_jobs=running, output_bytes=output, retained_jobs=retained)
+
+    def _check_quota(self, owner: str) -> None:
+        cfg = self._config
+        use = self.usage_of(owner)
+        jobs_quota = cfg.max_running_jobs_per_owner
+        if jobs_quota is not None and use.running_jobs >= jobs_quota:
+            raise QuotaError(
+                f"quota reached: {owner} runs {use.running_jobs} jobs, max-jobs-per-owner is {jobs_quota}"
+            )
+        output_quota = cfg.max_output_bytes_per_owner
+        if output_quota is not None and use.output_bytes >= output_quota:
+            # The owner's own oldest ended jobs make room; what running jobs hold cannot be deleted.
+            self._make_room(owner, use.output_bytes, output_quota)
+            use = self.usage_of(owner)
+        if output_quota is not None and use.output_bytes >= output_quota:
+            raise QuotaError(
+                f"quota reached: running jobs of {owner} store {use.output_bytes} bytes of output, "
+                f"max-output-per-owner is {output_quota} bytes"
+            )
 
     async def _launch(
         self,
@@ -434,13 +485,61 @@ class JobManager:
         )
 
     def _apply_retention(self) -> None:
-        """Delete the oldest ended jobs beyond the configured number, records and output alike."""
+        """Delete the oldest ended jobs beyond the configured numbers, records and output alike.
+
+        Per owner first, then server-wide; server-wide, the owner that keeps the most ended jobs gives
+        up its oldest, so that one owner's churn does not evict another's history.
+        """
+        doomed = self._over_owner_retention()
         keep = self._config.retained_jobs
+        if keep is not None and len(self._ended_ids) - len(doomed) > keep:
+            gone = set(doomed)
+            by_owner: dict[str, collections.deque[str]] = {}
+            for job_id in self._ended_ids:
+                if job_id not in gone:
+                    by_owner.setdefault(self._jobs[job_id].status.owner, collections.deque()).append(job_id)
+            for _ in range(len(self._ended_ids) - len(doomed) - keep):
+                # Ties go to the owner with the oldest job (dict order is order of first appearance).
+                owner = max(by_owner, key=lambda o: len(by_owner[o]))
+                doomed.append(by_owner[owner].popleft())
+        if doomed:
+            gone = set(doomed)
+            self._ended_ids = collections.deque(i for i in self._ended_ids if i not in gone)
+            self._delete(doomed)
+
+    def _over_owner_retention(self) -> list[str]:
+        """Ended jobs with more than retained_jobs_per_owner newer ended jobs of the same owner."""
+        keep = self._config.retained_jobs_per_owner
         if keep is None:
-            return
+            return []
+        kept: dict[str, int] = {}
+        doomed: list[str] = []
+        for job_id in reversed(self._ended_ids):
+            owner = self._jobs[job_id].status.owner
+            kept[owner] = kept.get(owner, 0) + 1
+            if kept[owner] > keep:
+                doomed.append(job_id)
+        return doomed
+
+    def _make_room(self, owner: str, stored: int, quota: int) -> None:
+        """Delete `owner`'s oldest ended jobs until the output it stores is under `quota`."""
+        doomed: list[str] = []
+        for job_id in self._ended_ids:
+            if stored < quota:
+                break
+            job = self._jobs[job_id]
+            if job.status.owner == owner and _stored_bytes(job) > 0:
+                doomed.append(job_id)
+                stored -= _stored_bytes(job)
+        if doomed:
+            gone = set(doomed)
+            self._ended_ids = collections.deque(i for i in self._ended_ids if i not in gone)
+            self._delete(doomed)
+
+    def _delete(self, job_ids: list[str]) -> None:
         loop = asyncio.get_running_loop()
-        while len(self._ended_ids) > keep:
-            job = self._jobs.pop(self._ended_ids.popleft())
+        for job_id in job_ids:
+            job = self._jobs.pop(job_id)
             # Followers still reading keep their open file; unlinking does not cut them off.
             deletion = loop.run_in_executor(None, shutil.rmtree, job.directory, True)
             self._deletions.add(deletion)
@@ -556,6 +655,13 @@ def _launch_error(spec: JobSpec, cwd: str, error: LaunchError) -> StartError | I
             f"cannot start {spec.command!r}: the job's limits leave no room to start it ({reason})"
         )
     return StartError(f"cannot start {spec.command!r}: {error}")
+
+
+def _stored_bytes(job: _Job) -> int:
+    """Output bytes the job keeps on disk (live from the spool while it runs)."""
+    if job.spool is not None:
+        return job.spool.stdout_bytes + job.spool.stderr_bytes
+    return job.status.stdout_bytes + job.status.stderr_bytes
 
 
 def _with_output(status: JobStatus, spool: OutputSpool | None) -> JobStatus:

@@ -7,6 +7,11 @@ from jobworker import tls13
 PINNED = tls13.pin_tls13()
 """Whether TLS 1.2 handshakes are refused in this process (and not only TLS 1.2 calls)."""
 
+from jobworker.server import grpclog
+
+HANDSHAKES_TRACED = grpclog.trace_handshakes()
+"""Whether grpc traces handshakes in this process, so a failed one can be audited with its peer."""
+
 from jobworker.server.app import JobWorkerServer, ServerStartError, build_server, run_server
 from jobworker.server.auth import ACCESS, ROLELESS, Caller, Scope
 from jobworker.server.config import ServerConfig
@@ -18,6 +23,7 @@ from jobworker.server.tls import CredentialError, CredentialFiles, CredentialRel
 __all__ = [
     "ACCESS",
     "ENGINE_ERROR_CODES",
+    "HANDSHAKES_TRACED",
     "PINNED",
     "ROLELESS",
     "Caller",

@@ -15,8 +15,10 @@ import jobworker.server
 from jobworker import engine
 from jobworker.api import jobworker_pb2_grpc as pb_grpc
 from jobworker.server.auth import AuthInterceptor
-from jobworker.server.config import MAX_RECEIVE_MESSAGE_BYTES, ServerConfig
+from jobworker.server.config import GRPC_RECEIVE_LIMIT_BYTES, ServerConfig
 from jobworker.server.jsonlog import fields
+from jobworker.server.policy import PeerPolicy
+from jobworker.server.revocation import RevocationError, RevocationList
 from jobworker.server.service import JobWorkerService
 from jobworker.server.tls import CredentialReloader
 
@@ -26,14 +28,20 @@ SERVICE_NAME = "jobworker.v1.JobWorker"
 # Streams and in-flight calls get this long beyond the jobs' grace period before being cancelled.
 _STOP_MARGIN_SECONDS = 2.0
 
-_GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
-    # grpc defaults to SO_REUSEPORT, which would let a second server silently share our port.
-    ("grpc.so_reuseport", 0),
-    # Notice clients that vanished without closing their connection, so their streams are freed.
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-]
+
+def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
+    return [
+        # Above the real limit, so that the call wrapper sees (and audits) most oversized requests.
+        ("grpc.max_receive_message_length", GRPC_RECEIVE_LIMIT_BYTES),
+        # grpc defaults to SO_REUSEPORT, which would let a second server silently share our port.
+        ("grpc.so_reuseport", 0),
+        # Notice clients that vanished without closing their connection, so their streams are freed.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        # Bounded connection lifetime: the handshake (chain, client CAs) is redone at least this often.
+        ("grpc.max_connection_age_ms", max(int(config.max_connection_age_seconds * 1000), 1)),
+        ("grpc.max_connection_age_grace_ms", int(config.connection_age_grace_seconds * 1000)),
+    ]
 
 
 class ServerStartError(Exception):
@@ -56,6 +64,7 @@ class JobWorkerServer:
         health_servicer: health.aio.HealthServicer,
         manager: engine.JobManager,
         reloader: CredentialReloader,
+        revocation: RevocationList | None,
         address: str,
         grace_seconds: float,
     ) -> None:
@@ -64,6 +73,7 @@ class JobWorkerServer:
         self._health = health_servicer
         self._manager = manager
         self._reloader = reloader
+        self._revocation = revocation
         self._address = address
         self._grace = grace_seconds
         self._started = False
@@ -103,14 +113,19 @@ class JobWorkerServer:
                 namespaces=info.namespaces,
                 limits_supported=info.limits_supported,
                 tls13_handshake_pinned=jobworker.server.PINNED,
+                handshakes_audited=jobworker.server.HANDSHAKES_TRACED,
                 server_certificate=self._reloader.material.subject,
                 client_cas=list(self._reloader.material.client_cas),
+                revoked=None if self._revocation is None else self._revocation.size,
             ),
         )
 
     def reload_credentials(self) -> bool:
-        """Re-read certificate, key and client CAs now; return whether they were accepted."""
-        return self._reloader.request_reload()
+        """Re-read certificate, key, client CAs and revocation list now; return whether all were accepted."""
+        accepted = self._reloader.request_reload()
+        if self._revocation is not None:
+            accepted = self._revocation.request_reload() and accepted
+        return accepted
 
     async def shutdown(self, grace_seconds: float | None = None) -> None:
         """Stop: health NOT_SERVING, no new calls, streams end, jobs stopped. Idempotent."""
@@ -145,13 +160,20 @@ async def build_server(config: ServerConfig, *, manager: engine.JobManager | Non
         reloader = CredentialReloader(config.credential_files)
     except Exception as exc:
         raise ServerStartError(str(exc)) from exc
+    revocation: RevocationList | None = None
+    if config.revoked is not None:
+        try:
+            revocation = RevocationList(config.revoked, reloader.client_cas)
+        except RevocationError as exc:
+            raise ServerStartError(str(exc)) from exc
+    policy = PeerPolicy(reloader.client_cas, revocation)
     if manager is None:
         manager = engine.JobManager(config.engine_config())
         try:
             await manager.open()
         except Exception as exc:
             raise ServerStartError(f"engine: {exc}") from exc
-    server = grpc.aio.server(interceptors=[AuthInterceptor()], options=_GRPC_OPTIONS)
+    server = grpc.aio.server(interceptors=[AuthInterceptor(policy)], options=_grpc_options(config))
     service = JobWorkerService(manager)
     pb_grpc.add_JobWorkerServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
@@ -174,6 +196,7 @@ async def build_server(config: ServerConfig, *, manager: engine.JobManager | Non
         health_servicer=health_servicer,
         manager=manager,
         reloader=reloader,
+        revocation=revocation,
         address=_bound_address(config.listen, port),
         grace_seconds=config.grace_seconds,
     )

@@ -22,8 +22,13 @@ class CallRecord:
     peer: str
     identity: str = ""
     role: str = ""
+    # Two certificates with the same CN are told apart by serial and SHA-256 fingerprint.
+    serial: str = ""
+    fingerprint: str = ""
     job_id: str = ""
     code: grpc.StatusCode = grpc.StatusCode.OK
+    # Why the call was refused or failed: the status message the client got.
+    reason: str = ""
 
 
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -39,9 +44,12 @@ def log_call(record: CallRecord, duration_s: float) -> None:
         extra=fields(
             identity=record.identity,
             role=record.role,
+            serial=record.serial,
+            fingerprint=record.fingerprint,
             method=record.method,
             job_id=record.job_id,
             code=record.code.name,
+            reason=record.reason,
             duration_ms=round(duration_s * 1000, 3),
             peer=record.peer,
         ),

@@ -1,9 +1,10 @@
 """Who is calling and what they may do: identity and role from the verified client certificate only.
 
 Every RPC passes through `AuthInterceptor`, which wraps the handler: it checks TLS 1.3, reads the
-peer certificate from the call's auth context, looks the method up in `ACCESS` (the one table of
-permissions), makes the `Caller` available to the handler, maps errors to status codes and writes
-the audit line. Handlers never check roles; they ask the caller whether a job's owner is in scope.
+peer certificate from the call's auth context, applies the certificate policy (`policy`), looks the
+method up in `ACCESS` (the one table of permissions), makes the `Caller` available to the handler,
+maps errors to status codes and writes the audit line. Handlers never check roles; they ask the
+caller whether a job's owner is in scope.
 """
 
 from __future__ import annotations
@@ -21,16 +22,21 @@ from typing import Any, NoReturn, cast
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from grpc_health.v1 import health_pb2
 
 import pki
 from jobworker.api import jobworker_pb2
 from jobworker.server.audit import CallRecord, log_call
+from jobworker.server.config import MAX_RECEIVE_MESSAGE_BYTES
 from jobworker.server.errors import INTERNAL_MESSAGE, ServiceError, status_for
+from jobworker.server.policy import PeerPolicy
 
 _log = logging.getLogger(__name__)
 
 TLS_VERSION = b"TLSv1.3"
+# How often an open stream re-applies the certificate policy (at its next message).
+STREAM_RECHECK_SECONDS = 1.0
 
 
 class Scope(enum.Enum):
@@ -87,11 +93,17 @@ class Caller:
 
 @dataclass(frozen=True)
 class PeerCertificate:
-    """What a client certificate says about its holder; `problem` explains a missing part."""
+    """What a client certificate says about its holder; `problem` explains a missing part.
+
+    `serial` and `fingerprint` (SHA-256) tell apart two certificates with the same CN in the audit.
+    """
 
     identity: str | None
     role: pki.Role | None
     problem: str = ""
+    cert: x509.Certificate | None = None
+    serial: str = ""
+    fingerprint: str = ""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -101,14 +113,19 @@ def peer_certificate(pem: bytes) -> PeerCertificate:
         cert = x509.load_pem_x509_certificate(pem)
     except ValueError:
         return PeerCertificate(None, None, "client certificate cannot be parsed")
+    serial, fingerprint = f"{cert.serial_number:x}", cert.fingerprint(hashes.SHA256()).hex()
+
+    def peer(identity: str | None, role: pki.Role | None, problem: str = "") -> PeerCertificate:
+        return PeerCertificate(identity, role, problem, cert, serial, fingerprint)
+
     try:
         identity = pki.identity_of(cert)
     except pki.IdentityError as exc:
-        return PeerCertificate(None, None, f"client certificate has no usable identity: {exc}")
+        return peer(None, None, f"client certificate has no usable identity: {exc}")
     try:
-        return PeerCertificate(identity, pki.parse_role(cert))
+        return peer(identity, pki.parse_role(cert))
     except pki.RoleError as exc:
-        return PeerCertificate(identity, None, f"client certificate role: {exc}")
+        return peer(identity, None, f"client certificate role: {exc}")
 
 
 def _single(auth_context: Mapping[str, Any], key: str) -> bytes | None:
@@ -130,6 +147,19 @@ def authenticate(auth_context: Mapping[str, Any]) -> PeerCertificate:
     if pem is None:
         raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
     return peer_certificate(pem)
+
+
+def enforce(peer: PeerCertificate, policy: PeerPolicy | None) -> None:
+    """Refuse the call with UNAUTHENTICATED, naming every rule of the policy the certificate breaks."""
+    if policy is None:
+        return
+    if peer.cert is None:
+        raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, peer.problem)
+    problems = policy.problems(peer.cert)
+    if problems:
+        raise ServiceError(
+            grpc.StatusCode.UNAUTHENTICATED, "client certificate refused: " + "; ".join(problems)
+        )
 
 
 def authorize(method: str, peer: PeerCertificate) -> Caller | None:
@@ -193,7 +223,8 @@ StreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncGenera
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Wrap every handler with authentication, the ACCESS table, error mapping and auditing."""
 
-    def __init__(self) -> None:
+    def __init__(self, policy: PeerPolicy | None = None) -> None:
+        self._policy = policy
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
@@ -208,17 +239,43 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _wrap(method, handler)
+        wrapped = _wrap(method, handler, self._policy)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
 
-def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+@dataclass(frozen=True)
+class _Oversized:
+    """Stands in for a request too large to decode, so the wrapper refuses it with an audit line."""
+
+    size: int
+
+
+def _bounded(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        if len(data) > MAX_RECEIVE_MESSAGE_BYTES:
+            return _Oversized(len(data))
+        return deserializer(data) if deserializer is not None else data
+
+    return deserialize
+
+
+def _check_size(request: object) -> None:
+    if isinstance(request, _Oversized):
+        raise ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"request of {request.size} bytes exceeds the limit of {MAX_RECEIVE_MESSAGE_BYTES} bytes",
+        )
+
+
+def _wrap(
+    method: str, handler: grpc.RpcMethodHandler[Any, Any], policy: PeerPolicy | None
+) -> grpc.RpcMethodHandler[Any, Any]:
     # The stubs type behaviours as synchronous; on a grpc.aio server they are coroutine functions.
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(method, cast(UnaryBehavior, handler.unary_unary)),
-            request_deserializer=handler.request_deserializer,
+            _wrap_unary(method, cast(UnaryBehavior, handler.unary_unary), policy),
+            request_deserializer=_bounded(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
@@ -226,19 +283,19 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
         # Streaming handlers are async generators, or coroutines that stream with context.write()
         # (the health servicer's Watch); the wrapper must be of the same kind.
         wrapped = (
-            _wrap_stream(method, cast(StreamBehavior, behavior))
+            _wrap_stream(method, cast(StreamBehavior, behavior), policy)
             if inspect.isasyncgenfunction(behavior)
-            else _wrap_unary(method, cast(UnaryBehavior, behavior))
+            else _wrap_unary(method, cast(UnaryBehavior, behavior), policy)
         )
         return grpc.unary_stream_rpc_method_handler(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_bounded(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     # No client-streaming RPCs exist; refusing them keeps the wrapper the only way in.
     return grpc.stream_unary_rpc_method_handler(
         _refuse_client_streaming,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=_bounded(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
 
@@ -254,11 +311,25 @@ def _begin(method: str, request: object, context: grpc.aio.ServicerContext[Any, 
     return call
 
 
-def _admit(call: _Call, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+def _admit(
+    call: _Call, context: grpc.aio.ServicerContext[Any, Any], policy: PeerPolicy | None
+) -> PeerCertificate:
     peer = authenticate(context.auth_context())
-    call.record.identity = peer.identity or ""
-    call.record.role = peer.role.value if peer.role is not None else ""
-    call.caller = authorize(call.record.method, peer)
+    record = call.record
+    # The CN as the certificate states it, even when it is not a usable identity (a refusal says why).
+    record.identity = peer.identity or _raw_common_name(peer.cert)
+    record.role = peer.role.value if peer.role is not None else ""
+    record.serial, record.fingerprint = peer.serial, peer.fingerprint
+    enforce(peer, policy)
+    call.caller = authorize(record.method, peer)
+    return peer
+
+
+def _raw_common_name(cert: x509.Certificate | None) -> str:
+    if cert is None:
+        return ""
+    names = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+    return ",".join(str(n.value) for n in names)[:128]
 
 
 async def _fail(call: _Call, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
@@ -269,22 +340,24 @@ async def _fail(call: _Call, context: grpc.aio.ServicerContext[Any, Any], exc: B
         raise exc
     if isinstance(exc, grpc.aio.AbortError):
         record.code = context.code() or grpc.StatusCode.UNKNOWN
+        record.reason = str(context.details() or "")
         raise exc
     status = status_for(exc)
     if status is None:
         _log.error("unexpected error in %s", record.method, exc_info=exc)
         status = (grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
-    record.code = status[0]
+    record.code, record.reason = status
     # abort() sends the status at once: audit first, so the line exists before the client sees the error.
     call.audit()
     await context.abort(*status)
 
 
-def _wrap_unary(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+def _wrap_unary(method: str, behavior: UnaryBehavior, policy: PeerPolicy | None) -> UnaryBehavior:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         call = _begin(method, request, context)
         try:
-            _admit(call, context)
+            _admit(call, context, policy)
+            _check_size(request)
             return await behavior(request, context)
         except BaseException as exc:
             await _fail(call, context, exc)
@@ -294,15 +367,21 @@ def _wrap_unary(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
     return wrapped
 
 
-def _wrap_stream(method: str, behavior: StreamBehavior) -> StreamBehavior:
+def _wrap_stream(method: str, behavior: StreamBehavior, policy: PeerPolicy | None) -> StreamBehavior:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncGenerator[Any, None]:
         call = _begin(method, request, context)
         try:
-            _admit(call, context)
+            peer = _admit(call, context, policy)
+            _check_size(request)
+            recheck_at = time.monotonic() + STREAM_RECHECK_SECONDS
             # Close the handler now, not at garbage collection, so a vanished client frees everything
             # the stream held.
             async with contextlib.aclosing(behavior(request, context)) as messages:
                 async for message in messages:
+                    # A long stream outlives its admission: expiry and revocation end it too.
+                    if time.monotonic() >= recheck_at:
+                        enforce(peer, policy)
+                        recheck_at = time.monotonic() + STREAM_RECHECK_SECONDS
                     yield message
         except BaseException as exc:
             await _fail(call, context, exc)

@@ -10,7 +10,13 @@ from jobworker import engine
 from jobworker.server.tls import CredentialFiles
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+# Requests above this are refused by the call wrapper (audited, with the caller's identity) ...
 MAX_RECEIVE_MESSAGE_BYTES = 1 << 20
+# ... and above this by grpc itself, before any Python code sees the call (so without an audit line).
+GRPC_RECEIVE_LIMIT_BYTES = 4 * MAX_RECEIVE_MESSAGE_BYTES
+# A connection outlives its certificate's revocation or rotation by at most this much (plus the grace).
+DEFAULT_MAX_CONNECTION_AGE_SECONDS = 3600.0
+DEFAULT_CONNECTION_AGE_GRACE_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,10 @@ class ServerConfig:
     # Ended jobs kept with their output; the oldest beyond this are deleted.
     retain_jobs: int = 1000
     output_cap_bytes: int = 1 << 30
+    # Per-owner shares (None: no quota); see EngineConfig for what each one does.
+    max_jobs_per_owner: int | None = 100
+    max_output_per_owner_bytes: int | None = 10 << 30
+    retain_jobs_per_owner: int | None = 100
     # Only the limits set here; the others keep the engine's defaults and ceilings.
     default_limits: engine.Limits = field(default_factory=engine.Limits)
     max_limits: engine.Limits = field(default_factory=engine.Limits)
@@ -40,6 +50,11 @@ class ServerConfig:
     job_mounts: tuple[engine.JobMount, ...] = ()
     job_masks: tuple[str, ...] = ()
     job_scratch_bytes: int = engine.DEFAULT_SCRATCH_BYTES
+    # A CRL of revoked client certificates (jw-pki revoke), re-read whenever it changes.
+    revoked: Path | None = None
+    # grpc closes connections this old (GOAWAY); calls in flight get the grace to finish.
+    max_connection_age_seconds: float = DEFAULT_MAX_CONNECTION_AGE_SECONDS
+    connection_age_grace_seconds: float = DEFAULT_CONNECTION_AGE_GRACE_SECONDS
 
     @property
     def credential_files(self) -> CredentialFiles:
@@ -54,6 +69,21 @@ class ServerConfig:
             paths += sorted(directory.glob("*.key"))
         return tuple(str(p) for p in paths)
 
+    def _default_limits(self) -> engine.Limits:
+        """The engine's defaults with the ones set here; a built-in default above a lowered ceiling follows
+        the ceiling (an operator who sets --max-pids 100 means jobs get at most 100)."""
+        ceilings = _overlay(engine.default_max_limits(), self.max_limits)
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(engine.Limits):
+            value = getattr(self.default_limits, f.name)
+            if value is None:
+                value = getattr(engine.default_job_limits(), f.name)
+                ceiling = getattr(ceilings, f.name)
+                if value is not None and ceiling is not None and value > ceiling:
+                    value = ceiling
+            values[f.name] = value
+        return engine.Limits(**values)  # type: ignore[arg-type]
+
     def engine_config(self) -> engine.EngineConfig:
         """The engine settings these server settings imply."""
         return engine.EngineConfig(
@@ -61,8 +91,11 @@ class ServerConfig:
             output_cap_bytes=self.output_cap_bytes,
             max_running_jobs=self.max_jobs,
             retained_jobs=self.retain_jobs,
+            max_running_jobs_per_owner=self.max_jobs_per_owner,
+            max_output_bytes_per_owner=self.max_output_per_owner_bytes,
+            retained_jobs_per_owner=self.retain_jobs_per_owner,
             default_grace_seconds=self.grace_seconds,
-            default_limits=_overlay(engine.default_job_limits(), self.default_limits),
+            default_limits=self._default_limits(),
             max_limits=_overlay(engine.default_max_limits(), self.max_limits),
             cgroups=self.cgroups,
             cgroup_prefix=self.cgroup_prefix,

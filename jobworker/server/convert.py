@@ -148,6 +148,25 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=whole, nanos=nanos)
 
 
+def quota_to_proto(config: engine.EngineConfig) -> pb.OwnerQuota:
+    """The per-owner quotas of `config`; a quota that is off stays unset."""
+    message = pb.OwnerQuota()
+    if config.max_running_jobs_per_owner is not None:
+        message.max_running_jobs = config.max_running_jobs_per_owner
+    if config.max_output_bytes_per_owner is not None:
+        message.max_output_bytes = config.max_output_bytes_per_owner
+    if config.retained_jobs_per_owner is not None:
+        message.retained_jobs = config.retained_jobs_per_owner
+    return message
+
+
+def owner_usage_to_proto(usage: engine.OwnerUsage) -> pb.OwnerUsage:
+    """What one owner holds."""
+    return pb.OwnerUsage(
+        running_jobs=usage.running_jobs, output_bytes=usage.output_bytes, retained_jobs=usage.retained_jobs
+    )
+
+
 def limits_to_proto(limits: engine.Limits) -> pb.Limits:
     """Proto limits; None fields stay unset."""
     message = pb.Limits()

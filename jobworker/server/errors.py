@@ -19,6 +19,7 @@ from jobworker.engine import (
     JobNotFoundError,
     JobNotRunningError,
     LimitsUnsupportedError,
+    QuotaError,
     StartError,
 )
 
@@ -31,6 +32,7 @@ ENGINE_ERROR_CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     JobNotFoundError: grpc.StatusCode.NOT_FOUND,
     JobNotRunningError: grpc.StatusCode.FAILED_PRECONDITION,
     CapacityError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    QuotaError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     LimitsUnsupportedError: grpc.StatusCode.FAILED_PRECONDITION,
     EngineClosedError: grpc.StatusCode.UNAVAILABLE,
 }

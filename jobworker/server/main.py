@@ -14,9 +14,16 @@ from typing import Any, TypeVar
 import click
 
 import jobworker
+import jobworker.server
 from jobworker import engine
 from jobworker.server.app import ServerStartError, run_server
-from jobworker.server.config import DEFAULT_LISTEN, ServerConfig
+from jobworker.server.config import (
+    DEFAULT_CONNECTION_AGE_GRACE_SECONDS,
+    DEFAULT_LISTEN,
+    DEFAULT_MAX_CONNECTION_AGE_SECONDS,
+    ServerConfig,
+)
+from jobworker.server.grpclog import GrpcLogCapture
 from jobworker.server.jsonlog import configure_logging, fields
 
 _log = logging.getLogger("jobworker.server")
@@ -30,6 +37,9 @@ class ByteSize(click.ParamType[int, Any]):
 
     name = "size"
 
+    def __init__(self, *, allow_zero: bool = False) -> None:
+        self._minimum = 0 if allow_zero else 1
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
@@ -37,7 +47,7 @@ class ByteSize(click.ParamType[int, Any]):
         if match is None:
             self.fail(f"{value!r} is not a size like 4096, 512K, 64M or 1G", param, ctx)
         size = int(match.group(1)) * _UNITS[match.group(2).lower()]
-        if size < 1:
+        if size < self._minimum:
             self.fail("size must be at least 1 byte", param, ctx)
         return size
 
@@ -130,6 +140,27 @@ def _raise_open_file_limit() -> None:
 @_option("--key", "KEY", type=_EXISTING_FILE, required=True, help="Server private key (PEM).")
 @_option("--ca", "CA", type=_EXISTING_FILE, required=True, help="CA bundle for client certs.")
 @_option(
+    "--revoked",
+    "REVOKED",
+    type=_EXISTING_FILE,
+    default=None,
+    help="CRL of revoked client certificates (jw-pki revoke); re-read whenever it changes.",
+)
+@_option(
+    "--max-connection-age",
+    "MAX_CONNECTION_AGE",
+    type=click.FloatRange(min=1),
+    default=DEFAULT_MAX_CONNECTION_AGE_SECONDS,
+    help="Seconds after which a connection is closed (the client reconnects with a new handshake).",
+)
+@_option(
+    "--connection-age-grace",
+    "CONNECTION_AGE_GRACE",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_CONNECTION_AGE_GRACE_SECONDS,
+    help="Seconds calls in flight may still run on a connection past its maximum age.",
+)
+@_option(
     "--state-dir",
     "STATE_DIR",
     type=click.Path(file_okay=False, path_type=Path),
@@ -152,6 +183,29 @@ def _raise_open_file_limit() -> None:
     help="Ended jobs kept with their status and output; the oldest beyond this are deleted.",
 )
 @_option("--output-cap", "OUTPUT_CAP", type=ByteSize(), default="1G", help="Output kept per job.")
+@_option(
+    "--max-jobs-per-owner",
+    "MAX_JOBS_PER_OWNER",
+    type=click.IntRange(min=0),
+    default=100,
+    help="Running jobs one owner (certificate CN) may have; 0: no quota.",
+)
+@_option(
+    "--max-output-per-owner",
+    "MAX_OUTPUT_PER_OWNER",
+    type=ByteSize(allow_zero=True),
+    default="10G",
+    help="Output one owner's jobs may store; at the quota a Start deletes the owner's oldest ended "
+    "jobs first. 0: no quota.",
+)
+@_option(
+    "--retain-jobs-per-owner",
+    "RETAIN_JOBS_PER_OWNER",
+    type=click.IntRange(min=0),
+    default=100,
+    help="Ended jobs kept per owner (the newest); older ones are deleted with their output. "
+    "0: no per-owner limit.",
+)
 @_limit_options
 @_option(
     "--cgroups/--no-cgroups",
@@ -217,7 +271,14 @@ def _raise_open_file_limit() -> None:
 @click.pass_context
 def main(ctx: click.Context, /, **options: Any) -> None:
     """Run the jobworker gRPC server (mTLS 1.3 only). SIGHUP reloads certificates; SIGTERM stops."""
-    configure_logging(options["log_level"].upper())
+    stream = None
+    if jobworker.server.HANDSHAKES_TRACED:
+        # grpc's C core logs to fd 2 in plain text; read it back, so every line is JSON and failed
+        # handshakes are audited. Only where the tracer took effect (not when grpc came first).
+        capture = GrpcLogCapture(traced=True)
+        ctx.call_on_close(capture.close)
+        stream = capture.stream
+    configure_logging(options["log_level"].upper(), stream)
 
     def limits(prefix: str) -> engine.Limits:
         return engine.Limits(
@@ -238,11 +299,17 @@ def main(ctx: click.Context, /, **options: Any) -> None:
         cert=options["cert"],
         key=options["key"],
         ca=options["ca"],
+        revoked=options["revoked"],
+        max_connection_age_seconds=options["max_connection_age"],
+        connection_age_grace_seconds=options["connection_age_grace"],
         state_dir=options["state_dir"],
         grace_seconds=options["grace"],
         max_jobs=options["max_jobs"],
         retain_jobs=options["retain_jobs"],
         output_cap_bytes=options["output_cap"],
+        max_jobs_per_owner=options["max_jobs_per_owner"] or None,
+        max_output_per_owner_bytes=options["max_output_per_owner"] or None,
+        retain_jobs_per_owner=options["retain_jobs_per_owner"] or None,
         default_limits=limits("default"),
         max_limits=limits("max"),
         cgroups=options["cgroups"],

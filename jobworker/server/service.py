@@ -122,6 +122,8 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
             max_limits=convert.limits_to_proto(config.max_limits),
             identity=caller.identity,
             role=caller.role.value,
+            quota=convert.quota_to_proto(config),
+            usage=convert.owner_usage_to_proto(self._manager.usage_of(caller.identity)),
             isolation=info.isolation.value,
             isolation_detail=info.isolation_detail,
         )

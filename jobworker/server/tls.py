@@ -59,6 +59,8 @@ class CredentialMaterial:
     ca: bytes
     subject: str
     client_cas: tuple[str, ...]
+    # Parsed once: the per-call certificate policy checks the client's issuer against these.
+    client_ca_certs: tuple[x509.Certificate, ...] = ()
 
     def configuration(self) -> grpc.ServerCertificateConfiguration:
         """The grpc certificate configuration for this material."""
@@ -101,6 +103,7 @@ def load_material(files: CredentialFiles) -> CredentialMaterial:
         ca=ca_pem,
         subject=chain[0].subject.rfc4514_string(),
         client_cas=tuple(ca.subject.rfc4514_string() for ca in cas),
+        client_ca_certs=tuple(cas),
     )
 
 
@@ -118,6 +121,10 @@ class CredentialReloader:
     def material(self) -> CredentialMaterial:
         """The material currently served (or about to be, from the next connection on)."""
         return self._material
+
+    def client_cas(self) -> tuple[x509.Certificate, ...]:
+        """The client CAs currently trusted, for the per-call certificate policy."""
+        return self._material.client_ca_certs
 
     def credentials(self) -> grpc.ServerCredentials:
         """grpc server credentials that require and verify a client certificate."""

@@ -26,7 +26,7 @@ ATTACKS = {
     "mknod": "mknod /job/sda b 8 0",
     # finit_module: exits 1 when seccomp answered EPERM, 0 if the call reached the kernel's own checks.
     "module": "python3 -c 'import ctypes,errno,sys; l=ctypes.CDLL(None,use_errno=True); "
-    "l.syscall(313,-1,b\"\",0); sys.exit(ctypes.get_errno()==errno.EPERM)'",
+    'l.syscall(313,-1,b"",0); sys.exit(ctypes.get_errno()==errno.EPERM)\'',
     "kill_init": "kill -TERM 1",
     "init_environ": "cat /proc/1/environ",
     # ls holds one descriptor of its own (the listing): 0, 1, 2 and that one.

@@ -130,7 +130,7 @@ def jw_server_command() -> list[str]:
     return [str(script)]
 
 
-def start_server(credentials: Pki, state_dir: Path, *, cgroups: bool = False) -> ServerProcess:
+def start_server(credentials: Pki, state_dir: Path, *extra: str, cgroups: bool = False) -> ServerProcess:
     """Start jw-server on 127.0.0.1:0 and wait for its `listening` log line.
 
     Without cgroups unless asked; with them under a cgroup prefix of its own, so it neither clears
@@ -159,6 +159,7 @@ def start_server(credentials: Pki, state_dir: Path, *, cgroups: bool = False) ->
             "--grace",
             "5",
             "--cgroups" if cgroups else "--no-cgroups",
+            *extra,
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

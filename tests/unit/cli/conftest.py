@@ -35,6 +35,21 @@ def limits_server(credentials: Pki, tmp_path_factory: pytest.TempPathFactory) ->
     process.stop()
 
 
+@pytest.fixture(scope="session")
+def aging_server(credentials: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real jw-server that retires every connection after about a second."""
+    process = start_server(
+        credentials,
+        tmp_path_factory.mktemp("cli-state"),
+        "--max-connection-age",
+        "1",
+        "--connection-age-grace",
+        "0.5",
+    )
+    yield process
+    process.stop()
+
+
 def _runner(server: ServerProcess, credentials: Pki, tmp_path: Path) -> Jw:
     config_home = tmp_path / "config"
     config_home.mkdir(exist_ok=True)
@@ -45,6 +60,12 @@ def _runner(server: ServerProcess, credentials: Pki, tmp_path: Path) -> Jw:
 def jw(server: ServerProcess, credentials: Pki, tmp_path: Path) -> Jw:
     """`jw(...)`: run the CLI in-process against the real server (alice unless user= says)."""
     return _runner(server, credentials, tmp_path)
+
+
+@pytest.fixture
+def jw_aging(aging_server: ServerProcess, credentials: Pki, tmp_path: Path) -> Jw:
+    """Like `jw`, against the server with a one-second maximum connection age."""
+    return _runner(aging_server, credentials, tmp_path)
 
 
 @pytest.fixture

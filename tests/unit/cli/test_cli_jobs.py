@@ -200,7 +200,10 @@ def test_info_says_limits_are_not_enforced_and_why(jw: Jw) -> None:
     assert result.exit_code == 0, result.stderr
     assert "You:        rita (reader)" in result.stdout
     assert "Limits:     NOT enforced: cgroups disabled by configuration" in result.stdout
+    assert "Your quota: running jobs 0 of 100, output 0B of 10GiB, ended jobs kept 0 of 100" in result.stdout
     as_json = json.loads(jw("info", "--json").stdout)
+    assert as_json["quota"] == {"max_running_jobs": 100, "max_output_bytes": 10 << 30, "retained_jobs": 100}
+    assert set(as_json["usage"]) == {"running_jobs", "output_bytes", "retained_jobs"}
     assert as_json["limits_supported"] is False
     assert as_json["cgroup_driver"] == "none"
     assert (as_json["identity"], as_json["role"]) == ("alice", "writer")

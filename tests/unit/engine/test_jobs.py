@@ -168,6 +168,7 @@ async def test_limits_over_ceiling_name_the_ceiling(tmp_path: Path) -> None:
             isolation=Isolation.NONE,
             namespaces=False,
             cgroups=False,
+            default_limits=Limits(),
             max_limits=Limits(pids=100),
         )
     )

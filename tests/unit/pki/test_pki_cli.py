@@ -51,7 +51,7 @@ def _mode(path: Path) -> int:
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["init"], ["issue-server"], ["issue-client"], ["inspect"], ["verify"]]
+    "command", [[], ["init"], ["issue-server"], ["issue-client"], ["inspect"], ["verify"], ["revoke"]]
 )
 def test_every_command_has_help(runner: CliRunner, command: list[str]) -> None:
     result = _run(runner, *command, "--help")

@@ -54,9 +54,46 @@ async def test_bad_start_is_invalid_argument(connect: Connect, request_: pb.Star
     assert "Traceback" not in (error.details() or "")
 
 
-async def test_requests_over_the_message_limit_are_refused_by_grpc(connect: Connect) -> None:
+# Bad input -> the rule its message must name (never a Python repr, never a host path).
+RULES = {
+    "pids=1": (start(limits=pb.Limits(pids=1)), "pids must be between 2 and 4194304, got 1"),
+    "huge pids": (start(limits=pb.Limits(pids=1 << 40)), "pids must be between 2 and 4194304"),
+    "huge cpus": (start(limits=pb.Limits(cpus=1e6)), "cpus must be between 0.01 and"),
+    "memory=1": (start(limits=pb.Limits(memory_bytes=1)), "memory must be between 1 MiB and 2^63-1, got 1"),
+    "cwd is a file": (start(cwd="/etc/hostname"), "working directory /etc/hostname is not a directory"),
+}
+
+
+@pytest.mark.parametrize("case", list(RULES))
+async def test_bad_input_names_the_rule(connect: Connect, case: str) -> None:
+    request, rule = RULES[case]
+    error = await rpc_error(connect("walt").Start(request))
+    assert error.code() == BAD
+    details = error.details() or ""
+    assert details.startswith(rule), details
+    assert "Error(" not in details
+    assert "/sys/fs/cgroup" not in details
+
+
+async def test_requests_over_the_message_limit_are_refused_and_audited(
+    connect: Connect, logs: LogCapture
+) -> None:
     error = await rpc_error(connect("walt").Start(start(args=["x" * (2 << 20)])))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.details() == "request of 2097168 bytes exceeds the limit of 1048576 bytes"
+    line = await logs.wait_for("jobworker.audit", lambda x: x["code"] == "RESOURCE_EXHAUSTED")
+    assert (line["identity"], line["reason"]) == ("walt", error.details())
+    assert line["fingerprint"]
+
+
+async def test_requests_far_over_the_limit_are_refused_by_grpc_itself(
+    connect: Connect, logs: LogCapture
+) -> None:
+    # grpc refuses these before any Python code sees the call: no identity, hence no audit line.
+    error = await rpc_error(connect("walt").Start(start(args=["x" * (5 << 20)])))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in (error.details() or "")
+    assert logs.lines("jobworker.audit") == []
 
 
 MALFORMED_IDS = ["", "abc", "6ba7b810-9dad-11d1-80b4-00c04fd430c8", MISSING_ID + "0", "../etc"]

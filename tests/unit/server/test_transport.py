@@ -124,3 +124,39 @@ def test_pin_reports_whether_it_can_still_take_effect() -> None:
     # grpc is imported in every test process by now, so a late pin cannot take effect...
     assert "grpc" in __import__("sys").modules
     assert tls13.pin_tls13() is True  # ...unless the variable was already set, as it now is.
+
+
+# Client certificate (None: none; "tls12": walt over TLS 1.2) -> what grpc names as the reason.
+HANDSHAKE_FAILURES = {
+    None: "PEER_DID_NOT_RETURN_A_CERTIFICATE",
+    "alien": "CERTIFICATE_VERIFY_FAILED",
+    "expired": "CERTIFICATE_VERIFY_FAILED",
+    "tls12": "NO_SHARED_CIPHER",
+}
+
+
+def test_jw_server_audits_failed_handshakes_with_peer_and_reason(certs: Pki, tmp_path: Path) -> None:
+    process = spawn_server(certs, tmp_path / "state")
+    try:
+        assert process.wait_for_log("listening")["handshakes_audited"] is True
+        for name, reason in HANDSHAKE_FAILURES.items():
+            seen = len(process.lines)
+            if name == "tls12":
+                outcome = tls_handshake(process.port, certs, "walt", maximum=ssl.TLSVersion.TLSv1_2)
+            else:
+                outcome = tls_handshake(process.port, certs, name)
+            assert not outcome.startswith("ok"), outcome
+            line = process.wait_for_log("handshake failed", start=seen)
+            assert line["logger"] == "jobworker.audit"
+            assert line["peer"].startswith("ipv4:127.0.0.1:"), line
+            assert reason in line["reason"], (name, line)
+        # A good client (and its own probe of the server certificate) leaves no such line.
+        seen = len(process.lines)
+        assert tls_handshake(process.port, certs, "walt") == "ok TLSv1.3"
+        assert asyncio.run(_list_code(process.port, certs)) == grpc.StatusCode.OK
+    finally:
+        assert process.terminate() == 0
+    assert [line for line in process.lines[seen:] if line.get("msg") == "handshake failed"] == []
+    assert [line for line in process.lines if line.get("msg") == "<not json>"] == [], (
+        "grpc's lines are JSON too"
+    )
