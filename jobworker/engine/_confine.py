@@ -133,9 +133,9 @@ def _tmpfs(target: str, options: str, flags: int = MS_NOSUID | MS_NODEV) -> None
     _mount("tmpfs", target, "tmpfs", flags, options)
 
 
-def _bind_entry(name: str) -> None:
-    """Mirror one top-level entry of the host's root into /newroot (read-only comes later, for all)."""
-    src, dst = "/oldroot/" + name, "/newroot/" + name
+def _bind_entry(host: str, new: str, name: str) -> None:
+    """Mirror one top-level entry of the host's root into new (read-only comes later, for all)."""
+    src, dst = f"{host}/{name}", f"{new}/{name}"
     if os.path.islink(src):
         os.symlink(os.readlink(src), dst)
         return
@@ -147,10 +147,10 @@ def _bind_entry(name: str) -> None:
         _mount(src, dst, None, MS_BIND)
 
 
-def _make_dev() -> None:
-    _tmpfs("/newroot/dev", "mode=0755,size=64k", MS_NOSUID | MS_NOEXEC)
+def _make_dev(new: str) -> None:
+    _tmpfs(new + "/dev", "mode=0755,size=64k", MS_NOSUID | MS_NOEXEC)
     for name, major, minor in DEVICES:
-        path = "/newroot/dev/" + name
+        path = f"{new}/dev/{name}"
         os.mknod(path, 0o666 | 0o020000, os.makedev(major, minor))
         os.chmod(path, 0o666)
     for name, target in (
@@ -160,88 +160,128 @@ def _make_dev() -> None:
         ("stderr", "/proc/self/fd/2"),
         ("ptmx", "pts/ptmx"),
     ):
-        os.symlink(target, "/newroot/dev/" + name)
-    os.mkdir("/newroot/dev/pts", 0o755)
-    os.mkdir("/newroot/dev/shm", 0o755)
-    _mount(
-        "devpts", "/newroot/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"
-    )
-    _tmpfs("/newroot/dev/shm", "mode=1777,size=64m")
+        os.symlink(target, f"{new}/dev/{name}")
+    os.mkdir(new + "/dev/pts", 0o755)
+    os.mkdir(new + "/dev/shm", 0o755)
+    _mount("devpts", new + "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+    _tmpfs(new + "/dev/shm", "mode=1777,size=64m")
 
 
-def _make_proc() -> None:
-    _mount("proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    _mount("/newroot/proc/sys", "/newroot/proc/sys", None, MS_BIND | MS_REC)
-    _setattr("/newroot/proc/sys", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, recursive=True)
+def _make_proc(host: str, new: str) -> None:
+    proc = new + "/proc"
+    _mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _mount(proc + "/sys", proc + "/sys", None, MS_BIND | MS_REC)
+    _setattr(proc + "/sys", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, recursive=True)
     for name in PROC_MASKED:
-        if os.path.exists("/newroot/proc/" + name):
-            _mount("/empty", "/newroot/proc/" + name, None, MS_BIND)
+        if os.path.exists(f"{proc}/{name}"):
+            _mask_file(host, f"{proc}/{name}")
 
 
-def _mask(path: str) -> None:
+def _mask_file(host: str, target: str) -> None:
+    # /dev/null on a read-only, nodev mount: the path stays, opening it fails (EACCES), nothing is read.
+    _mount(host + "/dev/null", target, None, MS_BIND)
+    _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _mask(host: str, new: str, path: str) -> None:
     """Cover a host path so nothing of it shows, whatever its permissions (a no-op if not in the view)."""
-    target = "/newroot" + path
+    target = new + path
     if not os.path.lexists(target) or os.path.islink(target):
         return
     if os.path.isdir(target):
         _tmpfs(target, "mode=0000,size=4k", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     else:
-        _mount("/empty", target, None, MS_BIND)
+        _mask_file(host, target)
+
+
+def _private_mounts() -> None:
+    rc = _libc().mount(None, b"/", None, ctypes.c_ulong(MS_REC | (1 << 18)), None)
+    _check(rc, "making mounts private")
+
+
+def _host_view(plan: Plan, host: str, new: str) -> None:
+    """The part of a job's root that is the same for every job: the host's entries read-only, sysfs, masks.
+
+    host is where the host's tree is reached ("" or "/oldroot"), new the job root being built (a tmpfs).
+    """
+    top_targets = {target.strip("/").split("/")[0] for _src, target, _w in plan.binds}
+    skip = set(FRESH) | {plan.workdir.strip("/")}
+    for name in sorted(os.listdir(host or "/")):
+        if name not in skip:
+            _bind_entry(host, new, name)
+    for name in (*FRESH, plan.workdir.strip("/"), *top_targets):
+        if not os.path.lexists(f"{new}/{name}"):
+            os.mkdir(f"{new}/{name}", 0o755)
+    # One call makes every host mount read-only, setuid-less and device-less; mounts made after it are the
+    # job's own and get their flags explicitly.
+    _setattr(new, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, recursive=True)
+    # sysfs without the mounts below it: no cgroupfs, nothing writable.
+    _mount(host + "/sys", new + "/sys", None, MS_BIND)
+    _mount(None, new + "/sys", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for path in plan.masks:
+        _mask(host, new, path)
+
+
+def _job_mounts(plan: Plan, host: str, new: str) -> None:
+    """The part of a job's root that is its own: /proc, /dev, /run, /tmp, its workdir, the job mounts."""
+    _make_proc(host, new)
+    _make_dev(new)
+    _tmpfs(new + "/run", "mode=0755,size=64k", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _tmpfs(new + "/tmp", f"mode=1777,size={plan.scratch_bytes}")
+    _tmpfs(new + plan.workdir, f"mode=0700,uid={plan.uid},gid={plan.gid},size={plan.scratch_bytes}")
+    for source, target, writable in plan.binds:
+        # A target below the job's own tmpfs mounts (/tmp/x, /job/x) is made here; below the read-only
+        # host view it must exist already (EROFS says so at the start-up probe).
+        if not os.path.lexists(new + target):
+            if os.path.isdir(host + source):
+                os.makedirs(new + target, 0o755)
+            else:
+                os.makedirs(os.path.dirname(new + target), 0o755, exist_ok=True)
+                os.close(os.open(new + target, os.O_CREAT | os.O_WRONLY, 0o644))
+        _mount(host + source, new + target, None, MS_BIND | MS_REC)
+        ro = 0 if writable else MOUNT_ATTR_RDONLY
+        _setattr(new + target, ro | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, recursive=True)
+
+
+def _enter(new: str) -> None:
+    """pivot_root into new and detach everything else: nothing of the host lies beneath the job's mounts."""
+    os.chdir(new)
+    _check(_syscall("pivot_root", b".", b"."), "entering the job's root")
+    _check(_libc().umount2(b".", MNT_DETACH), "detaching the host's root")
+    os.chdir("/")
+
+
+def build_template(plan: Plan, path: str) -> None:
+    """In the fork server, once: a mount namespace of its own holding the host view at path (a directory
+    outside every bound tree), so each job's mount namespace starts as a copy of it."""
+    _check(_libc().unshare(0x00020000), "creating the fork server's mount namespace")
+    _private_mounts()
+    _tmpfs(path, "mode=0755,size=64k")
+    _host_view(plan, "", path)
+
+
+def enter_template(plan: Plan, path: str) -> None:
+    """In a job's init, inside its copy of the fork server's mount namespace: add its own mounts, pivot."""
+    _job_mounts(plan, "", path)
+    _enter(path)
 
 
 def build_root(plan: Plan) -> None:
-    """Build the job's root and pivot into it; runs as host root inside the new mount namespace.
+    """Build the job's root from scratch and pivot into it (a launcher without the fork server's template).
 
     The host's tree is reached through /oldroot while building, so a bind source can never be hidden by a
-    mount made for the job (bubblewrap does the same). Afterwards the host's tree is detached whole: nothing
-    of it lies beneath any mount the job can see.
+    mount made for the job (bubblewrap does the same).
     """
-    c = _libc()
-    _check(c.mount(None, b"/", None, ctypes.c_ulong(MS_REC | (1 << 18)), None), "making mounts private")
+    _private_mounts()
     _tmpfs(plan.stage, "mode=0700,size=64k")
     os.mkdir(plan.stage + "/oldroot", 0o700)
     os.mkdir(plan.stage + "/newroot", 0o755)
     _check(_syscall("pivot_root", plan.stage.encode(), (plan.stage + "/oldroot").encode()), "pivoting root")
     os.chdir("/")
-    os.close(os.open("/empty", os.O_CREAT | os.O_WRONLY, 0))
     _tmpfs("/newroot", "mode=0755,size=64k")
-    top_targets = {target.strip("/").split("/")[0] for _src, target, _w in plan.binds}
-    skip = set(FRESH) | {plan.workdir.strip("/")}
-    for name in sorted(os.listdir("/oldroot")):
-        if name not in skip:
-            _bind_entry(name)
-    for name in (*FRESH, plan.workdir.strip("/"), *top_targets):
-        if not os.path.lexists("/newroot/" + name):
-            os.mkdir("/newroot/" + name, 0o755)
-    # One call makes every host mount read-only, setuid-less and device-less; mounts made after it are the
-    # job's own and get their flags explicitly.
-    _setattr("/newroot", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, recursive=True)
-    _make_proc()
-    _make_dev()
-    # sysfs without the mounts below it: no cgroupfs, nothing writable.
-    _mount("/oldroot/sys", "/newroot/sys", None, MS_BIND)
-    _mount(None, "/newroot/sys", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    _tmpfs("/newroot/run", "mode=0755,size=64k", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    _tmpfs("/newroot/tmp", f"mode=1777,size={plan.scratch_bytes}")
-    _tmpfs("/newroot" + plan.workdir, f"mode=0700,uid={plan.uid},gid={plan.gid},size={plan.scratch_bytes}")
-    for source, target, writable in plan.binds:
-        # A target below the job's own tmpfs mounts (/tmp/x, /job/x) is made here; below the read-only
-        # host view it must exist already (EROFS says so at the start-up probe).
-        if not os.path.lexists("/newroot" + target):
-            if os.path.isdir("/oldroot" + source):
-                os.makedirs("/newroot" + target, 0o755)
-            else:
-                os.makedirs(os.path.dirname("/newroot" + target), 0o755, exist_ok=True)
-                os.close(os.open("/newroot" + target, os.O_CREAT | os.O_WRONLY, 0o644))
-        _mount("/oldroot" + source, "/newroot" + target, None, MS_BIND | MS_REC)
-        ro = 0 if writable else MOUNT_ATTR_RDONLY
-        _setattr("/newroot" + target, ro | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, recursive=True)
-    for path in plan.masks:
-        _mask(path)
-    os.chdir("/newroot")
-    _check(_syscall("pivot_root", b".", b"."), "entering the job's root")
-    _check(c.umount2(b".", MNT_DETACH), "detaching the host's root")
-    os.chdir("/")
+    _host_view(plan, "/oldroot", "/newroot")
+    _job_mounts(plan, "/oldroot", "/newroot")
+    _enter("/newroot")
 
 
 def drop_privileges(uid: int, gid: int) -> None:

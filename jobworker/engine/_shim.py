@@ -63,6 +63,8 @@ ENVIRON = dict(os.environ)
 SetupError = _confine.SandboxError
 # Compiled seccomp programs by path: the fork server reads each once, its launchers inherit the bytes.
 _SECCOMP: dict[str, bytes] = {}
+# The fork server's prepared host view (--template), once built: each job then only adds its own mounts.
+_TEMPLATE: dict[str, bool] = {}
 
 
 def report(fd: int, line: str) -> None:
@@ -280,7 +282,11 @@ def main(args: list[str]) -> int:
                 join_cgroups(procs_files)
                 if plan is not None:
                     os.umask(0)
-                    _confine.build_root(plan)
+                    template = flags.get("--template", "")
+                    if _TEMPLATE.get(template):
+                        _confine.enter_template(plan, template)
+                    else:
+                        _confine.build_root(plan)
                 setup_namespace_inside(hostname, mount_proc=plan is None)
                 os._exit(supervise(argv, cwd, plan, status_fd, pid_namespace=True))
             except SetupError as e:
@@ -325,6 +331,27 @@ def preload_seccomp(args: list[str]) -> None:
                 pass  # the launcher tries again and reports the failure
 
 
+def prepare_template(args: list[str]) -> None:
+    """Build the host view of strict isolation once, in this process's own mount namespace (first request).
+
+    What every job's root shares (the host's entries read-only, sysfs, masks) then costs nothing per job:
+    a launcher's new mount namespace starts as a copy of ours. On failure jobs build it themselves.
+    """
+    if "--template" not in args[: args.index("--")]:
+        return
+    path = args[args.index("--template") + 1]
+    if path in _TEMPLATE:
+        return
+    _TEMPLATE[path] = False
+    try:
+        _flags, _argv, plan = parse(args)
+        if plan is not None:
+            _confine.build_template(plan, path)
+            _TEMPLATE[path] = True
+    except (OSError, SetupError) as e:
+        sys.stderr.write(f"jobworker fork server: no sandbox template, jobs build their own root: {e}\n")
+
+
 def fork_server(control_fd: int) -> int:
     """Serve launch requests from the engine: fork a warm copy of this process per job.
 
@@ -366,6 +393,7 @@ def fork_server(control_fd: int) -> int:
         cwd, count = fields[0], int(fields[1])
         env, args = fields[2 : 2 + count], fields[2 + count :]
         preload_seccomp(args)
+        prepare_template(args)
         pid = os.fork()
         if pid == 0:
             code = 126

@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import enum
 import errno
+import hashlib
 import os
 import pwd
 from collections.abc import Iterable, Sequence
@@ -318,6 +319,11 @@ class Sandbox:
     def __init__(self, config: SandboxConfig, state_dir: Path, extra_masks: Sequence[str] = ()) -> None:
         self._config = config
         self._stage = state_dir / "sandbox"
+        # Where the fork server keeps its prepared host view: outside every tree bound into a job (/run is
+        # never bound), or nothing (each job then builds its root in full).
+        self._template: Path | None = (
+            Path("/run/jobworker") / hashlib.sha256(bytes(state_dir)).hexdigest()[:16]
+        )
         self._seccomp = state_dir / "seccomp.bpf"
         self._masks = tuple(dict.fromkeys(os.path.realpath(p) for p in (*config.masked, *extra_masks)))
         self._fixed: tuple[int, int] | None = None
@@ -336,6 +342,11 @@ class Sandbox:
             mount.check()
         program = compile_seccomp()
         self._stage.mkdir(mode=0o700, exist_ok=True)
+        if self._template is not None:
+            try:
+                self._template.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError:
+                self._template = None
         tmp = self._seccomp.with_suffix(".tmp")
         tmp.write_bytes(program)
         tmp.replace(self._seccomp)
@@ -375,6 +386,8 @@ class Sandbox:
             "--workdir", JOB_WORKDIR,
             "--seccomp", str(self._seccomp),
         ]  # fmt: skip
+        if self._template is not None:
+            args += ["--template", str(self._template)]
         for mount in self._config.mounts:
             args += ["--bind", f"{mount.source}:{mount.target}:{'rw' if mount.writable else 'ro'}"]
         for path in self._masks:

@@ -379,3 +379,34 @@ async def test_a_job_user_runs_every_job(tmp_path: Path) -> None:
         assert out == b"65534\n"
     finally:
         await mgr.close(grace_seconds=1)
+
+
+async def test_without_the_fork_server_jobs_are_as_confined(tmp_path: Path) -> None:
+    """The direct launch path builds the whole root per job (no prepared template): same view, same rules."""
+    secret = Path("/var/tmp") / f"jw-secret-{uuid.uuid4().hex[:12]}"
+    secret.write_text("PRIVATE KEY")
+    secret.chmod(0o644)
+    state = Path("/var/tmp") / f"jw-direct-test-{uuid.uuid4().hex[:12]}"
+    config = EngineConfig(
+        state_dir=state,
+        fork_server=False,
+        cgroups=False,
+        sandbox=SandboxConfig(masked=(str(secret),)),
+    )
+    mgr = JobManager(config)
+    await mgr.open()
+    try:
+        script = f"id -u; grep CapEff /proc/self/status; cat {secret}; ls {state}; ls /tmp | wc -l; pwd"
+        status = await mgr.start(JobSpec("sh", ("-c", script)))
+        await mgr.wait(status.id)
+        out = b"".join([e.data async for e in mgr.follow(status.id) if isinstance(e, OutputChunk)]).decode()
+    finally:
+        await mgr.close(grace_seconds=1)
+        secret.unlink()
+        shutil.rmtree(state, ignore_errors=True)
+    lines = out.splitlines()
+    assert int(lines[0]) >= 1_200_000_000, out
+    assert "CapEff:\t0000000000000000" in out
+    assert "PRIVATE KEY" not in out
+    assert "Permission denied" in out, out
+    assert lines[-2:] == ["0", "/job"], out
