@@ -127,13 +127,14 @@ def test_io_write_limit_throttles_direct_writes(
     # (O_DIRECT is not possible on the container's overlay filesystem).
     directory = server.exchange
     assert _supports_direct_io(server, directory), "no O_DIRECT on a bind mount of a host directory"
-    target = f"{directory}/dd-{uuid.uuid4().hex}.out"
-    dd = ["if=/dev/zero", f"of={target}", *DD_BLOCKS, "oflag=direct"]
+    # One target per job: each job runs as a uid of its own, which may not overwrite another's file.
+    targets = [f"{directory}/dd-{uuid.uuid4().hex}.out" for _ in range(2)]
+    free_dd, throttled_dd = (["if=/dev/zero", f"of={t}", *DD_BLOCKS, "oflag=direct"] for t in targets)
     try:
-        free = server.run_job("dd", dd)
-        throttled = server.run_job("dd", dd, limits=Limits(io_write_bps=IO_WRITE_LIMIT))
+        free = server.run_job("dd", free_dd)
+        throttled = server.run_job("dd", throttled_dd, limits=Limits(io_write_bps=IO_WRITE_LIMIT))
     finally:
-        server.exec(["rm", "-f", target])
+        server.exec(["rm", "-f", *targets])
     for job in (free, throttled):
         assert job.info.state is JobState.EXITED, (job.info, job.stderr)
         assert job.info.exit_code == 0, job.stderr
