@@ -24,6 +24,10 @@ def pin_tls13(*, override: bool = True) -> bool:
 
     With override=False an existing value is kept.
     """
+    pinned_before = os.environ.get(CIPHER_SUITES_ENV) == TLS12_UNUSABLE_SUITES
     if override or CIPHER_SUITES_ENV not in os.environ:
         os.environ[CIPHER_SUITES_ENV] = TLS12_UNUSABLE_SUITES
-    return "grpc" not in sys.modules or os.environ.get(CIPHER_SUITES_ENV) == TLS12_UNUSABLE_SUITES
+    if "grpc" not in sys.modules:
+        return True
+    # grpc read the variable when it was imported: only a value that was already there can be in force.
+    return pinned_before

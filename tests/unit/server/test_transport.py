@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -120,10 +122,21 @@ async def _list_code(port: int, certs: Pki) -> grpc.StatusCode:
         await channel.close()
 
 
-def test_pin_reports_whether_it_can_still_take_effect() -> None:
-    # grpc is imported in every test process by now, so a late pin cannot take effect...
-    assert "grpc" in __import__("sys").modules
-    assert tls13.pin_tls13() is True  # ...unless the variable was already set, as it now is.
+@pytest.mark.parametrize(
+    ("before_import", "expected"),
+    [("", "False"), (f"os.environ[{tls13.CIPHER_SUITES_ENV!r}] = {tls13.TLS12_UNUSABLE_SUITES!r}", "True")],
+)
+def test_pin_reports_whether_it_can_still_take_effect(before_import: str, expected: str) -> None:
+    # A fresh interpreter: grpc imported without the pin, a later pin cannot take effect; with the variable
+    # already set when grpc was imported, it is in force.
+    code = (
+        f"import os\nos.environ.pop({tls13.CIPHER_SUITES_ENV!r}, None)\n{before_import}\n"
+        "import grpc\nfrom jobworker import tls13\nprint(tls13.pin_tls13())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == expected
 
 
 # Client certificate (None: none; "tls12": walt over TLS 1.2) -> what grpc names as the reason.
