@@ -29,6 +29,10 @@ async def _next(iterator: AsyncIterator[_T]) -> _T:
     return await anext(iterator)
 
 
+# How long a stream whose job was deleted under it waits for that job's final status (already set by then).
+_FINAL_STATUS_WAIT_SECONDS = 5.0
+
+
 async def _finish(task: asyncio.Future[Any] | None) -> None:
     if task is None:
         return
@@ -148,6 +152,9 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         self, job_id: str, selection: engine.StreamSelection, offset: int, follow: bool
     ) -> AsyncGenerator[pb.StreamOutputResponse, None]:
         events = self._manager.follow(job_id, selection, offset, follow=follow)
+        # The final status, kept for the end of the stream: retention may delete the job as soon as it ends,
+        # and a stream that delivered every byte must still end with it, not with NOT_FOUND.
+        final = asyncio.ensure_future(self._manager.wait(job_id))
         position = offset
         truncated = False
         shutdown = self._shutdown_future()
@@ -173,7 +180,13 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         finally:
             await _finish(pending)
             await events.aclose()
-        status = self._manager.status(job_id)
+        try:
+            status = self._manager.status(job_id)
+        except engine.JobNotFoundError:
+            # Deleted means ended: its wait() has the final status (or is about to).
+            status = await asyncio.wait_for(final, _FINAL_STATUS_WAIT_SECONDS)
+        finally:
+            await _finish(final)
         yield pb.StreamOutputResponse(
             end=pb.StreamEnd(
                 reason=self._end_reason(status, selection, position, follow),

@@ -227,3 +227,21 @@ async def test_hundreds_of_idle_followers_need_no_threads(
     results = await asyncio.gather(*(read_rest(call) for call in calls))
     assert {output_of(messages) for messages in results} == {b"done\n"}
     assert server.service.active_streams == 0
+
+
+async def test_a_stream_that_delivered_everything_ends_even_if_retention_removed_the_job(
+    make_server: MakeServer, clients: Clients, tmp_path: Path
+) -> None:
+    # With nothing retained, the job is deleted the moment it ends, while its follower is still attached.
+    server = await make_server(retain_jobs=0)
+    stub = clients.stub(server.port, "walt")
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    job = await start_job(stub, "/bin/sh", "-c", f"echo first; read x < {fifo}; echo second")
+    call = stub.StreamOutput(pb.StreamOutputRequest(job_id=job.id, follow=True))
+    assert (await next_message(call)).chunk.data == b"first\n"
+    await asyncio.to_thread(fifo.write_text, "go\n")
+    rest = await read_rest(call)
+    assert output_of(rest) == b"second\n"
+    assert rest[-1].end.reason == pb.STREAM_END_REASON_JOB_ENDED
+    assert rest[-1].end.job.exit_code == 0
