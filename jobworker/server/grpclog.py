@@ -47,8 +47,15 @@ _stderr_log = logging.getLogger("jobworker.server.stderr")
 
 
 def trace_handshakes() -> bool:
-    """Turn on grpc's handshaker trace unless GRPC_TRACE is set; return whether it is on."""
-    if "grpc" not in sys.modules:
+    """Turn on grpc's handshaker trace unless GRPC_TRACE is set; return whether it is on.
+
+    Only in the jw-server process (its console script, or `python -m jobworker.server`, whose argv[0] is
+    "-m" while the package is imported): there its stderr is read back and each trace line becomes an
+    audit line; in any other process importing this package (tests, benchmarks, embedders) the trace
+    would only be noise on stderr.
+    """
+    as_server = os.path.basename(sys.argv[0]) in ("jw-server", "-m") if sys.argv else False
+    if "grpc" not in sys.modules and as_server:
         os.environ.setdefault(TRACE_ENV, HANDSHAKE_TRACER)
     tracers = {t.strip() for t in os.environ.get(TRACE_ENV, "").split(",")}
     return "grpc" not in sys.modules and bool(tracers & {HANDSHAKE_TRACER, "all"})
