@@ -8,7 +8,8 @@ JobError
 ├── CapacityError           the server's job limit is reached
 │   └── QuotaError          the caller's own share (running jobs, stored output) is used up
 ├── LimitsUnsupportedError  limits were asked for but this host cannot enforce them
-└── EngineClosedError       the engine is shutting down
+├── EngineClosedError       the engine is shutting down
+└── JobStuckError           a killed job's processes did not go away (the kernel holds them)
 """
 
 from __future__ import annotations
@@ -52,3 +53,7 @@ class LimitsUnsupportedError(JobError):
 
 class EngineClosedError(JobError):
     """The engine is shutting down and accepts no new work."""
+
+
+class JobStuckError(JobError):
+    """SIGKILL was sent but the job's processes did not exit in time (e.g. stuck in uninterruptible IO)."""

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from jobworker.engine.cgroups import CgroupStats, JobCgroup
+from jobworker.engine.errors import JobStuckError
 from jobworker.engine.job import JobState, Stream, Usage
 from jobworker.engine.output import MAX_RECORD, OutputSpool
 from jobworker.engine.spawn import Launched
@@ -127,7 +128,13 @@ class JobSupervisor:
             await asyncio.wait_for(self.done.wait(), grace_seconds)
         except TimeoutError:
             await self.kill()
-            await asyncio.wait_for(self.done.wait(), _KILL_TIMEOUT)
+            try:
+                await asyncio.wait_for(self.done.wait(), _KILL_TIMEOUT)
+            except TimeoutError:
+                raise JobStuckError(
+                    f"the job's processes did not exit within {_KILL_TIMEOUT:g} s of SIGKILL "
+                    "(stuck in the kernel, e.g. on IO); the stop goes on in the background"
+                ) from None
 
     async def _supervise(self) -> None:
         try:

@@ -18,6 +18,7 @@ from jobworker.engine import (
     JobError,
     JobNotFoundError,
     JobNotRunningError,
+    JobStuckError,
     LimitsUnsupportedError,
     QuotaError,
     StartError,
@@ -35,6 +36,8 @@ ENGINE_ERROR_CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     QuotaError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     LimitsUnsupportedError: grpc.StatusCode.FAILED_PRECONDITION,
     EngineClosedError: grpc.StatusCode.UNAVAILABLE,
+    # SIGKILL sent, processes not gone yet: the stop did not complete in time, the server is fine.
+    JobStuckError: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 

@@ -377,3 +377,21 @@ async def test_stop_right_after_start_is_not_lost(manager: JobManager) -> None:
         final = await asyncio.wait_for(manager.stop(status.id, grace_seconds=60), 10)
         assert final.state is JobState.STOPPED
         assert final.signal == signal.SIGTERM
+
+
+async def test_a_kill_that_does_not_take_effect_in_time_is_a_job_error(
+    plain_manager: JobManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop whose SIGKILL the kernel has not acted on within the kill timeout says so (not a bare
+    TimeoutError, which the server would answer as INTERNAL)."""
+    from jobworker.engine import JobStuckError, supervisor
+
+    status = await plain_manager.start(JobSpec("sh", ("-c", "trap '' TERM; echo ready; exec sleep 30")))
+    async for event in plain_manager.follow(status.id):
+        if isinstance(event, OutputChunk) and b"ready" in event.data:
+            break
+    monkeypatch.setattr(supervisor, "_KILL_TIMEOUT", 0)
+    with pytest.raises(JobStuckError, match="did not exit within 0 s of SIGKILL"):
+        await plain_manager.stop(status.id, grace_seconds=0)
+    final = await plain_manager.wait(status.id)
+    assert final.state is JobState.STOPPED
