@@ -236,7 +236,7 @@ class JobManager:
             return False
         if os.geteuid() != 0:
             if wanted:
-                raise EngineClosedError("namespaces need root")
+                raise SandboxUnavailableError("namespaces need root")
             return False
         true = shutil.which("true", path=validation.DEFAULT_PATH) or "/bin/true"
         try:
@@ -249,7 +249,7 @@ class JobManager:
                 await launched.status.closed
         except (LaunchError, OSError) as e:
             if wanted:
-                raise EngineClosedError(f"cannot create job namespaces: {e}") from None
+                raise SandboxUnavailableError(f"cannot create job namespaces: {e}") from None
             log.warning("jobs run without namespaces", extra={"reason": str(e)})
             return False
         return True

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -395,3 +399,27 @@ async def test_a_kill_that_does_not_take_effect_in_time_is_a_job_error(
         await plain_manager.stop(status.id, grace_seconds=0)
     final = await plain_manager.wait(status.id)
     assert final.state is JobState.STOPPED
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops to nobody in a child, which needs root")
+def test_namespaces_that_cannot_be_made_are_an_isolation_error_not_shutting_down() -> None:
+    # Not under tmp_path: pytest's base directory is closed to other users.
+    state = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    state.chmod(0o777)
+    code = (
+        # Everything the engine imports lazily, before the interpreter loses access to its own files.
+        "import asyncio, concurrent.futures.thread, os, sys\n"
+        "from jobworker.engine import EngineConfig, Isolation, JobManager, SandboxUnavailableError\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        "from pathlib import Path\n"
+        f"mgr = JobManager(EngineConfig(state_dir=Path({str(state / 's')!r}), isolation=Isolation.NONE,"
+        " namespaces=True, cgroups=False))\n"
+        "try:\n    asyncio.run(mgr.open())\n"
+        "except SandboxUnavailableError as e:\n    print('isolation:', e)\n"
+    )
+    command = [sys.executable, "-c", code]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+    assert result.stdout.strip() == "isolation: namespaces need root", result.stderr
