@@ -185,6 +185,9 @@ class ServerProcess:
             f"--max-jobs={max_jobs}",
             "--output-cap=2G",
             "--grace=2",
+            # One client (owner "bench") runs every case, idle-job memory's 1,000 jobs included: no quotas.
+            "--max-jobs-per-owner=0",
+            "--max-output-per-owner=0",
             *extra_args,
         ]
         self.cgroups = CgroupCounter(self.cgroup_prefix)
