@@ -55,9 +55,10 @@ IFF_UP = 0x1
 FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
-# The command's environment: exactly what the engine gave us, minus the LC_CTYPE that Python's locale
-# coercion (PEP 538) adds at start-up when the engine did not pass one (--keep-lc-ctype says it did).
-ENVIRON = dict(os.environ)
+# The command's environment: exactly what the engine gave us, in the fork server's request or as --setenv
+# flags; never this interpreter's own. The caller chose the job's variables and this process runs as root:
+# LD_PRELOAD and friends must never reach it (the direct path starts it with an empty environment).
+ENVIRON: dict[str, str] = {}
 
 
 SetupError = _confine.SandboxError
@@ -225,7 +226,7 @@ def parse(args: list[str]) -> "tuple[dict[str, str], list[str], _confine.Plan | 
     i = 0
     while i < end:
         flag = args[i]
-        if flag in ("--keep-lc-ctype", "--namespaces"):
+        if flag == "--namespaces":
             flags[flag] = ""
             i += 1
             continue
@@ -236,7 +237,7 @@ def parse(args: list[str]) -> "tuple[dict[str, str], list[str], _confine.Plan | 
             plan.binds.append((source, target, mode == "rw"))
         elif plan is not None and flag == "--mask":
             plan.masks.append(value)
-        elif flag == "--cgroup-procs":
+        elif flag in ("--cgroup-procs", "--setenv"):
             flags[flag] = flags[flag] + "\0" + value if flag in flags else value
         else:
             flags[flag] = value
@@ -260,8 +261,8 @@ def main(args: list[str]) -> int:
     namespaces = "--namespaces" in flags
     hostname = flags.get("--hostname", "job")
     cwd = flags.get("--cwd", "/")
-    if "--keep-lc-ctype" not in flags:
-        ENVIRON.pop("LC_CTYPE", None)
+    if "--setenv" in flags:
+        ENVIRON.update(entry.split("=", 1) for entry in flags["--setenv"].split("\0"))  # type: ignore[misc]
     os.set_inheritable(status_fd, False)
     # Block rather than ignore: a stop can come as soon as the command runs, before the forwarding
     # handlers exist; blocked, it stays pending and reaches them once they are installed. (An ignored

@@ -132,6 +132,10 @@ class ForkServer:
             self._process.wait()
 
 
+def _setenv_args(env: dict[str, str]) -> list[str]:
+    return [word for key, value in env.items() for word in ("--setenv", f"{key}={value}")]
+
+
 class Launched:
     """A running launcher: its status, and the read ends of the job's stdout and stderr."""
 
@@ -160,8 +164,6 @@ class Launched:
         shim_args: list[str] = []
         for path in spec.procs_files:
             shim_args += ["--cgroup-procs", path]
-        if "LC_CTYPE" in spec.env:
-            shim_args.append("--keep-lc-ctype")
         if spec.namespaces:
             shim_args += ["--namespaces", "--hostname", spec.hostname]
         shim_args += [*spec.sandbox_args, "--", *spec.argv]
@@ -185,13 +187,15 @@ class Launched:
                         str(status_w),
                         "--cwd",
                         spec.cwd,
+                        *_setenv_args(spec.env),
                         *shim_args,
                     ],
                     stdin=subprocess.DEVNULL,
                     stdout=out_w,
                     stderr=err_w,
                     pass_fds=(status_w,),
-                    env=spec.env,
+                    # The shim runs as root: the caller's variables (LD_PRELOAD, ...) go to the command only.
+                    env={},
                     cwd="/",
                     start_new_session=True,
                 )

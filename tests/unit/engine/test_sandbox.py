@@ -22,6 +22,7 @@ from jobworker.engine import (
     JobMount,
     JobSpec,
     JobState,
+    Limits,
     OutputChunk,
     SandboxConfig,
     SandboxUnavailableError,
@@ -410,3 +411,23 @@ async def test_without_the_fork_server_jobs_are_as_confined(tmp_path: Path) -> N
     assert "PRIVATE KEY" not in out
     assert "Permission denied" in out, out
     assert lines[-2:] == ["0", "/job"], out
+
+
+async def test_the_callers_environment_never_reaches_the_root_launcher(tmp_path: Path) -> None:
+    """LD_PRELOAD and friends are the caller's: the command gets them, the root shim that launches it
+    (direct path, which a large request also takes) must start with an empty environment."""
+    mgr = JobManager(
+        EngineConfig(state_dir=tmp_path / "s", fork_server=False, cgroups=False, default_limits=Limits())
+    )
+    await mgr.open()
+    try:
+        env = {"LD_PRELOAD": "/nonexistent/evil.so", "GREETING": "hi"}
+        status = await mgr.start(JobSpec("sh", ("-c", "echo $GREETING; exec sleep 30"), env=env))
+        assert await first_line(mgr, status.id) == "hi"
+        launcher = mgr._jobs[status.id].supervisor._launched.pgid  # type: ignore[union-attr]
+        environ = await asyncio.to_thread(Path(f"/proc/{launcher}/environ").read_bytes)
+        await mgr.stop(status.id, grace_seconds=0)
+    finally:
+        await mgr.close(grace_seconds=1)
+    assert b"LD_PRELOAD" not in environ
+    assert b"GREETING" not in environ
