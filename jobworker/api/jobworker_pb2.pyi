@@ -662,6 +662,7 @@ class GetServerInfoResponse(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
     ISOLATION_DETAIL_FIELD_NUMBER: _builtins.int
+    DEFAULT_GRACE_SECONDS_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     cgroup_driver: _builtins.str
     """How jobs are put in cgroups: "v2", "v1" or "none"."""
@@ -679,6 +680,10 @@ class GetServerInfoResponse(_message.Message):
     """
     isolation_detail: _builtins.str
     """One line on what that isolation does."""
+    default_grace_seconds: _builtins.float
+    """The grace period a Stop without grace_seconds gets (SIGTERM, then SIGKILL after this long), so a client
+    can wait long enough for it. 0 from servers that predate the field.
+    """
     @_builtins.property
     def default_limits(self) -> Global___Limits:
         """Limits applied when a Start request leaves them unset."""
@@ -709,10 +714,11 @@ class GetServerInfoResponse(_message.Message):
         usage: Global___OwnerUsage | None = ...,
         isolation: _builtins.str = ...,
         isolation_detail: _builtins.str = ...,
+        default_grace_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "max_limits", b"max_limits", "quota", b"quota", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup_driver", b"cgroup_driver", "cgroup_reason", b"cgroup_reason", "default_limits", b"default_limits", "identity", b"identity", "isolation", b"isolation", "isolation_detail", b"isolation_detail", "limits_supported", b"limits_supported", "max_limits", b"max_limits", "namespaces", b"namespaces", "quota", b"quota", "role", b"role", "usage", b"usage", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup_driver", b"cgroup_driver", "cgroup_reason", b"cgroup_reason", "default_grace_seconds", b"default_grace_seconds", "default_limits", b"default_limits", "identity", b"identity", "isolation", b"isolation", "isolation_detail", b"isolation_detail", "limits_supported", b"limits_supported", "max_limits", b"max_limits", "namespaces", b"namespaces", "quota", b"quota", "role", b"role", "usage", b"usage", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

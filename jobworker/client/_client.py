@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -14,6 +15,7 @@ from jobworker.api import jobworker_pb2_grpc
 from jobworker.client import _convert
 from jobworker.client._config import ClientConfig
 from jobworker.client._connection import DEFAULT_TIMEOUT, Connection, connection_aged
+from jobworker.client._errors import ClientError
 from jobworker.client._types import (
     JobInfo,
     JobState,
@@ -74,6 +76,10 @@ class Client:
     def stop(self, job_id: str, grace_seconds: float | None = None) -> JobInfo:
         """Stop a running job (SIGTERM, SIGKILL after the grace period); return its final status."""
         request = _convert.stop_request(job_id, grace_seconds)
+        if grace_seconds is None and self._conn.server_grace is None:
+            # The server's own default decides how long this Stop may take; ask once.
+            with contextlib.suppress(ClientError):
+                self._conn.server_grace = (self.server_info()).default_grace_seconds
         self._conn.check_server(self._channel)
         try:
             response = self._stub.Stop(request, timeout=self._conn.stop_deadline(grace_seconds))

@@ -14,8 +14,8 @@ from jobworker.client._server_check import ServerCheck
 from jobworker.client._tls import load_tls_material
 
 DEFAULT_TIMEOUT = 10.0
-# The server's grace period when a Stop does not name one (see StopRequest.grace_seconds).
-SERVER_DEFAULT_GRACE = 10.0
+# What a Stop without a grace period allows for it when the server does not say its own (older servers).
+_UNKNOWN_SERVER_GRACE = 60.0
 # After the grace period the server SIGKILLs and waits for the job to go; allow for that.
 _STOP_SLACK = 10.0
 # grpc's status details when the server closed a connection that reached its maximum age (plus the
@@ -44,6 +44,8 @@ class Connection:
         self.timeout = timeout
         self.credentials = load_tls_material(config).channel_credentials()
         self.server_check = ServerCheck(config, timeout)
+        # The server's default grace period, from GetServerInfo, once a Stop without one needs it.
+        self.server_grace: float | None = None
         # The minimum reconnect backoff doubles as grpc's per-attempt connect (TCP + TLS)
         # timeout; bounding it makes a black-holed address fail in `timeout`, with details,
         # instead of grpc's 20 s default.
@@ -87,9 +89,11 @@ class Connection:
         return self.config.server
 
     def stop_deadline(self, grace_seconds: float | None) -> float:
-        """Seconds to allow a Stop call, which only returns once the job is gone."""
-        grace = SERVER_DEFAULT_GRACE if grace_seconds is None else grace_seconds
-        return self.timeout + grace + _STOP_SLACK
+        """Seconds to allow a Stop call, which only returns once the job is gone: never less than the grace
+        the server will wait (its own default when the call names none)."""
+        if grace_seconds is None:
+            grace_seconds = self.server_grace if self.server_grace is not None else _UNKNOWN_SERVER_GRACE
+        return self.timeout + grace_seconds + _STOP_SLACK
 
     def error(self, exc: grpc.RpcError) -> ClientError:
         """Translate a grpc failure of a call on this connection."""

@@ -146,6 +146,7 @@ def server_info_from_proto(message: pb.GetServerInfoResponse) -> ServerInfo:
         role=message.role,
         isolation=message.isolation,
         isolation_detail=message.isolation_detail,
+        default_grace_seconds=message.default_grace_seconds or None,
         quota=_quota_from_proto(message.quota, message.usage),
     )
 

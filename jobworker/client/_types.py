@@ -135,6 +135,8 @@ class ServerInfo:
     # "strict" or "none" (empty from servers older than the job sandbox).
     isolation: str = ""
     isolation_detail: str = ""
+    # What a Stop without a grace period waits before SIGKILL; None from servers that do not say.
+    default_grace_seconds: float | None = None
 
 
 @dataclass(frozen=True)

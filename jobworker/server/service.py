@@ -130,6 +130,7 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
             usage=convert.owner_usage_to_proto(self._manager.usage_of(caller.identity)),
             isolation=info.isolation.value,
             isolation_detail=info.isolation_detail,
+            default_grace_seconds=config.default_grace_seconds,
         )
 
     async def StreamOutput(

@@ -55,6 +55,9 @@ class FakeJobWorker(pb_grpc.JobWorkerServicer):
     # When set, StreamOutput blocks after the script until the client goes away.
     hold_stream: bool = False
     stream_cancelled: threading.Event = field(default_factory=threading.Event)
+    # The default grace period GetServerInfo reports, and the time left of each Stop call.
+    server_grace: float = 45.0
+    stop_time_left: list[float] = field(default_factory=list)
 
     def reset(self) -> None:
         self.requests.clear()
@@ -63,6 +66,8 @@ class FakeJobWorker(pb_grpc.JobWorkerServicer):
         self.script.clear()
         self.hold_stream = False
         self.stream_cancelled = threading.Event()
+        self.server_grace = 45.0
+        self.stop_time_left.clear()
 
     def _enter(self, method: str, request: Any, context: grpc.ServicerContext) -> None:
         self.requests.append((method, request))
@@ -93,8 +98,15 @@ class FakeJobWorker(pb_grpc.JobWorkerServicer):
         self.jobs[job.id] = job
         return pb.StartResponse(job=job)
 
+    def GetServerInfo(
+        self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext
+    ) -> pb.GetServerInfoResponse:
+        self._enter("GetServerInfo", request, context)
+        return pb.GetServerInfoResponse(version="fake", default_grace_seconds=self.server_grace)
+
     def Stop(self, request: pb.StopRequest, context: grpc.ServicerContext) -> pb.StopResponse:
         self._enter("Stop", request, context)
+        self.stop_time_left.append(context.time_remaining() or 0.0)
         job = self._job(request.job_id, context)
         if job.state != pb.JOB_STATE_RUNNING:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "job has already ended")

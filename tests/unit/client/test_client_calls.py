@@ -95,12 +95,21 @@ def test_stop_passes_grace_only_when_given(fake: FakeServer, client: Client) -> 
     second = client.start("sleep", ["100"])
     stopped = client.stop(first.id, grace_seconds=2.5)
     client.stop(second.id)
-    assert fake.servicer.requests[-2][1].grace_seconds == 2.5
-    assert not fake.servicer.requests[-1][1].HasField("grace_seconds")
+    stops = [request for method, request in fake.servicer.requests if method == "Stop"]
+    assert stops[0].grace_seconds == 2.5
+    assert not stops[1].HasField("grace_seconds")
     assert stopped.state is JobState.STOPPED
     assert stopped.signal == 15
     assert stopped.shell_exit_code == 143
     assert stopped.ended_at is not None
+
+
+def test_a_stop_without_grace_waits_at_least_the_servers_own_grace(fake: FakeServer, client: Client) -> None:
+    """A server started with a long --grace must not see its Stop cut short by the client's deadline."""
+    fake.servicer.server_grace = 45.0
+    job = client.start("sleep", ["100"])
+    client.stop(job.id)
+    assert fake.servicer.stop_time_left[-1] > 45.0
 
 
 def test_status_converts_every_field(fake: FakeServer, client: Client) -> None:
