@@ -49,7 +49,7 @@ from jobworker.engine.sandbox import (
     SandboxConfig,
     SandboxUnavailableError,
 )
-from jobworker.engine.spawn import ForkServer, Launched, LaunchError, LaunchSpec
+from jobworker.engine.spawn import ForkServer, ForkServerKeeper, Launched, LaunchError, LaunchSpec
 from jobworker.engine.supervisor import JobSupervisor
 
 log = logging.getLogger("jobworker.engine")
@@ -164,7 +164,7 @@ class JobManager:
         self._namespaces = False
         self._sandbox: Sandbox | None = None
         self._default_limits = Limits()
-        self._fork_server: ForkServer | None = None
+        self._fork_servers: ForkServerKeeper | None = None
         # Ended jobs, oldest first: what retention deletes from.
         self._ended_ids: collections.deque[str] = collections.deque()
         # Jobs between the quota check and their row in the table, by id -> owner.
@@ -201,10 +201,8 @@ class JobManager:
             log.warning("isolation none: jobs run with the server's own privileges (trusted hosts only)")
             self._namespaces = await self._probe_namespaces()
         if cfg.fork_server:
-            try:
-                self._fork_server = ForkServer()
-            except OSError as e:
-                log.warning("no fork server, launching jobs directly", extra={"error": str(e)})
+            self._fork_servers = ForkServerKeeper()
+            self._fork_servers.get()
         await self._reload()
 
     async def _open_sandbox(self) -> None:
@@ -376,6 +374,15 @@ class JobManager:
         finally:
             del self._launching[job_id]
 
+    @property
+    def _fork_server(self) -> ForkServer | None:
+        """The current fork server, if any (tests kill it)."""
+        return self._fork_servers.current if self._fork_servers is not None else None
+
+    def _usable_fork_server(self) -> ForkServer | None:
+        # Restarting one takes a few milliseconds of Popen, like the direct path it replaces.
+        return self._fork_servers.get() if self._fork_servers is not None else None
+
     def _running_jobs(self) -> int:
         """Jobs running or being started, counted from the job table (never kept by hand)."""
         return len(self._launching) + sum(1 for job in self._jobs.values() if job.supervisor is not None)
@@ -455,7 +462,7 @@ class JobManager:
                     hostname=f"job-{job_id[:8]}",
                     sandbox_args=sandbox_args,
                 ),
-                self._fork_server,
+                self._usable_fork_server(),
             )
             await launched.wait_started(_START_TIMEOUT)
         except BaseException as e:
@@ -687,9 +694,8 @@ class JobManager:
         # Saves end with retention, which may start deletions: saves first.
         await asyncio.gather(*self._saves)
         await asyncio.gather(*self._deletions)
-        if self._fork_server is not None:
-            await asyncio.to_thread(self._fork_server.close)
-            self._fork_server = None
+        if self._fork_servers is not None:
+            await asyncio.to_thread(self._fork_servers.close)
         try:
             await asyncio.to_thread(self._driver.close)
         except CgroupError as e:
