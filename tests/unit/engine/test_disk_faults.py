@@ -150,7 +150,9 @@ async def test_full_disk_is_reported_and_hangs_nothing(small_disk: Path) -> None
             with pytest.raises(StorageFullError, match="state disk is full"):
                 await mgr.start(JobSpec("true"))
             assert [s.id for s in mgr.list(states=[JobState.RUNNING])] == [quiet.id]
-            assert await probe.stop() < 1
+            worst = await probe.stop()
+            print(f"worst event loop delay while the disk filled: {worst * 1000:.1f} ms")
+            assert worst < 1
             await mgr.stop(quiet.id, grace_seconds=1)
         finally:
             await mgr.close(grace_seconds=1)
