@@ -215,6 +215,9 @@ class OutputSpool:
                     pos += consumed
                     for event in events:
                         yield event
+                    if not events:
+                        # Blocks of the other stream only: let the loop run between them.
+                        await asyncio.sleep(0)
                 reason = self._truncated
                 if reason is not None and not self._mark_in_file and not marked and pos >= self._committed:
                     marked = True

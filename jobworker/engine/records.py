@@ -11,6 +11,7 @@ record is written into: the end of a job that filled the disk with output is sti
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -52,7 +53,10 @@ def save(directory: Path, status: JobStatus) -> None:
     try:
         view = memoryview(payload)
         while view:
-            view = view[os.pwrite(fd, view, len(payload) - len(view)) :]
+            written = os.pwrite(fd, view, len(payload) - len(view))
+            if written <= 0:  # never loop on a disk that takes nothing
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            view = view[written:]
         os.ftruncate(fd, len(payload))
         os.fsync(fd)
     finally:

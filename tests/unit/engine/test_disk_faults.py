@@ -33,7 +33,7 @@ from jobworker.engine import (
     TruncationReason,
     records,
 )
-from jobworker.engine.output import OutputSpool
+from jobworker.engine.output import MAX_RECORD, OutputSpool
 
 IS_ROOT = os.geteuid() == 0
 # A follower that spins without awaiting blocks the event loop: only a signal gets the test out.
@@ -314,3 +314,27 @@ async def test_a_full_disk_at_start_up_does_not_stop_the_server(small_disk: Path
             await second.start(JobSpec("true"))
     finally:
         await second.close()
+
+
+async def test_a_follower_that_skips_the_other_stream_lets_the_loop_run(tmp_path: Path) -> None:
+    spool = OutputSpool(tmp_path / "spool", 1 << 30)
+    for _ in range(64):
+        spool.append(Stream.STDOUT, b"x" * MAX_RECORD)
+    spool.append(Stream.STDERR, b"end")
+    spool.finish()
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0)
+    events = [e async for e in spool.follow(StreamSelection.STDERR)]
+    ticker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await ticker
+    assert events == [OutputChunk(Stream.STDERR, 0, b"end")]
+    assert ticks >= 32
