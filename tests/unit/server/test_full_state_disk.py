@@ -13,9 +13,21 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_helpers import Clients, MakeServer, collect, output_of, rpc_error, start_job
+from server_helpers import (
+    Clients,
+    MakeServer,
+    Pki,
+    channel_credentials,
+    collect,
+    open_channel,
+    output_of,
+    rpc_error,
+    spawn_server,
+    start_job,
+)
 
 from jobworker.api import jobworker_pb2 as pb
+from jobworker.api import jobworker_pb2_grpc as pb_grpc
 
 
 @pytest.fixture
@@ -69,3 +81,37 @@ async def test_a_full_state_disk(small_state_disk: Path, make_server: MakeServer
             await probing
     print(f"slowest health check: {slowest * 1000:.1f} ms")
     assert 0 < slowest < 1, slowest
+
+
+async def _fill_and_read(port: int, certs: Pki) -> pb.StreamEnd:
+    async with open_channel(port, channel_credentials(certs, "walt")) as channel:
+        stub = pb_grpc.JobWorkerStub(channel)
+        job = await start_job(stub, "head", "-c", "100M", "/dev/zero")
+        _, end = await asyncio.wait_for(collect(stub, job.id, follow=True), 30)
+        return end
+
+
+async def _status(port: int, certs: Pki, job_id: str) -> pb.JobStatus:
+    async with open_channel(port, channel_credentials(certs, "walt")) as channel:
+        stub = pb_grpc.JobWorkerStub(channel)
+        response = await stub.GetStatus(pb.GetStatusRequest(job_id=job_id), timeout=10)
+        return response.job
+
+
+def test_sigterm_and_restart_on_a_full_state_disk(small_state_disk: Path, certs: Pki) -> None:
+    process = spawn_server(certs, small_state_disk)
+    try:
+        end = asyncio.run(_fill_and_read(process.port, certs))
+        assert end.job.truncation_reason == "state disk full"
+        assert process.terminate() == 0
+    finally:
+        process.kill()
+    again = spawn_server(certs, small_state_disk)
+    try:
+        job = asyncio.run(_status(again.port, certs, end.job.id))
+        assert job.state == pb.JOB_STATE_EXITED
+        assert job.exit_code == 0
+        assert (job.stdout_bytes, job.truncation_reason) == (end.job.stdout_bytes, "state disk full")
+        assert again.terminate() == 0
+    finally:
+        again.kill()
