@@ -535,12 +535,13 @@ class JobManager:
                 await asyncio.wait((previous,))
             try:
                 await asyncio.to_thread(records.save, job.directory, status)
-            except OSError as e:
+            except Exception as e:  # a record that cannot be written must never keep a job from ending
                 log.error("cannot save job record", extra={"job_id": status.id, "error": str(e)})
-            if ended:
-                job.done.set()
-                self._ended_ids.append(status.id)
-                self._apply_retention()
+            finally:
+                if ended:
+                    job.done.set()
+                    self._ended_ids.append(status.id)
+                    self._apply_retention()
 
         task = asyncio.create_task(save(), name=f"job-record-{status.id}")
         job.saving = task
