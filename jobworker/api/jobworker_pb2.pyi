@@ -227,6 +227,8 @@ class JobStatus(_message.Message):
     STDERR_BYTES_FIELD_NUMBER: _builtins.int
     OUTPUT_TRUNCATED_FIELD_NUMBER: _builtins.int
     CWD_FIELD_NUMBER: _builtins.int
+    TRUNCATION_REASON_FIELD_NUMBER: _builtins.int
+    OUTPUT_DROPPED_BYTES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     owner: _builtins.str
     command: _builtins.str
@@ -242,6 +244,12 @@ class JobStatus(_message.Message):
     stderr_bytes: _builtins.int
     output_truncated: _builtins.bool
     cwd: _builtins.str
+    truncation_reason: _builtins.str
+    """Why output stopped being stored, in words: "output cap reached", "state disk full" or "state disk
+    error"; empty when it was not truncated (or from a server that predates the field).
+    """
+    output_dropped_bytes: _builtins.int
+    """Output the job wrote that was not stored (counted since the server last started)."""
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -271,10 +279,12 @@ class JobStatus(_message.Message):
         stderr_bytes: _builtins.int = ...,
         output_truncated: _builtins.bool = ...,
         cwd: _builtins.str = ...,
+        truncation_reason: _builtins.str = ...,
+        output_dropped_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "ended_at", b"ended_at", "exit_code", b"exit_code", "limits", b"limits", "signal", b"signal", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "args", b"args", "command", b"command", "cwd", b"cwd", "ended_at", b"ended_at", "exit_code", b"exit_code", "id", b"id", "limits", b"limits", "output_truncated", b"output_truncated", "owner", b"owner", "pid", b"pid", "signal", b"signal", "started_at", b"started_at", "state", b"state", "stderr_bytes", b"stderr_bytes", "stdout_bytes", b"stdout_bytes", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "args", b"args", "command", b"command", "cwd", b"cwd", "ended_at", b"ended_at", "exit_code", b"exit_code", "id", b"id", "limits", b"limits", "output_dropped_bytes", b"output_dropped_bytes", "output_truncated", b"output_truncated", "owner", b"owner", "pid", b"pid", "signal", b"signal", "started_at", b"started_at", "state", b"state", "stderr_bytes", b"stderr_bytes", "stdout_bytes", b"stdout_bytes", "truncation_reason", b"truncation_reason", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -553,20 +563,26 @@ Global___OutputChunk: _TypeAlias = OutputChunk  # noqa: Y015
 
 @_typing.final
 class OutputTruncated(_message.Message):
-    """The job's output reached the server's per-job cap at this offset; later output was discarded."""
+    """Output stopped being stored at this offset (the per-job cap, or a full or failing state disk); later
+    output was discarded.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     OFFSET_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     offset: _builtins.int
+    reason: _builtins.str
+    """As JobStatus.truncation_reason."""
     def __init__(
         self,
         *,
         offset: _builtins.int = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -66,21 +66,22 @@ class OutputPump:
                     _write_all(target, event.data)
                     self.offset = event.end_offset
             elif isinstance(event, OutputTruncated):
-                self.note_truncation(event.offset)
+                self.note_truncation(event.offset, event.reason)
             else:
                 if event.truncated:
-                    self.note_truncation(None)
+                    self.note_truncation(None, event.job.truncation_reason if event.job else "")
                 return event
         return None
 
-    def note_truncation(self, offset: int | None) -> None:
-        """Tell the user (once) that the server's output cap dropped part of the output."""
+    def note_truncation(self, offset: int | None, reason: str) -> None:
+        """Tell the user (once) that the server dropped part of the output, and why."""
         if self.truncation_noted:
             return
         self.truncation_noted = True
         where = f" at byte {offset}" if offset is not None else ""
+        # Servers before the reason field only truncated at the cap.
+        why = f"on the server: {reason}" if reason else "by the server's output cap"
         click.echo(
-            f"jw: output of job {self.job_id} was truncated{where} by the server's output cap; "
-            "later output was discarded",
+            f"jw: output of job {self.job_id} was truncated{where} {why}; later output was discarded",
             err=True,
         )

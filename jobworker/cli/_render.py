@@ -125,6 +125,8 @@ def job_json(job: JobInfo) -> dict[str, Any]:
         "stderr_bytes": job.stderr_bytes,
         "output_truncated": job.output_truncated,
         "cwd": job.cwd,
+        "truncation_reason": job.truncation_reason or None,
+        "output_dropped_bytes": job.output_dropped_bytes,
     }
 
 
@@ -188,7 +190,13 @@ def job_details(job: JobInfo, now: datetime) -> str:
         usage.append(f"peak memory {format_size(job.usage.memory_peak_bytes)}")
     output = f"stdout {format_size(job.stdout_bytes)}, stderr {format_size(job.stderr_bytes)}"
     if job.output_truncated:
-        output += " (truncated at the server's cap)"
+        output += (
+            f" (truncated: {job.truncation_reason})"
+            if job.truncation_reason
+            else " (truncated at the server's cap)"
+        )
+        if job.output_dropped_bytes:
+            output += f", {format_size(job.output_dropped_bytes)} dropped"
     fields = [
         ("ID", job.id),
         ("Owner", job.owner),

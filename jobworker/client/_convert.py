@@ -108,6 +108,8 @@ def job_from_proto(message: pb.JobStatus) -> JobInfo:
         stderr_bytes=message.stderr_bytes,
         output_truncated=message.output_truncated,
         cwd=message.cwd,
+        truncation_reason=message.truncation_reason,
+        output_dropped_bytes=message.output_dropped_bytes,
     )
 
 
@@ -119,7 +121,7 @@ def event_from_proto(message: pb.StreamOutputResponse) -> OutputEvent:
         stream = _STREAM_FROM_PB.get(chunk.stream, OutputStream.STDOUT)
         return OutputChunk(stream=stream, offset=chunk.offset, data=chunk.data)
     if kind == "truncated":
-        return OutputTruncated(offset=message.truncated.offset)
+        return OutputTruncated(offset=message.truncated.offset, reason=message.truncated.reason)
     end = message.end
     return StreamEnd(
         reason=_REASON_FROM_PB.get(end.reason, StreamEndReason.UNKNOWN),

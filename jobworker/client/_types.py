@@ -86,6 +86,9 @@ class JobInfo:
     stderr_bytes: int = 0
     output_truncated: bool = False
     cwd: str = ""
+    # Why output stopped being stored ("output cap reached", "state disk full", ...); "" if it was not.
+    truncation_reason: str = ""
+    output_dropped_bytes: int = 0
 
     @property
     def shell_exit_code(self) -> int | None:
@@ -155,9 +158,11 @@ class OutputChunk:
 
 @dataclass(frozen=True)
 class OutputTruncated:
-    """The job's output hit the server's cap at `offset`; later output was discarded."""
+    """The job's output stopped being stored at `offset`, for `reason`; later output was discarded."""
 
     offset: int
+    # "output cap reached", "state disk full", "state disk error"; "" from older servers.
+    reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from jobworker.engine.errors import (
     LimitsUnsupportedError,
     QuotaError,
     StartError,
+    StorageFullError,
 )
 from jobworker.engine.job import (
     JobSpec,
@@ -26,6 +27,7 @@ from jobworker.engine.job import (
     OwnerUsage,
     Stream,
     StreamSelection,
+    TruncationReason,
     Usage,
 )
 from jobworker.engine.manager import (
@@ -72,8 +74,10 @@ __all__ = [
     "SandboxConfig",
     "SandboxUnavailableError",
     "StartError",
+    "StorageFullError",
     "Stream",
     "StreamSelection",
+    "TruncationReason",
     "Usage",
     "default_job_limits",
     "default_max_limits",

@@ -6,7 +6,8 @@ JobError
 ├── JobNotFoundError        no job with that id
 ├── JobNotRunningError      the operation needs a running job (stop of a finished job)
 ├── CapacityError           the server's job limit is reached
-│   └── QuotaError          the caller's own share (running jobs, stored output) is used up
+│   ├── QuotaError          the caller's own share (running jobs, stored output) is used up
+│   └── StorageFullError    the state disk has no room for another job's record
 ├── LimitsUnsupportedError  limits were asked for but this host cannot enforce them
 ├── EngineClosedError       the engine is shutting down
 └── JobStuckError           a killed job's processes did not go away (the kernel holds them)
@@ -45,6 +46,10 @@ class CapacityError(JobError):
 
 class QuotaError(CapacityError):
     """The owner already uses its whole share of the server; the message names the quota and its value."""
+
+
+class StorageFullError(CapacityError):
+    """The state directory's disk is full: a new job could not even store its record."""
 
 
 class LimitsUnsupportedError(JobError):

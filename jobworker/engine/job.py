@@ -40,6 +40,14 @@ class StreamSelection(enum.Enum):
         return self is StreamSelection.BOTH or self.value == stream.value
 
 
+class TruncationReason(enum.Enum):
+    """Why a job's output stopped being stored; what came later was drained and dropped."""
+
+    OUTPUT_CAP = "output cap reached"
+    DISK_FULL = "state disk full"
+    DISK_ERROR = "state disk error"
+
+
 @dataclass(frozen=True)
 class Limits:
     """Resource limits of one job; None means the server default (or no limit)."""
@@ -105,6 +113,9 @@ class JobStatus:
     stdout_bytes: int = 0
     stderr_bytes: int = 0
     output_truncated: bool = False
+    # Set when output_truncated; output_dropped_bytes counts what the job wrote that was not stored.
+    truncation_reason: TruncationReason | None = None
+    output_dropped_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -118,9 +129,10 @@ class OutputChunk:
 
 @dataclass(frozen=True)
 class OutputTruncated:
-    """The per-job output cap was reached at offset (of the selected view); later output was dropped."""
+    """Output stopped being stored at offset (of the selected view), for reason; later output was dropped."""
 
     offset: int
+    reason: TruncationReason = TruncationReason.OUTPUT_CAP
 
 
 OutputEvent = OutputChunk | OutputTruncated

@@ -28,6 +28,7 @@ from jobworker.engine.errors import (
     LimitsUnsupportedError,
     QuotaError,
     StartError,
+    StorageFullError,
 )
 from jobworker.engine.job import (
     JobSpec,
@@ -39,7 +40,7 @@ from jobworker.engine.job import (
     StreamSelection,
     Usage,
 )
-from jobworker.engine.output import OutputSpool
+from jobworker.engine.output import MAX_RECORD, OutputSpool
 from jobworker.engine.sandbox import (
     DEVICE_RULES,
     JOB_WORKDIR,
@@ -48,7 +49,7 @@ from jobworker.engine.sandbox import (
     SandboxConfig,
     SandboxUnavailableError,
 )
-from jobworker.engine.spawn import ForkServer, Launched, LaunchError, LaunchSpec
+from jobworker.engine.spawn import ForkServer, ForkServerKeeper, Launched, LaunchError, LaunchSpec
 from jobworker.engine.supervisor import JobSupervisor
 
 log = logging.getLogger("jobworker.engine")
@@ -56,6 +57,12 @@ log = logging.getLogger("jobworker.engine")
 # Each running job holds four descriptors in the server; running out is a capacity problem, not bad input.
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
 _OUT_OF_FDS_MESSAGE = "the server has no file descriptors left for another job (raise its open-file limit)"
+# The state disk cannot take another job's record: refused like any other capacity limit.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_MESSAGE = "the server's state disk is full: no job can start until space is freed"
+# A new job needs room for its record and more than one drain read of output. A disk that filled up keeps
+# less than this free (cutting off the torn record frees at most one), so it counts as full.
+_MIN_FREE_BYTES = 2 * MAX_RECORD
 # Bounds the wait for the shim to report "started"; a healthy start takes milliseconds.
 _START_TIMEOUT = 30.0
 _MiB = 1 << 20
@@ -142,6 +149,8 @@ class _Job:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     # The host uid the job runs as under strict isolation, released when the job has ended.
     uid: int | None = None
+    # The latest write of its record; each write waits for the one before, so the newest status wins.
+    saving: asyncio.Task[None] | None = None
 
 
 class JobManager:
@@ -150,18 +159,20 @@ class JobManager:
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
         self._jobs: dict[str, _Job] = {}
-        self._running = 0
         self._closed = False
         self._driver: CgroupDriver = null_driver("not opened yet")
         self._namespaces = False
         self._sandbox: Sandbox | None = None
         self._default_limits = Limits()
-        self._fork_server: ForkServer | None = None
+        self._fork_servers: ForkServerKeeper | None = None
         # Ended jobs, oldest first: what retention deletes from.
         self._ended_ids: collections.deque[str] = collections.deque()
         # Jobs between the quota check and their row in the table, by id -> owner.
         self._launching: dict[str, str] = {}
         self._deletions: set[asyncio.Future[None]] = set()
+        self._saves: set[asyncio.Task[None]] = set()
+        # Job directories found without a usable record or spool: retention removes them.
+        self._unreadable: list[Path] = []
 
     async def open(self) -> None:
         """Prepare the state directory, cgroups and namespaces, and reload past jobs."""
@@ -190,11 +201,9 @@ class JobManager:
             log.warning("isolation none: jobs run with the server's own privileges (trusted hosts only)")
             self._namespaces = await self._probe_namespaces()
         if cfg.fork_server:
-            try:
-                self._fork_server = ForkServer()
-            except OSError as e:
-                log.warning("no fork server, launching jobs directly", extra={"error": str(e)})
-        self._reload()
+            self._fork_servers = ForkServerKeeper()
+            self._fork_servers.get()
+        await self._reload()
 
     async def _open_sandbox(self) -> None:
         """Prepare strict isolation and start one job through it (SandboxUnavailableError if that fails)."""
@@ -254,28 +263,52 @@ class JobManager:
             return False
         return True
 
-    def _reload(self) -> None:
-        for directory in sorted((self._config.state_dir / "jobs").iterdir()):
-            try:
-                status = records.load(directory)
-            except (OSError, ValueError, TypeError, KeyError) as e:
-                log.warning(
-                    "skipping unreadable job record",
-                    extra={"path": str(directory), "error": str(e)},
-                )
-                continue
-            if status.state is JobState.RUNNING:
-                status = dataclasses.replace(status, state=JobState.LOST, ended_at=time.time())
-                records.save(directory, status)
-            spool_path = directory / records.SPOOL
-            spool = OutputSpool(spool_path, self._config.output_cap_bytes, create=False)
-            spool.finish()
-            job = _Job(status=status, directory=directory, spool=spool)
+    async def _reload(self) -> None:
+        jobs, self._unreadable = await asyncio.to_thread(self._scan, self._config.state_dir / "jobs")
+        for job in jobs:
             job.done.set()
-            self._jobs[status.id] = job
+            self._jobs[job.status.id] = job
         ended = sorted(self._jobs.values(), key=lambda j: (j.status.ended_at or 0, j.status.started_at))
         self._ended_ids.extend(j.status.id for j in ended)
         self._apply_retention()
+
+    def _scan(self, jobs_dir: Path) -> tuple[list[_Job], list[Path]]:
+        """Past jobs from their directories (in a thread); directories that cannot be read come second.
+
+        Nothing found here stops the server from starting: a broken directory is skipped with a warning,
+        and a record that cannot be rewritten (a full disk) keeps its new status in memory.
+        """
+        jobs: list[_Job] = []
+        unreadable: list[Path] = []
+        for directory in sorted(jobs_dir.iterdir()):
+            try:
+                status = records.load(directory)
+                spool = OutputSpool(directory / records.SPOOL, self._config.output_cap_bytes, create=False)
+            except (OSError, ValueError, TypeError, KeyError) as e:
+                log.warning(
+                    "skipping unreadable job directory", extra={"path": str(directory), "error": str(e)}
+                )
+                unreadable.append(directory)
+                continue
+            spool.finish()
+            if status.truncation_reason is not None:
+                spool.mark_truncated(status.truncation_reason)
+            # The counts are what the spool holds, whatever the record last said.
+            status = dataclasses.replace(
+                status,
+                stdout_bytes=spool.stdout_bytes,
+                stderr_bytes=spool.stderr_bytes,
+                output_truncated=spool.truncated,
+                truncation_reason=spool.truncation_reason,
+            )
+            if status.state is JobState.RUNNING:
+                status = dataclasses.replace(status, state=JobState.LOST, ended_at=time.time())
+                try:
+                    records.save(directory, status)
+                except OSError as e:
+                    log.warning("cannot save job record", extra={"job_id": status.id, "error": str(e)})
+            jobs.append(_Job(status=status, directory=directory, spool=spool))
+        return jobs, unreadable
 
     @property
     def info(self) -> EngineInfo:
@@ -305,7 +338,7 @@ class JobManager:
         cfg = self._config
         validation.check_spec(spec)
         limits = validation.effective_limits(spec.limits, self._default_limits, cfg.max_limits)
-        if self._running >= cfg.max_running_jobs:
+        if self._running_jobs() >= cfg.max_running_jobs:
             raise CapacityError(f"the server already runs its maximum of {cfg.max_running_jobs} jobs")
         if not limits.is_empty() and not self._driver.supports_limits():
             raise LimitsUnsupportedError(
@@ -322,10 +355,8 @@ class JobManager:
         try:
             directory.mkdir(mode=0o700)
         except OSError as e:
-            if e.errno in _OUT_OF_FDS:
-                raise CapacityError(_OUT_OF_FDS_MESSAGE) from None
+            _raise_capacity(e)
             raise
-        self._running += 1
         uid: int | None = None
         self._launching[job_id] = spec.owner
         try:
@@ -336,13 +367,25 @@ class JobManager:
                 sandbox_args = ()
             return await self._launch(job_id, directory, spec, limits, env, cwd, uid, sandbox_args)
         except BaseException:
-            self._running -= 1
             if uid is not None and self._sandbox is not None:
                 self._sandbox.release_uid(uid)
             shutil.rmtree(directory, ignore_errors=True)
             raise
         finally:
             del self._launching[job_id]
+
+    @property
+    def _fork_server(self) -> ForkServer | None:
+        """The current fork server, if any (tests kill it)."""
+        return self._fork_servers.current if self._fork_servers is not None else None
+
+    def _usable_fork_server(self) -> ForkServer | None:
+        # Restarting one takes a few milliseconds of Popen, like the direct path it replaces.
+        return self._fork_servers.get() if self._fork_servers is not None else None
+
+    def _running_jobs(self) -> int:
+        """Jobs running or being started, counted from the job table (never kept by hand)."""
+        return len(self._launching) + sum(1 for job in self._jobs.values() if job.supervisor is not None)
 
     def usage_of(self, owner: str) -> OwnerUsage:
         """What `owner` holds now: running jobs, stored output bytes, ended jobs kept."""
@@ -394,8 +437,21 @@ class JobManager:
             raise StartError(f"cannot set up the job's cgroup: {e}") from None
         spool: OutputSpool | None = None
         launched: Launched | None = None
+        status = JobStatus(
+            id=job_id,
+            owner=spec.owner,
+            command=spec.command,
+            args=tuple(spec.args),
+            cwd=cwd,
+            state=JobState.RUNNING,
+            pid=0,
+            started_at=time.time(),
+            limits=limits,
+        )
         try:
             spool = OutputSpool(directory / records.SPOOL, self._config.output_cap_bytes)
+            # Before the command runs: a disk that cannot take the record refuses the job.
+            await asyncio.to_thread(_save_first_record, directory, status)
             launched = await Launched.start(
                 LaunchSpec(
                     argv=(spec.command, *spec.args),
@@ -406,7 +462,7 @@ class JobManager:
                     hostname=f"job-{job_id[:8]}",
                     sandbox_args=sandbox_args,
                 ),
-                self._fork_server,
+                self._usable_fork_server(),
             )
             await launched.wait_started(_START_TIMEOUT)
         except BaseException as e:
@@ -419,22 +475,11 @@ class JobManager:
             if isinstance(e, LaunchError):
                 raise _launch_error(spec, cwd, e) from None
             if isinstance(e, OSError):
-                if e.errno in _OUT_OF_FDS:
-                    raise CapacityError(_OUT_OF_FDS_MESSAGE) from None
+                _raise_capacity(e)
                 raise StartError(f"cannot start {spec.command!r}: {e.strerror or e}") from None
             raise
 
-        status = JobStatus(
-            id=job_id,
-            owner=spec.owner,
-            command=spec.command,
-            args=tuple(spec.args),
-            cwd=cwd,
-            state=JobState.RUNNING,
-            pid=launched.status.pid,
-            started_at=time.time(),
-            limits=limits,
-        )
+        status = dataclasses.replace(status, pid=launched.status.pid, started_at=time.time())
         job = _Job(status=status, directory=directory, spool=spool, uid=uid)
         job.supervisor = JobSupervisor(
             launched,
@@ -444,12 +489,11 @@ class JobManager:
             on_end=lambda s: self._ended(job, s),
         )
         self._jobs[job_id] = job
-        records.save(directory, status)
+        self._save(job)
         log.info("job started", extra={"job_id": job_id, "owner": spec.owner, "pid": status.pid})
         return status
 
     def _ended(self, job: _Job, sup: JobSupervisor) -> None:
-        self._running -= 1
         job.status = _with_output(
             dataclasses.replace(
                 job.status,
@@ -467,13 +511,7 @@ class JobManager:
         if job.uid is not None and self._sandbox is not None:
             self._sandbox.release_uid(job.uid)
             job.uid = None
-        try:
-            records.save(job.directory, job.status)
-        except OSError as e:
-            log.error("cannot save job record", extra={"job_id": job.status.id, "error": str(e)})
-        job.done.set()
-        self._ended_ids.append(job.status.id)
-        self._apply_retention()
+        self._save(job, ended=True)
         log.info(
             "job ended",
             extra={
@@ -483,6 +521,32 @@ class JobManager:
                 "signal": sup.signal,
             },
         )
+
+    def _save(self, job: _Job, *, ended: bool = False) -> None:
+        """Write the job's current status to its record in a thread, after any earlier write of it.
+
+        Once the end record is written (or failed to be) the job counts as ended: waiters wake and
+        retention may delete it, never while its record is still being written.
+        """
+        previous, status = job.saving, job.status
+
+        async def save() -> None:
+            if previous is not None:
+                await asyncio.wait((previous,))
+            try:
+                await asyncio.to_thread(records.save, job.directory, status)
+            except Exception as e:  # a record that cannot be written must never keep a job from ending
+                log.error("cannot save job record", extra={"job_id": status.id, "error": str(e)})
+            finally:
+                if ended:
+                    job.done.set()
+                    self._ended_ids.append(status.id)
+                    self._apply_retention()
+
+        task = asyncio.create_task(save(), name=f"job-record-{status.id}")
+        job.saving = task
+        self._saves.add(task)
+        task.add_done_callback(self._saves.discard)
 
     def _apply_retention(self) -> None:
         """Delete the oldest ended jobs beyond the configured numbers, records and output alike.
@@ -506,6 +570,11 @@ class JobManager:
             gone = set(doomed)
             self._ended_ids = collections.deque(i for i in self._ended_ids if i not in gone)
             self._delete(doomed)
+        # Directories without a usable record hold no job anyone can read.
+        unreadable, self._unreadable = self._unreadable, []
+        for directory in unreadable:
+            log.warning("removing unreadable job directory", extra={"path": str(directory)})
+            self._remove_dir(directory)
 
     def _over_owner_retention(self) -> list[str]:
         """Ended jobs with more than retained_jobs_per_owner newer ended jobs of the same owner."""
@@ -537,13 +606,14 @@ class JobManager:
             self._delete(doomed)
 
     def _delete(self, job_ids: list[str]) -> None:
-        loop = asyncio.get_running_loop()
         for job_id in job_ids:
-            job = self._jobs.pop(job_id)
             # Followers still reading keep their open file; unlinking does not cut them off.
-            deletion = loop.run_in_executor(None, shutil.rmtree, job.directory, True)
-            self._deletions.add(deletion)
-            deletion.add_done_callback(self._deletions.discard)
+            self._remove_dir(self._jobs.pop(job_id).directory)
+
+    def _remove_dir(self, directory: Path) -> None:
+        deletion = asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, directory, True)
+        self._deletions.add(deletion)
+        deletion.add_done_callback(self._deletions.discard)
 
     def _get(self, job_id: str) -> _Job:
         job = self._jobs.get(job_id)
@@ -622,10 +692,11 @@ class JobManager:
         grace = self._config.default_grace_seconds if grace_seconds is None else grace_seconds
         running = [job.supervisor for job in self._jobs.values() if job.supervisor is not None]
         await asyncio.gather(*(sup.stop(grace) for sup in running), return_exceptions=True)
+        # Saves end with retention, which may start deletions: saves first.
+        await asyncio.gather(*self._saves)
         await asyncio.gather(*self._deletions)
-        if self._fork_server is not None:
-            await asyncio.to_thread(self._fork_server.close)
-            self._fork_server = None
+        if self._fork_servers is not None:
+            await asyncio.to_thread(self._fork_servers.close)
         try:
             await asyncio.to_thread(self._driver.close)
         except CgroupError as e:
@@ -657,6 +728,23 @@ def _launch_error(spec: JobSpec, cwd: str, error: LaunchError) -> StartError | I
     return StartError(f"cannot start {spec.command!r}: {error}")
 
 
+def _save_first_record(directory: Path, status: JobStatus) -> None:
+    """Write a new job's record (in a thread); OSError ENOSPC when the disk has no room for the job."""
+    vfs = os.statvfs(directory)
+    free = (vfs.f_bfree if os.geteuid() == 0 else vfs.f_bavail) * vfs.f_frsize
+    if free < _MIN_FREE_BYTES:
+        raise OSError(errno.ENOSPC, f"{free} bytes free on the state disk")
+    records.save(directory, status)
+
+
+def _raise_capacity(error: OSError) -> None:
+    """Raise the capacity error an OSError of a Start means, if it means one."""
+    if error.errno in _OUT_OF_FDS:
+        raise CapacityError(_OUT_OF_FDS_MESSAGE) from None
+    if error.errno in _DISK_FULL:
+        raise StorageFullError(_DISK_FULL_MESSAGE) from None
+
+
 def _stored_bytes(job: _Job) -> int:
     """Output bytes the job keeps on disk (live from the spool while it runs)."""
     if job.spool is not None:
@@ -673,6 +761,8 @@ def _with_output(status: JobStatus, spool: OutputSpool | None) -> JobStatus:
         stdout_bytes=spool.stdout_bytes,
         stderr_bytes=spool.stderr_bytes,
         output_truncated=spool.truncated,
+        truncation_reason=spool.truncation_reason,
+        output_dropped_bytes=spool.dropped_bytes,
     )
 
 

@@ -347,9 +347,15 @@ class Sandbox:
                 self._template.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError:
                 self._template = None
-        tmp = self._seccomp.with_suffix(".tmp")
-        tmp.write_bytes(program)
-        tmp.replace(self._seccomp)
+        # Rewritten only when it changed: a server must still start on a state disk that is full.
+        try:
+            unchanged = self._seccomp.read_bytes() == program
+        except OSError:
+            unchanged = False
+        if not unchanged:
+            tmp = self._seccomp.with_suffix(".tmp")
+            tmp.write_bytes(program)
+            tmp.replace(self._seccomp)
 
     @property
     def description(self) -> str:

@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,8 @@ _FORK_SERVER_MAX_REQUEST = 1 << 16
 # Large pipes mean fewer wake-ups of the drainer for chatty jobs; the kernel caps it at pipe-max-size.
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
+# A fork server that keeps dying is restarted at most this often (seconds); starts in between go direct.
+_RESTART_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,16 @@ class ForkServer:
         self._lock = asyncio.Lock()
         self.alive = True
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def running(self) -> bool:
+        """Whether it can take requests: not closed, not failed, and its process has not exited."""
+        if self.alive and self._process.poll() is not None:
+            self.alive = False
+        return self.alive
+
     async def fork(self, spec: LaunchSpec, shim_args: list[str], fds: tuple[int, int, int]) -> int:
         """Start a launcher for spec; returns its pid. Raises OSError when the fork server is unusable."""
         env = [f"{k}={v}" for k, v in spec.env.items()]
@@ -136,6 +149,47 @@ def _setenv_args(env: dict[str, str]) -> list[str]:
     return [word for key, value in env.items() for word in ("--setenv", f"{key}={value}")]
 
 
+class ForkServerKeeper:
+    """Keeps a fork server running: one that died is replaced at the next start, at most once a second."""
+
+    def __init__(self) -> None:
+        self._current: ForkServer | None = None
+        self._started = False
+        self._last_restart = float("-inf")
+        self._closed = False
+
+    @property
+    def current(self) -> ForkServer | None:
+        return self._current
+
+    def get(self) -> ForkServer | None:
+        """The running fork server, started or restarted if need be; None means: launch directly."""
+        current = self._current
+        if self._closed or (current is not None and current.running()):
+            return current
+        if self._started:
+            now = time.monotonic()
+            if now - self._last_restart < _RESTART_INTERVAL:
+                return None
+            self._last_restart = now
+        self._started = True
+        if current is not None:
+            current.close()
+            log.warning("fork server died, restarting it", extra={"pid": current.pid})
+        try:
+            self._current = ForkServer()
+        except OSError as e:
+            self._current = None
+            log.warning("no fork server, launching jobs directly", extra={"error": str(e)})
+        return self._current
+
+    def close(self) -> None:
+        self._closed = True
+        if self._current is not None:
+            self._current.close()
+            self._current = None
+
+
 class Launched:
     """A running launcher: its status, and the read ends of the job's stdout and stderr."""
 
@@ -170,7 +224,7 @@ class Launched:
         process: subprocess.Popen[bytes] | None = None
         try:
             pid = 0
-            if fork_server is not None and fork_server.alive:
+            if fork_server is not None and fork_server.running():
                 try:
                     pid = await fork_server.fork(spec, shim_args, (out_w, err_w, status_w))
                 except OSError as e:

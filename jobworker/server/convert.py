@@ -199,6 +199,8 @@ def status_to_proto(status: engine.JobStatus) -> pb.JobStatus:
         stderr_bytes=status.stderr_bytes,
         output_truncated=status.output_truncated,
         cwd=status.cwd,
+        truncation_reason=status.truncation_reason.value if status.truncation_reason else "",
+        output_dropped_bytes=status.output_dropped_bytes,
     )
     if status.ended_at is not None:
         message.ended_at.CopyFrom(_timestamp(status.ended_at))
@@ -226,7 +228,8 @@ def stored_bytes(status: engine.JobStatus, selection: engine.StreamSelection) ->
 def event_to_proto(event: engine.OutputEvent) -> list[pb.StreamOutputResponse]:
     """Stream messages for one engine event, splitting data into chunks of MAX_CHUNK_BYTES."""
     if isinstance(event, engine.OutputTruncated):
-        return [pb.StreamOutputResponse(truncated=pb.OutputTruncated(offset=event.offset))]
+        truncated = pb.OutputTruncated(offset=event.offset, reason=event.reason.value)
+        return [pb.StreamOutputResponse(truncated=truncated)]
     stream = _STREAMS[event.stream]
     data = event.data
     return [

@@ -22,6 +22,7 @@ from jobworker.engine import (
     LimitsUnsupportedError,
     QuotaError,
     StartError,
+    StorageFullError,
 )
 
 INTERNAL_MESSAGE = "internal server error"
@@ -34,6 +35,8 @@ ENGINE_ERROR_CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     JobNotRunningError: grpc.StatusCode.FAILED_PRECONDITION,
     CapacityError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     QuotaError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    # The state disk has no room for another job: capacity, like the job limit, not a server fault.
+    StorageFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     LimitsUnsupportedError: grpc.StatusCode.FAILED_PRECONDITION,
     EngineClosedError: grpc.StatusCode.UNAVAILABLE,
     # SIGKILL sent, processes not gone yet: the stop did not complete in time, the server is fine.

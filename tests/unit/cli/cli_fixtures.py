@@ -45,6 +45,8 @@ JOB_JSON_KEYS = [
     "stderr_bytes",
     "output_truncated",
     "cwd",
+    "truncation_reason",
+    "output_dropped_bytes",
 ]
 
 

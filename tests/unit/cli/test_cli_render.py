@@ -122,3 +122,16 @@ def test_details_block() -> None:
     assert "peak memory 256MiB" in text
     assert "Duration: 2m00s" in text
     assert "truncated" in text
+
+
+def test_details_name_why_output_was_truncated() -> None:
+    text = job_details(
+        job(
+            stdout_bytes=2 << 20,
+            output_truncated=True,
+            truncation_reason="state disk full",
+            output_dropped_bytes=98 << 20,
+        ),
+        NOW,
+    )
+    assert "stdout 2MiB, stderr 0B (truncated: state disk full), 98MiB dropped" in text

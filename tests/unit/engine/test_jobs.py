@@ -360,16 +360,54 @@ async def test_running_jobs_are_never_deleted_by_retention(tmp_path: Path) -> No
     await mgr.close()
 
 
-async def test_jobs_still_start_when_the_fork_server_dies(plain_manager: JobManager) -> None:
-    fork_server = plain_manager._fork_server
-    assert fork_server is not None
-    fork_server._process.kill()
-    fork_server._process.wait()
-    for _ in range(2):  # the first start finds it dead, the next one does not try it again
+def _ancestors(pid: int) -> list[int]:
+    """pid's parent, grandparent, ... up to init."""
+    chain = []
+    while pid > 1:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        pid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        chain.append(pid)
+    return chain
+
+
+async def _wait_exit(pid: int) -> None:
+    """Return once process pid has exited (its pidfd turns readable)."""
+    fd = os.pidfd_open(pid)
+    exited = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(fd, exited.set)
+    try:
+        await asyncio.wait_for(exited.wait(), 10)
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+async def test_a_dead_fork_server_is_restarted(plain_manager: JobManager) -> None:
+    first = plain_manager._fork_server
+    assert first is not None
+    os.kill(first.pid, signal.SIGKILL)
+    await _wait_exit(first.pid)
+    status = await plain_manager.start(JobSpec("sleep", ("60",)))
+    second = plain_manager._fork_server
+    assert second is not None
+    assert second.pid != first.pid
+    # The fast path: the job's launcher was forked by the new fork server.
+    assert second.pid in _ancestors(status.pid)
+    await plain_manager.stop(status.id, grace_seconds=1)
+
+
+async def test_restarts_of_a_dying_fork_server_are_bounded(plain_manager: JobManager) -> None:
+    # Killed again right after its restart: the next start goes direct, and still works.
+    for restarted in (True, False):
+        fork_server = plain_manager._fork_server
+        assert fork_server is not None
+        os.kill(fork_server.pid, signal.SIGKILL)
+        await _wait_exit(fork_server.pid)
         status = await plain_manager.start(JobSpec("sh", ("-c", "echo $0", "direct")))
         assert (await plain_manager.wait(status.id)).exit_code == 0
         assert b"".join(c.data for c in await collect(plain_manager, status.id)) == b"direct\n"
-    assert not fork_server.alive
+        assert (plain_manager._fork_server is not fork_server) is restarted
 
 
 async def test_stop_right_after_start_is_not_lost(manager: JobManager) -> None:

@@ -32,7 +32,9 @@ def test_chunks_are_split_with_their_offsets() -> None:
     assert {m.chunk.stream for m in messages} == {pb.OUTPUT_STREAM_STDERR}
     assert max(len(m.chunk.data) for m in messages) == size
     (mark,) = convert.event_to_proto(engine.OutputTruncated(77))
-    assert mark.truncated.offset == 77
+    assert (mark.truncated.offset, mark.truncated.reason) == (77, "output cap reached")
+    (full,) = convert.event_to_proto(engine.OutputTruncated(5, engine.TruncationReason.DISK_FULL))
+    assert full.truncated.reason == "state disk full"
 
 
 def test_unset_limits_stay_unset_both_ways() -> None:
