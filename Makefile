@@ -37,13 +37,16 @@ lint: $(VENV)/.installed  ## ruff + mypy --strict
 	$(VENV)/bin/ruff format --check jobworker pki tests bench dev
 	$(VENV)/bin/mypy
 
-unit: $(VENV)/.installed  ## unit tests (no Docker; root-only tests skip when not root)
-	$(PYTEST) -n $(UNIT_WORKERS) tests/unit
+unit: $(VENV)/.installed  ## unit tests without the slow ones (no Docker; root-only tests skip when not root)
+	$(PYTEST) -n $(UNIT_WORKERS) -m "not slow" tests/unit
+
+slow: $(VENV)/.installed  ## the slow unit tests (1 GiB of output, RSA-4096 keys); make test runs them too
+	$(PYTEST) -n $(UNIT_WORKERS) -m slow tests/unit
 
 e2e: $(VENV)/.installed  ## end-to-end tests against the Docker image (needs a Docker engine)
 	$(PYTEST) -n $(E2E_WORKERS) --dist loadfile tests/e2e
 
-test: unit e2e  ## the whole suite
+test: unit slow e2e  ## the whole suite
 
 # Docker image and local deployment (docker/, compose.yaml). EXTRA_CA_BUNDLE names a PEM file of
 # extra CAs that pip inside the build trusts (TLS-intercepting proxies); it is never committed.

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import resource
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from engine_helpers import collect
@@ -42,14 +45,48 @@ async def test_all_256_byte_values_round_trip(manager: JobManager) -> None:
     assert data_of(chunks, Stream.STDERR) == ALL_BYTES[::-1]
 
 
-async def test_interleaving_of_stdout_and_stderr_is_preserved(manager: JobManager) -> None:
-    # The job pauses between writes so that each write reaches the engine before the next.
-    code = (
-        "for i in range(5):\n"
-        "    (w if i % 2 == 0 else e).write(b'%d' % i); w.flush(); e.flush(); time.sleep(0.05)"
+class Gate:
+    """A FIFO the job waits on between writes: the test lets it go on once it has seen the last write."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / f"gate-{uuid.uuid4().hex[:8]}"
+        os.mkfifo(self.path)
+        self.path.chmod(0o666)
+        self._file: Any = None
+
+    def code(self, body: str) -> str:
+        """Job code with `go()` defined: it blocks until the test's next step()."""
+        return f"g = open({str(self.path)!r})\ndef go(): g.readline()\n{body}"
+
+    async def open(self) -> None:
+        """Meet the job at the FIFO (it opens its end first thing)."""
+        self._file = await asyncio.to_thread(open, self.path, "w")
+
+    async def step(self) -> None:
+        self._file.write("go\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+async def test_interleaving_of_stdout_and_stderr_is_preserved(manager: JobManager, shared_dir: Path) -> None:
+    # The job waits for the test after each write, so each write reaches the engine before the next.
+    gate = Gate(shared_dir)
+    code = gate.code(
+        "for i in range(5):\n    (w if i % 2 == 0 else e).write(b'%d' % i); w.flush(); e.flush(); go()"
     )
     status = await manager.start(writer(code))
-    chunks = await collect(manager, status.id)
+    await gate.open()
+    chunks: list[OutputChunk] = []
+    try:
+        async for event in manager.follow(status.id):
+            assert isinstance(event, OutputChunk)
+            chunks.append(event)
+            await gate.step()
+    finally:
+        gate.close()
     assert [(c.stream, c.data) for c in chunks] == [
         (Stream.STDOUT, b"0"),
         (Stream.STDERR, b"1"),
@@ -60,12 +97,19 @@ async def test_interleaving_of_stdout_and_stderr_is_preserved(manager: JobManage
     assert [c.offset for c in chunks] == [0, 1, 2, 3, 4]
 
 
-async def test_selection_and_offsets_count_the_selected_view(manager: JobManager) -> None:
-    code = (
-        "w.write(b'aaa'); w.flush(); time.sleep(0.05); "
-        "e.write(b'BB'); e.flush(); time.sleep(0.05); w.write(b'cc')"
-    )
+async def test_selection_and_offsets_count_the_selected_view(manager: JobManager, shared_dir: Path) -> None:
+    gate = Gate(shared_dir)
+    code = gate.code("w.write(b'aaa'); w.flush(); go(); e.write(b'BB'); e.flush(); go(); w.write(b'cc')")
     status = await manager.start(writer(code))
+    await gate.open()
+    try:
+        seen = 0
+        async for _event in manager.follow(status.id):
+            seen += 1
+            if seen <= 2:  # the job waits twice: after "aaa" and after "BB"
+                await gate.step()
+    finally:
+        gate.close()
     await manager.wait(status.id)
     out = await collect(manager, status.id, StreamSelection.STDOUT)
     assert data_of(out) == b"aaacc"

@@ -124,8 +124,9 @@ async def test_command_runs_as_an_unprivileged_uid_with_no_capabilities(jobs: Jo
 
 
 async def first_line(mgr: JobManager, job_id: str) -> str:
+    """The first line the job printed on stdout."""
     async for event in mgr.follow(job_id):
-        if isinstance(event, OutputChunk) and b"\n" in event.data:
+        if isinstance(event, OutputChunk) and event.stream is Stream.STDOUT and b"\n" in event.data:
             return event.data.decode().split("\n")[0]
     raise AssertionError("the job printed no line")
 
