@@ -140,11 +140,10 @@ def newest_first(jobs: Sequence[JobInfo]) -> list[JobInfo]:
 
 
 def job_table(jobs: Sequence[JobInfo], now: datetime) -> str:
-    """The `jw list` table, newest first."""
+    """The `jw list` table, in the order given (the caller sorts: newest_first)."""
     header = ("ID", "OWNER", "STATE", "EXIT", "STARTED", "DURATION", "COMMAND")
-    ordered = newest_first(jobs)
     rows = [header]
-    for job in ordered:
+    for job in jobs:
         duration = job.duration(now)
         rows.append(
             (

@@ -89,10 +89,6 @@ class OutputSpool:
         """Output the job wrote that was not stored (past the cap or refused by the disk)."""
         return self._dropped
 
-    @property
-    def complete(self) -> bool:
-        return self._complete
-
     def append(self, stream: Stream, data: bytes) -> None:
         """Store data (up to the cap; the rest is dropped and a truncation mark written once)."""
         if self._fd is None or self._complete or not data:

@@ -189,9 +189,8 @@ class V2Driver:
     def close(self) -> None:
         """Remove every job cgroup and the prefix directories themselves (server shutdown)."""
         self.cleanup_stale()
-        for path in (self.jobs_dir,):
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.jobs_dir)
 
     def confine_devices(self, rules: Sequence[str]) -> bool:
         """Not done: v2 filters devices with a BPF program, which this driver does not attach (jobs under

@@ -15,6 +15,7 @@ from jobworker.cli._render import (
     job_details,
     job_json,
     job_table,
+    newest_first,
 )
 from jobworker.client import JobInfo, JobState, Limits, Usage
 
@@ -94,7 +95,7 @@ def test_table_shows_full_ids_newest_first_and_humanised_times() -> None:
         command="x" * 80,
         args=(),
     )
-    lines = job_table([older, killed, running], NOW).splitlines()
+    lines = job_table(newest_first([older, killed, running]), NOW).splitlines()
     assert lines[0].split() == ["ID", "OWNER", "STATE", "EXIT", "STARTED", "DURATION", "COMMAND"]
     assert lines[1].split()[:6] == [running.id, "alice", "running", "-", "3m", "ago"]
     assert lines[1].split()[6:] == ["3m00s", "sleep", "100"]
