@@ -1,4 +1,4 @@
-"""Parameter types of `jw`: sizes, durations, KEY=VALUE environment entries."""
+"""Parameter types of `jw`: sizes, durations, KEY=VALUE environment entries (grammar: jobworker.units)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from jobworker.units import parse_duration, parse_size
+
 if TYPE_CHECKING:
     _IntParam = click.ParamType[int]
     _FloatParam = click.ParamType[float]
@@ -16,33 +18,7 @@ else:
     # click made ParamType generic only in 8.4; subscripting it at runtime would break older ones.
     _IntParam = _FloatParam = _EnvParam = click.ParamType
 
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
-_SIZE_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _ENV_NAME = re.compile(r"[^=\x00]+")
-
-
-def parse_size(text: str) -> int:
-    """Parse `512`, `512k`, `256M`, `1.5G`, `2GiB` into bytes; units are binary (k = 1024)."""
-    match = _SIZE.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"{text!r} is not a size (use e.g. 512k, 256M, 1G; units are binary)")
-    number, unit, _ = match.groups()
-    return int(float(number) * 1024 ** _SIZE_UNITS[unit.lower()])
-
-
-def parse_duration(text: str) -> float:
-    """Parse `10s`, `500ms`, `1m`, `1m30s`, `2h` or plain seconds into seconds."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"{text!r} is not a duration (use e.g. 500ms, 10s, 1m30s)")
-    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
 
 
 class SizeType(_IntParam):
@@ -113,3 +89,15 @@ SIZE = SizeType()
 DURATION = DurationType()
 POSITIVE_DURATION = DurationType(allow_zero=False)
 ENV_ENTRY = EnvEntryType()
+
+__all__ = [
+    "DURATION",
+    "ENV_ENTRY",
+    "POSITIVE_DURATION",
+    "SIZE",
+    "DurationType",
+    "EnvEntryType",
+    "SizeType",
+    "parse_duration",
+    "parse_size",
+]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import resource
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ import click
 
 import jobworker
 import jobworker.server
-from jobworker import engine
+from jobworker import engine, units
 from jobworker.server.app import ServerStartError, run_server
 from jobworker.server.config import (
     DEFAULT_CONNECTION_AGE_GRACE_SECONDS,
@@ -28,12 +27,9 @@ from jobworker.server.jsonlog import configure_logging, fields
 
 _log = logging.getLogger("jobworker.server")
 
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SIZE = re.compile(r"(\d+)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
-
 
 class ByteSize(click.ParamType[int, Any]):
-    """A byte count such as 4096, 64M, 1GiB (binary units)."""
+    """A byte count such as 4096, 64M, 1.5GiB (the grammar of jobworker.units: binary units)."""
 
     name = "size"
 
@@ -43,10 +39,10 @@ class ByteSize(click.ParamType[int, Any]):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
-        match = _SIZE.fullmatch(str(value).strip())
-        if match is None:
-            self.fail(f"{value!r} is not a size like 4096, 512K, 64M or 1G", param, ctx)
-        size = int(match.group(1)) * _UNITS[match.group(2).lower()]
+        try:
+            size = units.parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
         if size < self._minimum:
             self.fail("size must be at least 1 byte", param, ctx)
         return size
@@ -103,16 +99,9 @@ def _limit_texts(limits: engine.Limits) -> dict[str, str]:
         if value is None:
             continue
         if attr in ("memory_bytes", "io_read_bps", "io_write_bps"):
-            value = _size_text(value)
+            value = units.size_text(value)
         out[option] = f"{value:g}" if isinstance(value, float) else str(value)
     return out
-
-
-def _size_text(size: int) -> str:
-    for unit, factor in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor}{unit}"
-    return str(size)
 
 
 def _uid_range(text: str) -> range:
