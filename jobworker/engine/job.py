@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 class JobState(enum.Enum):
@@ -59,9 +59,7 @@ class Limits:
     pids: int | None = None
 
     def is_empty(self) -> bool:
-        return all(
-            v is None for v in (self.cpus, self.memory_bytes, self.io_read_bps, self.io_write_bps, self.pids)
-        )
+        return all(getattr(self, f.name) is None for f in fields(self))
 
 
 @dataclass(frozen=True)

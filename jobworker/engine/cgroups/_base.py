@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from jobworker.engine.job import Limits
+from jobworker.engine.limits import (
+    LimitError,
+    Write,
+    WriteContext,
+    check_sane,
+    needed_controllers,
+    writes_for,
+)
 
-CPU_PERIOD_US = 100_000
-# The kernel refuses CFS quotas under 1 ms, so a smaller fraction cannot be enforced as asked.
-MIN_CPU_QUOTA_US = 1_000
 # A job id becomes a directory name: no separators, no dot-names, nothing a shell would trip on.
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # How long remove() waits for a killed cgroup to empty before giving up on rmdir.
@@ -98,48 +102,28 @@ def check_job_id(job_id: str) -> None:
 
 def check_limits(limits: Limits) -> None:
     """Raise CgroupError for limits no kernel could enforce as asked."""
-    cpus = limits.cpus
-    if cpus is not None:
-        if isinstance(cpus, bool) or not isinstance(cpus, int | float):
-            raise CgroupError(f"cpus must be a number, not {cpus!r}")
-        if not math.isfinite(cpus) or cpus <= 0:
-            raise CgroupError(f"cpus must be a positive fraction of one core, not {cpus!r}")
-        if cpu_quota_us(cpus) < MIN_CPU_QUOTA_US:
-            raise CgroupError(
-                f"cpus={cpus} is below the smallest enforceable share "
-                f"({MIN_CPU_QUOTA_US / CPU_PERIOD_US} of one core)"
-            )
-    for name in ("memory_bytes", "io_read_bps", "io_write_bps", "pids"):
-        value = getattr(limits, name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise CgroupError(f"{name} must be an integer, not {value!r}")
-        if value <= 0:
-            raise CgroupError(f"{name} must be positive, not {value}")
+    try:
+        check_sane(limits)
+    except LimitError as err:
+        raise CgroupError(str(err)) from None
 
 
-def require_controllers(limits: Limits, available: Collection[str], *, io: str, where: str) -> None:
-    """Raise CgroupError naming the first controller limits need that is not in available.
-
-    io names the IO controller ("io" on v2, "blkio" on v1); where says how it is missing, for the message.
-    """
-    needed = {
-        "cpu": limits.cpus is not None,
-        "memory": limits.memory_bytes is not None,
-        io: limits.io_read_bps is not None or limits.io_write_bps is not None,
-        "pids": limits.pids is not None,
-    }
-    for controller, wanted in needed.items():
-        if wanted and controller not in available:
+def require_controllers(limits: Limits, available: Collection[str], *, driver: str, where: str) -> None:
+    """Raise CgroupError naming the first controller limits need on driver ("v2", "v1") that is not in
+    available; where says how it is missing, for the message."""
+    for controller in needed_controllers(limits, driver):
+        if controller not in available:
             raise CgroupError(
                 f"cgroup controller '{controller}' is {where}, so {controller} limits cannot be enforced"
             )
 
 
-def cpu_quota_us(cpus: float) -> int:
-    """CFS quota in microseconds per CPU_PERIOD_US for a fraction of one core."""
-    return round(cpus * CPU_PERIOD_US)
+def limit_writes(limits: Limits, driver: str, ctx: WriteContext) -> list[Write]:
+    """The writes of limits on driver, with a kind's refusal (no swap accounting, no disk) as CgroupError."""
+    try:
+        return writes_for(limits, driver, ctx)
+    except LimitError as err:
+        raise CgroupError(str(err)) from None
 
 
 def parse_keyed(text: str) -> dict[str, str]:

@@ -8,22 +8,23 @@ the job by writing "0" to the cgroup.procs file of every hierarchy.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from jobworker.engine.job import Limits
+from jobworker.engine.limits import LimitError, Write
 
 from ._base import (
-    CPU_PERIOD_US,
     FREEZE_TIMEOUT_S,
     REMOVE_TIMEOUT_S,
     CgroupError,
     CgroupStats,
     check_job_id,
     check_limits,
-    cpu_quota_us,
+    limit_writes,
     os_error_line,
     parse_keyed,
     parse_pids,
@@ -189,8 +190,11 @@ class V1Driver:
                     raise CgroupError(f"cannot create cgroup {path}: {os_error_line(err)}") from err
                 made.append(path)
                 _inherit_cpuset(self._host, path)
-            for controller, name, value in writes:
-                write_or_raise(self._host, os.path.join(cgroup.directory(controller), name), value)
+            for write in writes:
+                file = os.path.join(cgroup.directory(write.controller), write.file)
+                if write.optional and not os.path.exists(file):
+                    continue
+                write_or_raise(self._host, file, write.value)
         except BaseException:
             deadline = self._host.monotonic() + REMOVE_TIMEOUT_S
             for path in reversed(made):
@@ -226,41 +230,33 @@ class V1Driver:
         dirs = {c: os.path.join(h.jobs_dir, job_id) for h in self.hierarchies for c in h.controllers}
         return V1JobCgroup(self._host, dirs)
 
-    def _limit_writes(self, limits: Limits) -> list[tuple[str, str, str]]:
-        """(controller, file, value) triples for limits; raises for a missing hierarchy."""
+    def _limit_writes(self, limits: Limits) -> list[Write]:
+        """The writes of limits; raises for a missing hierarchy or kernel feature."""
         require_controllers(
-            limits, self._controllers, io="blkio", where="not mounted on this host (cgroup v1)"
+            limits, self._controllers, driver="v1", where="not mounted on this host (cgroup v1)"
         )
-        writes: list[tuple[str, str, str]] = []
-        if limits.cpus is not None:
-            writes.append(("cpu", "cpu.cfs_period_us", str(CPU_PERIOD_US)))
-            writes.append(("cpu", "cpu.cfs_quota_us", str(cpu_quota_us(limits.cpus))))
-        if limits.memory_bytes is not None:
-            writes.extend(self._memory_writes(limits.memory_bytes))
-        if limits.pids is not None:
-            writes.append(("pids", "pids.max", str(limits.pids)))
-        if limits.io_read_bps is not None or limits.io_write_bps is not None:
-            devices = block_devices_for(self._io_paths, self._sys_block)
-            if not devices:
-                raise CgroupError("no block device found to apply io limits to")
-            for name, rate in (
-                ("blkio.throttle.read_bps_device", limits.io_read_bps),
-                ("blkio.throttle.write_bps_device", limits.io_write_bps),
-            ):
-                if rate is not None:
-                    writes.extend(("blkio", name, f"{dev} {rate}") for dev in devices)
-        return writes
+        jobs_dirs = {c: h.jobs_dir for h in self.hierarchies for c in h.controllers}
+        return limit_writes(limits, "v1", _V1Context(jobs_dirs, self._io_paths, self._sys_block))
 
-    def _memory_writes(self, limit: int) -> list[tuple[str, str, str]]:
-        # memsw (memory + swap) must never be below limit_in_bytes, so it is written second.
-        writes = [("memory", "memory.limit_in_bytes", str(limit))]
-        memory_root = next(h.jobs_dir for h in self.hierarchies if "memory" in h.controllers)
-        if os.path.exists(os.path.join(memory_root, "memory.memsw.limit_in_bytes")):
-            writes.append(("memory", "memory.memsw.limit_in_bytes", str(limit)))
-        else:
-            # Without swap accounting, swappiness 0 is what keeps a v1 memcg from paging out.
-            writes.append(("memory", "memory.swappiness", "0"))
-        return writes
+
+class _V1Context:
+    """What limit kinds may ask of a v1 host: feature files (as our prefix directories have them), disks."""
+
+    def __init__(self, jobs_dirs: dict[str, str], io_paths: tuple[str, ...], sys_block: str) -> None:
+        self._jobs_dirs = jobs_dirs
+        self._io_paths = io_paths
+        self._sys_block = sys_block
+
+    def has_file(self, controller: str, name: str) -> bool:
+        directory = self._jobs_dirs.get(controller)
+        return directory is not None and os.path.exists(os.path.join(directory, name))
+
+    @functools.cache  # noqa: B019 - one context per create(), dropped right after
+    def block_devices(self) -> list[str]:
+        devices = block_devices_for(self._io_paths, self._sys_block)
+        if not devices:
+            raise LimitError("no block device found to apply io limits to")
+        return devices
 
 
 def prepare_v1(

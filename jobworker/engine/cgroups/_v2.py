@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 from collections.abc import Callable, Sequence
 
 from jobworker.engine.job import Limits
+from jobworker.engine.limits import LimitError, Write
 
 from ._base import (
-    CPU_PERIOD_US,
     FREEZE_TIMEOUT_S,
     REMOVE_TIMEOUT_S,
     CgroupError,
     CgroupStats,
     check_job_id,
     check_limits,
-    cpu_quota_us,
+    limit_writes,
     os_error_line,
     parse_keyed,
     parse_pids,
@@ -175,11 +176,11 @@ class V2Driver:
             raise CgroupError(f"cannot create cgroup {path}: {os_error_line(err)}") from err
         cgroup = V2JobCgroup(self._host, path)
         try:
-            for name, value, optional in writes:
-                file = os.path.join(path, name)
-                if optional and not os.path.exists(file):
+            for write in writes:
+                file = os.path.join(path, write.file)
+                if write.optional and not os.path.exists(file):
                     continue
-                write_or_raise(self._host, file, value)
+                write_or_raise(self._host, file, write.value)
         except BaseException:
             with contextlib.suppress(CgroupError):
                 cgroup.remove()
@@ -202,29 +203,31 @@ class V2Driver:
         """Kill and remove every job cgroup under jobs_dir; return how many there were."""
         return remove_all(V2JobCgroup(self._host, path) for path in subdirs(self.jobs_dir))
 
-    def _limit_writes(self, limits: Limits) -> list[tuple[str, str, bool]]:
-        """(file, value, skip-if-absent) triples for limits; raises for a missing controller."""
-        require_controllers(limits, self.controllers, io="io", where="not available on this host (cgroup v2)")
-        writes: list[tuple[str, str, bool]] = []
-        if limits.cpus is not None:
-            writes.append(("cpu.max", f"{cpu_quota_us(limits.cpus)} {CPU_PERIOD_US}", False))
-        if limits.memory_bytes is not None:
-            writes.append(("memory.max", str(limits.memory_bytes), False))
-            # Else the job could page out past memory.max; absent when swap accounting is off.
-            writes.append(("memory.swap.max", "0", True))
-        if limits.pids is not None:
-            writes.append(("pids.max", str(limits.pids), False))
-        if limits.io_read_bps is not None or limits.io_write_bps is not None:
-            devices = block_devices_for(self._io_paths, self._sys_block)
-            if not devices:
-                raise CgroupError("no block device found to apply io limits to")
-            rates = []
-            if limits.io_read_bps is not None:
-                rates.append(f"rbps={limits.io_read_bps}")
-            if limits.io_write_bps is not None:
-                rates.append(f"wbps={limits.io_write_bps}")
-            writes.extend(("io.max", f"{dev} {' '.join(rates)}", False) for dev in devices)
-        return writes
+    def _limit_writes(self, limits: Limits) -> list[Write]:
+        """The writes of limits; raises for a missing controller or kernel feature."""
+        require_controllers(
+            limits, self.controllers, driver="v2", where="not available on this host (cgroup v2)"
+        )
+        return limit_writes(limits, "v2", _V2Context(self.jobs_dir, self._io_paths, self._sys_block))
+
+
+class _V2Context:
+    """What limit kinds may ask of a v2 host: feature files (as the jobs' parent has them), disks."""
+
+    def __init__(self, jobs_dir: str, io_paths: tuple[str, ...], sys_block: str) -> None:
+        self._jobs_dir = jobs_dir
+        self._io_paths = io_paths
+        self._sys_block = sys_block
+
+    def has_file(self, controller: str, name: str) -> bool:
+        return os.path.exists(os.path.join(self._jobs_dir, name))
+
+    @functools.cache  # noqa: B019 - one context per create(), dropped right after
+    def block_devices(self) -> list[str]:
+        devices = block_devices_for(self._io_paths, self._sys_block)
+        if not devices:
+            raise LimitError("no block device found to apply io limits to")
+        return devices
 
 
 def prepare_v2(host: Host, base_dir: str, prefix: str, sys_block: str, io_paths: tuple[str, ...]) -> V2Driver:

@@ -150,9 +150,13 @@ class FakeKernel(Host):
             self._set_event(cgroup, "frozen", value.strip())
             p.write_text(value)
         elif p.name == "io.max":
-            lines = {ln.split()[0]: ln for ln in p.read_text().splitlines() if ln}
-            lines[value.split()[0]] = value
-            p.write_text("".join(f"{ln}\n" for ln in lines.values()))
+            # Like the kernel: a line updates only the keys it names for its device.
+            lines = {ln.split()[0]: ln.split()[1:] for ln in p.read_text().splitlines() if ln}
+            device, *keys = value.split()
+            merged = dict(k.split("=", 1) for k in lines.get(device, []))
+            merged.update(k.split("=", 1) for k in keys)
+            lines[device] = [f"{k}={v}" for k, v in merged.items()]
+            p.write_text("".join(f"{dev} {' '.join(keys)}\n" for dev, keys in lines.items()))
         else:
             p.write_text(value)
 
