@@ -50,7 +50,6 @@ class ByteSize(click.ParamType[int, Any]):
 
 _EXISTING_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
 _POSITIVE = click.IntRange(min=1)
-_CPUS = click.FloatRange(min=0, min_open=True)
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -60,48 +59,59 @@ def _option(name: str, env: str, **kwargs: Any) -> Callable[[_F], _F]:
     return click.option(name, envvar=f"JW_SERVER_{env}", show_envvar=True, **kwargs)
 
 
+class LimitValue(click.ParamType[Any, Any]):
+    """A value of one limit kind, typed as jobworker.units reads it (sizes, cores, counts, CPU lists)."""
+
+    def __init__(self, kind: engine.LimitKind) -> None:
+        self._kind = kind
+        self.name = kind.value.name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            parsed = self._kind.value.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if isinstance(parsed, int | float) and parsed <= 0:
+            # The engine checks the kernel's range at start-up; a non-positive value is a typo.
+            self.fail(f"{self._kind.option} must be positive, got {value!r}", param, ctx)
+        return parsed
+
+
 def _limit_options(func: _F) -> _F:
-    specs: list[tuple[str, click.ParamType[Any, Any], str]] = [
-        ("cpus", _CPUS, "CPU limit (in cores, e.g. 0.5)"),
-        ("memory", ByteSize(), "memory limit"),
-        ("io-read-bps", ByteSize(), "block device read limit (bytes/s)"),
-        ("io-write-bps", ByteSize(), "block device write limit (bytes/s)"),
-        ("pids", _POSITIVE, "process count limit"),
-    ]
-    defaults = _limit_texts(engine.default_job_limits())
-    ceilings = _limit_texts(engine.default_max_limits())
-    # Derived from the host: say so rather than print this machine's numbers.
-    defaults["cpus"] = ceilings["cpus"] = "the host's cores"
-    ceilings["memory"] = "the host's memory"
-    for name, kind, what in reversed(specs):
-        env = name.upper().replace("-", "_")
-        ceiling = f"Largest {what} a job may ask for [default: {ceilings.get(name, 'none')}]."
-        func = _option(f"--max-{name}", f"MAX_{env}", type=kind, help=ceiling, show_default=False)(func)
-        default = f"Job {what} when the request sets none [default: {defaults.get(name, 'none')}]."
-        func = _option(f"--default-{name}", f"DEFAULT_{env}", type=kind, help=default, show_default=False)(
-            func
-        )
+    """--default-<kind> and --max-<kind> for every limit kind."""
+    for kind in reversed(engine.LIMIT_KINDS):
+        env = kind.option.upper().replace("-", "_")
+        ceiling = kind.ceiling_text or _limit_text(kind, kind.ceiling())
+        default = kind.default_text or _limit_text(kind, kind.default())
+        func = _option(
+            f"--max-{kind.option}",
+            f"MAX_{env}",
+            type=LimitValue(kind),
+            help=f"Largest {kind.help} a job may ask for [default: {ceiling}].",
+            show_default=False,
+        )(func)
+        func = _option(
+            f"--default-{kind.option}",
+            f"DEFAULT_{env}",
+            type=LimitValue(kind),
+            help=f"Job {kind.help} when the request sets none [default: {default}].",
+            show_default=False,
+        )(func)
     return func
 
 
-def _limit_texts(limits: engine.Limits) -> dict[str, str]:
-    """Option name -> the value as a user would type it (1G, 2.0)."""
-    out: dict[str, str] = {}
-    names = {
-        "cpus": "cpus",
-        "memory_bytes": "memory",
-        "io_read_bps": "io-read-bps",
-        "io_write_bps": "io-write-bps",
-    }
-    names["pids"] = "pids"
-    for attr, option in names.items():
-        value = getattr(limits, attr)
-        if value is None:
-            continue
-        if attr in ("memory_bytes", "io_read_bps", "io_write_bps"):
-            value = units.size_text(value)
-        out[option] = f"{value:g}" if isinstance(value, float) else str(value)
-    return out
+def _limit_text(kind: engine.LimitKind, value: Any) -> str:
+    """The value as a user would type it (1G, 2), or none."""
+    return "none" if value is None else kind.value.text(value)
+
+
+def _limits(options: dict[str, Any], prefix: str) -> engine.Limits:
+    """The limits set by --<prefix>-<kind> options."""
+    return engine.Limits(
+        **{kind.field: options[f"{prefix}_{kind.option.replace('-', '_')}"] for kind in engine.LIMIT_KINDS}
+    )
 
 
 def _uid_range(text: str) -> range:
@@ -269,15 +279,6 @@ def main(ctx: click.Context, /, **options: Any) -> None:
         stream = capture.stream
     configure_logging(options["log_level"].upper(), stream)
 
-    def limits(prefix: str) -> engine.Limits:
-        return engine.Limits(
-            cpus=options[f"{prefix}_cpus"],
-            memory_bytes=options[f"{prefix}_memory"],
-            io_read_bps=options[f"{prefix}_io_read_bps"],
-            io_write_bps=options[f"{prefix}_io_write_bps"],
-            pids=options[f"{prefix}_pids"],
-        )
-
     try:
         uids = _uid_range(options["job_uids"])
         mounts = tuple(engine.JobMount.parse(m) for m in options["job_mount"])
@@ -299,8 +300,8 @@ def main(ctx: click.Context, /, **options: Any) -> None:
         max_jobs_per_owner=options["max_jobs_per_owner"] or None,
         max_output_per_owner_bytes=options["max_output_per_owner"] or None,
         retain_jobs_per_owner=options["retain_jobs_per_owner"] or None,
-        default_limits=limits("default"),
-        max_limits=limits("max"),
+        default_limits=_limits(options, "default"),
+        max_limits=_limits(options, "max"),
         cgroups=options["cgroups"],
         cgroup_prefix=options["cgroup_prefix"],
         isolation=engine.Isolation(options["isolation"]),
