@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from jobworker.client import LimitField
 from jobworker.units import parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -62,6 +63,25 @@ class DurationType(_FloatParam):
         return seconds
 
 
+class LimitType(click.ParamType):  # type: ignore[type-arg]
+    """A value of one limit kind (a size, cores, a count, a CPU list), read with jobworker.units."""
+
+    def __init__(self, limit: LimitField) -> None:
+        self.limit = limit
+        self.name = limit.value.name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            parsed = self.limit.value.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if isinstance(parsed, int | float) and parsed <= 0:
+            self.fail(f"{value!r} must be > 0", param, ctx)
+        return parsed
+
+
 class EnvEntryType(_EnvParam):
     """`KEY=VALUE`, or `KEY` alone to pass this shell's value of KEY."""
 
@@ -97,6 +117,7 @@ __all__ = [
     "SIZE",
     "DurationType",
     "EnvEntryType",
+    "LimitType",
     "SizeType",
     "parse_duration",
     "parse_size",
