@@ -55,4 +55,12 @@ LIMIT_FIELDS: tuple[LimitField, ...] = (
         per_second=True,
     ),
     LimitField("pids", "pids", units.COUNT, "Maximum number of processes.", "pids"),
+    LimitField("cpuset", "cpuset", units.CPU_LIST, "CPUs the job may run on, e.g. 0-1,3.", "cpuset"),
+    LimitField(
+        "memory_swap_bytes",
+        "memory-swap",
+        units.SIZE,
+        "Swap the job may use on top of its memory limit, e.g. 512M (default: none).",
+        "swap",
+    ),
 )

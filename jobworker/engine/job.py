@@ -57,6 +57,10 @@ class Limits:
     io_read_bps: int | None = None
     io_write_bps: int | None = None
     pids: int | None = None
+    # A kernel CPU list in canonical form ("0-1,3"), as validation leaves it.
+    cpuset: str | None = None
+    # Swap on top of memory_bytes.
+    memory_swap_bytes: int | None = None
 
     def is_empty(self) -> bool:
         return all(getattr(self, f.name) is None for f in fields(self))

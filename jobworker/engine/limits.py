@@ -151,6 +151,37 @@ class Scalar:
 
 
 @dataclass(frozen=True)
+class CpuSubset:
+    """A CPU list naming only CPUs of the host, and only CPUs of the ceiling's list."""
+
+    def check(self, kind: LimitKind, value: Any, ceiling: Any) -> Any:
+        name = kind.label
+        host = units.cpu_list_text(host_cpus())
+        try:
+            cpus = units.parse_cpu_list(str(value))
+        except ValueError as exc:
+            raise LimitError(f"{name} must be a CPU list of this host's CPUs ({host}): {exc}") from None
+        if not cpus <= host_cpus():
+            raise LimitError(
+                f"{name} must name only CPUs of this host ({host}), got {units.cpu_list_text(cpus)}"
+            )
+        if ceiling is not None and not cpus <= units.parse_cpu_list(str(ceiling)):
+            raise LimitError(
+                f"{name} {units.cpu_list_text(cpus)} is outside the server ceiling of "
+                f"{units.canonical_cpu_list(str(ceiling))}"
+            )
+        return units.cpu_list_text(cpus)
+
+    def sane(self, kind: LimitKind, value: Any) -> str | None:
+        try:
+            if not isinstance(value, str) or not units.parse_cpu_list(value):
+                raise ValueError(value)
+        except ValueError:
+            return f"{kind.field} must be a CPU list such as 0-1,3, not {value!r}"
+        return None
+
+
+@dataclass(frozen=True)
 class LimitKind:
     """Everything about one kind of limit."""
 
@@ -209,9 +240,31 @@ def _memory_v1(memory: int, limits: Limits, ctx: WriteContext) -> list[Write]:
     if not ctx.has_file("memory", "memory.memsw.limit_in_bytes"):
         # Without swap accounting, swappiness 0 is what keeps a v1 memcg from paging out.
         writes.append(Write("memory", "memory.swappiness", "0"))
-    else:
+    elif limits.memory_swap_bytes is None:
         writes.append(Write("memory", "memory.memsw.limit_in_bytes", str(memory)))
     return writes
+
+
+def _no_swap_accounting(file: str) -> LimitError:
+    return LimitError(f"memory_swap cannot be enforced: this host has no swap accounting ({file} is absent)")
+
+
+def _swap_v2(swap: int, limits: Limits, ctx: WriteContext) -> list[Write]:
+    if not ctx.has_file("memory", "memory.swap.max"):
+        raise _no_swap_accounting("memory.swap.max")
+    return [Write("memory", "memory.swap.max", str(swap))]
+
+
+def _swap_v1(swap: int, limits: Limits, ctx: WriteContext) -> list[Write]:
+    if not ctx.has_file("memory", "memory.memsw.limit_in_bytes"):
+        raise _no_swap_accounting("memory.memsw.limit_in_bytes")
+    if limits.memory_bytes is None:
+        raise LimitError(
+            "memory_swap needs a memory limit on cgroup v1 (memsw counts memory and swap together)"
+        )
+    # v1 counts memory and swap together; after memory.limit_in_bytes, so it is never below it.
+    total = min(limits.memory_bytes + swap, MAX_BYTES)
+    return [Write("memory", "memory.memsw.limit_in_bytes", str(total))]
 
 
 def _io_v2(key: str) -> WriteFn:
@@ -231,6 +284,11 @@ def _io_v1(file: str) -> WriteFn:
 
 def _pids(pids: int, limits: Limits, ctx: WriteContext) -> list[Write]:
     return [Write("pids", "pids.max", str(pids))]
+
+
+def _cpuset(cpus: str, limits: Limits, ctx: WriteContext) -> list[Write]:
+    # On v1 the job's cpuset.mems was copied from its parent at mkdir (a cpuset takes no task without it).
+    return [Write("cpuset", "cpuset.cpus", cpus)]
 
 
 def _bytes(low: int = 1, *, zero_ok: bool = False) -> Scalar:
@@ -300,6 +358,28 @@ KINDS: tuple[LimitKind, ...] = (
         writes={"v2": _pids, "v1": _pids},
         default=lambda: 1024,
         ceiling=lambda: 32768,
+    ),
+    LimitKind(
+        field="cpuset",
+        option="cpuset",
+        label="cpuset",
+        value=units.CPU_LIST,
+        help="set of CPUs (a CPU list, e.g. 0-1,3)",
+        rule=CpuSubset(),
+        controllers=_same("cpuset"),
+        writes={"v2": _cpuset, "v1": _cpuset},
+        ceiling=lambda: units.cpu_list_text(host_cpus()),
+        ceiling_text="the host's CPUs",
+    ),
+    LimitKind(
+        field="memory_swap_bytes",
+        option="memory-swap",
+        label="memory swap",
+        value=units.SIZE,
+        help="swap on top of the memory limit",
+        rule=_bytes(),
+        controllers=_same("memory"),
+        writes={"v2": _swap_v2, "v1": _swap_v1},
     ),
 )
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from jobworker.engine.job import Limits
-from jobworker.engine.limits import LimitError, Write
+from jobworker.engine.limits import LimitError, Write, needed_controllers
 
 from ._base import (
     FREEZE_TIMEOUT_S,
@@ -36,7 +36,10 @@ from ._devices import block_devices_for
 from ._host import Host, mkdir_exist_ok, remove_all, rmdir_until, subdirs, write_or_raise
 
 CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio", "freezer", "devices")
-_LIMIT_CONTROLLERS = ("cpu", "memory", "pids", "blkio")
+# Used where mounted, not named in the reason where not; a job joins their hierarchies only when one of
+# its limits needs them, as every cgroup.procs write on v1 waits for an RCU grace period.
+OPTIONAL_CONTROLLERS = ("cpuset",)
+_LIMIT_CONTROLLERS = ("cpu", "memory", "pids", "blkio", "cpuset")
 # v1 has no change notification for cgroup.procs or freezer.state, so waits re-read at this pace.
 _POLL_INTERVAL_S = 0.01
 
@@ -178,7 +181,7 @@ class V1Driver:
         check_job_id(job_id)
         check_limits(limits)
         writes = self._limit_writes(limits)
-        cgroup = self._job(job_id)
+        cgroup = self._job(job_id, limits)
         made: list[str] = []
         try:
             for path in cgroup.paths:
@@ -226,8 +229,15 @@ class V1Driver:
         job_ids = sorted({os.path.basename(p) for d in self.jobs_dirs for p in subdirs(d)})
         return remove_all(self._job(job_id) for job_id in job_ids)
 
-    def _job(self, job_id: str) -> V1JobCgroup:
-        dirs = {c: os.path.join(h.jobs_dir, job_id) for h in self.hierarchies for c in h.controllers}
+    def _job(self, job_id: str, limits: Limits | None = None) -> V1JobCgroup:
+        """The job's directories: in every hierarchy (to remove), or those limits need (to create)."""
+        needed = set(needed_controllers(limits, "v1")) if limits is not None else set(OPTIONAL_CONTROLLERS)
+        dirs = {
+            c: os.path.join(h.jobs_dir, job_id)
+            for h in self.hierarchies
+            if not h.controllers <= set(OPTIONAL_CONTROLLERS) or h.controllers & needed
+            for c in h.controllers
+        }
         return V1JobCgroup(self._host, dirs)
 
     def _limit_writes(self, limits: Limits) -> list[Write]:

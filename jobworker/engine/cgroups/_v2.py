@@ -30,6 +30,8 @@ from ._devices import block_devices_for
 from ._host import Host, mkdir_exist_ok, remove_all, rmdir_until, subdirs, write_or_raise
 
 CONTROLLERS = ("cpu", "io", "memory", "pids")
+# Enabled where the host has them, but not named in the reason when it does not (few limits need them).
+OPTIONAL_CONTROLLERS = ("cpuset",)
 # Processes keep forking while they are moved; a handful of passes empties a cgroup in practice.
 _MOVE_ROUNDS = 20
 # Re-check at least this often in case a change notification was missed.
@@ -233,7 +235,7 @@ class _V2Context:
 def prepare_v2(host: Host, base_dir: str, prefix: str, sys_block: str, io_paths: tuple[str, ...]) -> V2Driver:
     """Set up ``<base>/<prefix>-jobs`` with every available controller enabled for jobs."""
     available = frozenset((read_text(os.path.join(base_dir, "cgroup.controllers")) or "").split())
-    wanted = [c for c in CONTROLLERS if c in available]
+    wanted = [c for c in (*CONTROLLERS, *OPTIONAL_CONTROLLERS) if c in available]
     base_control = os.path.join(base_dir, "cgroup.subtree_control")
     if set(wanted) - set((read_text(base_control) or "").split()):
         # "No internal processes": a non-root cgroup that enables controllers for its children may

@@ -52,6 +52,8 @@ def test_start_with_limits(jw_limits: Jw) -> None:
         "io_read_bps": 10 << 20,
         "io_write_bps": 10 << 20,
         "pids": 100,
+        "cpuset": None,
+        "memory_swap_bytes": None,
     }
 
 
