@@ -50,7 +50,7 @@ class FakeV2Host:
         )
 
 
-ALL_CONTROLLERS = ("cpu", "io", "memory", "pids")
+ALL_CONTROLLERS = ("cpu", "io", "memory", "pids", "cpuset")
 ALL_FEATURES = frozenset({"cgroup.kill", "cgroup.freeze", "memory.swap.max", "memory.peak"})
 
 _CONTROLLER_FILES = {
@@ -64,6 +64,8 @@ _CONTROLLER_FILES = {
         "memory.peak": "0\n",
     },
     "pids": {"pids.max": "max\n", "pids.current": "0\n"},
+    # Empty means "the parent's" on v2 (cpuset.cpus.effective says which).
+    "cpuset": {"cpuset.cpus": "\n", "cpuset.mems": "\n", "cpuset.cpus.effective": "0-1\n"},
 }
 
 
