@@ -59,6 +59,26 @@ def _option(name: str, env: str, **kwargs: Any) -> Callable[[_F], _F]:
     return click.option(name, envvar=f"JW_SERVER_{env}", show_envvar=True, **kwargs)
 
 
+class Duration(click.ParamType[float, Any]):
+    """Seconds, typed as jobworker.units reads durations: 10, 2.5, 500ms, 1m30s."""
+
+    name = "duration"
+
+    def __init__(self, *, minimum: float = 0.0) -> None:
+        self._minimum = minimum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            seconds = units.parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if seconds < self._minimum:
+            self.fail(f"{value!r} is shorter than {self._minimum:g}s", param, ctx)
+        return seconds
+
+
 class LimitValue(click.ParamType[Any, Any]):
     """A value of one limit kind, typed as jobworker.units reads it (sizes, cores, counts, CPU lists)."""
 
@@ -148,14 +168,15 @@ def _raise_open_file_limit() -> None:
 @_option(
     "--max-connection-age",
     "MAX_CONNECTION_AGE",
-    type=click.FloatRange(min=1),
+    type=Duration(minimum=1),
     default=DEFAULT_MAX_CONNECTION_AGE_SECONDS,
-    help="Seconds after which a connection is closed (the client reconnects with a new handshake).",
+    help="Duration (1h, or seconds) after which a connection is closed (the client reconnects with a new "
+    "handshake).",
 )
 @_option(
     "--connection-age-grace",
     "CONNECTION_AGE_GRACE",
-    type=click.FloatRange(min=0),
+    type=Duration(),
     default=DEFAULT_CONNECTION_AGE_GRACE_SECONDS,
     help="Seconds calls in flight may still run on a connection past its maximum age.",
 )
@@ -169,7 +190,7 @@ def _raise_open_file_limit() -> None:
 @_option(
     "--grace",
     "GRACE",
-    type=click.FloatRange(min=0),
+    type=Duration(),
     default=10.0,
     help="Seconds between SIGTERM and SIGKILL when stopping jobs.",
 )
