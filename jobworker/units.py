@@ -123,4 +123,4 @@ class ValueKind(Generic[T]):
 SIZE: ValueKind[int] = ValueKind("size", parse_size, size_text)
 CORES: ValueKind[float] = ValueKind("cores", parse_cores, cores_text)
 COUNT: ValueKind[int] = ValueKind("count", parse_count, str)
-CPU_LIST: ValueKind[str] = ValueKind("cpu list", canonical_cpu_list, str)
+CPU_LIST: ValueKind[str] = ValueKind("cpu-list", canonical_cpu_list, str)

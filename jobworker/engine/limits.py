@@ -91,10 +91,10 @@ class Rule(Protocol):
         ...
 
 
-def _shown(kind: LimitKind | None, value: float) -> str:
+def _shown(value: float, *, in_mib: bool = False) -> str:
     if value >= MAX_BYTES:
         return "2^63-1"
-    if kind is not None and kind.field == "memory_bytes" and value >= _MiB:
+    if in_mib and value >= _MiB:
         return f"{value / _MiB:g} MiB"
     # Whole numbers in full (pids, bytes); fractions of a CPU as written.
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
@@ -109,25 +109,26 @@ class Scalar:
     integer: bool = True
     # Said after the upper bound, when the range depends on the host.
     why: str = ""
-    # Whether 0 is a value (no swap at all), rather than a mistake.
-    zero_ok: bool = False
+    # Messages show values of a MiB and more in MiB (memory), others in full.
+    in_mib: bool = False
 
     def check(self, kind: LimitKind, value: Any, ceiling: Any) -> Any:
         name = kind.label
         if isinstance(value, float) and not math.isfinite(value):
             raise LimitError(f"{name} must be a finite number")
-        if value < 0 or (value == 0 and not self.zero_ok):
+        if value <= 0:
             raise LimitError(f"{name} must be positive, got {value:g}")
         low, high = self.low(), self.high()
         if not low <= value <= high:
             why = f" ({self.why})" if self.why else ""
             raise LimitError(
-                f"{name} must be between {_shown(kind, low)} and {_shown(kind, high)}{why}, "
-                f"got {_shown(None, value)}"
+                f"{name} must be between {_shown(low, in_mib=self.in_mib)} and "
+                f"{_shown(high, in_mib=self.in_mib)}{why}, got {_shown(value)}"
             )
         if ceiling is not None and value > ceiling:
             raise LimitError(
-                f"{name} {_shown(kind, value)} exceeds the server ceiling of {_shown(kind, ceiling)}"
+                f"{name} {_shown(value, in_mib=self.in_mib)} exceeds the server ceiling of "
+                f"{_shown(ceiling, in_mib=self.in_mib)}"
             )
         return value
 
@@ -135,7 +136,7 @@ class Scalar:
         if self.integer:
             if isinstance(value, bool) or not isinstance(value, int):
                 return f"{kind.field} must be an integer, not {value!r}"
-            if value < 0 or (value == 0 and not self.zero_ok):
+            if value <= 0:
                 return f"{kind.field} must be positive, not {value}"
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -291,8 +292,8 @@ def _cpuset(cpus: str, limits: Limits, ctx: WriteContext) -> list[Write]:
     return [Write("cpuset", "cpuset.cpus", cpus)]
 
 
-def _bytes(low: int = 1, *, zero_ok: bool = False) -> Scalar:
-    return Scalar(lambda: low, lambda: MAX_BYTES, zero_ok=zero_ok)
+def _bytes(low: int = 1, *, in_mib: bool = False) -> Scalar:
+    return Scalar(lambda: low, lambda: MAX_BYTES, in_mib=in_mib)
 
 
 def _same(controller: str) -> dict[str, str]:
@@ -320,7 +321,7 @@ KINDS: tuple[LimitKind, ...] = (
         label="memory",
         value=units.SIZE,
         help="memory limit",
-        rule=_bytes(MIN_MEMORY_BYTES),
+        rule=_bytes(MIN_MEMORY_BYTES, in_mib=True),
         controllers=_same("memory"),
         writes={"v2": _memory_v2, "v1": _memory_v1},
         default=lambda: 1024 * _MiB,
@@ -377,7 +378,7 @@ KINDS: tuple[LimitKind, ...] = (
         label="memory swap",
         value=units.SIZE,
         help="swap on top of the memory limit",
-        rule=_bytes(),
+        rule=_bytes(in_mib=True),
         controllers=_same("memory"),
         writes={"v2": _swap_v2, "v1": _swap_v1},
     ),
