@@ -228,11 +228,11 @@ def _cpu_v1(cpus: float, limits: Limits, ctx: WriteContext) -> list[Write]:
 
 
 def _memory_v2(memory: int, limits: Limits, ctx: WriteContext) -> list[Write]:
-    # Else the job could page out past memory.max; absent when swap accounting is off.
-    return [
-        Write("memory", "memory.max", str(memory)),
-        Write("memory", "memory.swap.max", "0", optional=True),
-    ]
+    writes = [Write("memory", "memory.max", str(memory))]
+    if limits.memory_swap_bytes is None:
+        # Else the job could page out past memory.max; absent when swap accounting is off.
+        writes.append(Write("memory", "memory.swap.max", "0", optional=True))
+    return writes
 
 
 def _memory_v1(memory: int, limits: Limits, ctx: WriteContext) -> list[Write]:

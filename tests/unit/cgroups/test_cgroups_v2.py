@@ -352,9 +352,15 @@ def test_a_cpuset_without_the_cpuset_controller_is_refused(make_fake_v2: MakeFak
 
 def test_memory_swap_is_written_to_memory_swap_max(fake_v2: FakeV2Host) -> None:
     driver = v2(fake_v2)
+    fake_v2.kernel.writes.clear()
 
     driver.create("job1", Limits(memory_bytes=64 << 20, memory_swap_bytes=32 << 20))
 
+    # One write each: memory.swap.max is not first zeroed and then raised.
+    assert [name for name, _ in fake_v2.kernel.writes] == [
+        "jobworker-jobs/job1/memory.max",
+        "jobworker-jobs/job1/memory.swap.max",
+    ]
     job = fake_v2.mount / "jobworker-jobs" / "job1"
     assert (job / "memory.max").read_text() == str(64 << 20)
     assert (job / "memory.swap.max").read_text() == str(32 << 20)
