@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -116,6 +117,30 @@ def require_controllers(limits: Limits, available: Collection[str], *, driver: s
             raise CgroupError(
                 f"cgroup controller '{controller}' is {where}, so {controller} limits cannot be enforced"
             )
+
+
+class HostFeatures:
+    """A driver's answers to limit kinds while they compute writes (a WriteContext): which interface
+    files jobs get, as our prefix directories have them, and the disks io limits apply to."""
+
+    def __init__(self, dir_of: Callable[[str], str | None], devices: Callable[[], list[str]]) -> None:
+        """dir_of maps a controller to the prefix directory of its hierarchy (None: not mounted)."""
+        self._dir_of = dir_of
+        self._devices = devices
+        self._found: list[str] | None = None
+
+    def has_file(self, controller: str, name: str) -> bool:
+        """Whether jobs of controller get interface file name."""
+        directory = self._dir_of(controller)
+        return directory is not None and os.path.exists(os.path.join(directory, name))
+
+    def block_devices(self) -> list[str]:
+        """MAJ:MIN of the whole disks io limits apply to, looked up once per create()."""
+        if self._found is None:
+            self._found = self._devices()
+        if not self._found:
+            raise LimitError("no block device found to apply io limits to")
+        return self._found
 
 
 def limit_writes(limits: Limits, driver: str, ctx: WriteContext) -> list[Write]:

@@ -8,20 +8,20 @@ the job by writing "0" to the cgroup.procs file of every hierarchy.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from jobworker.engine.job import Limits
-from jobworker.engine.limits import LimitError, Write, needed_controllers
+from jobworker.engine.limits import Write, needed_controllers
 
 from ._base import (
     FREEZE_TIMEOUT_S,
     REMOVE_TIMEOUT_S,
     CgroupError,
     CgroupStats,
+    HostFeatures,
     check_job_id,
     check_limits,
     limit_writes,
@@ -246,27 +246,8 @@ class V1Driver:
             limits, self._controllers, driver="v1", where="not mounted on this host (cgroup v1)"
         )
         jobs_dirs = {c: h.jobs_dir for h in self.hierarchies for c in h.controllers}
-        return limit_writes(limits, "v1", _V1Context(jobs_dirs, self._io_paths, self._sys_block))
-
-
-class _V1Context:
-    """What limit kinds may ask of a v1 host: feature files (as our prefix directories have them), disks."""
-
-    def __init__(self, jobs_dirs: dict[str, str], io_paths: tuple[str, ...], sys_block: str) -> None:
-        self._jobs_dirs = jobs_dirs
-        self._io_paths = io_paths
-        self._sys_block = sys_block
-
-    def has_file(self, controller: str, name: str) -> bool:
-        directory = self._jobs_dirs.get(controller)
-        return directory is not None and os.path.exists(os.path.join(directory, name))
-
-    @functools.cache  # noqa: B019 - one context per create(), dropped right after
-    def block_devices(self) -> list[str]:
-        devices = block_devices_for(self._io_paths, self._sys_block)
-        if not devices:
-            raise LimitError("no block device found to apply io limits to")
-        return devices
+        features = HostFeatures(jobs_dirs.get, lambda: block_devices_for(self._io_paths, self._sys_block))
+        return limit_writes(limits, "v1", features)
 
 
 def prepare_v1(

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 from collections.abc import Callable, Sequence
 
 from jobworker.engine.job import Limits
-from jobworker.engine.limits import LimitError, Write
+from jobworker.engine.limits import Write
 
 from ._base import (
     FREEZE_TIMEOUT_S,
     REMOVE_TIMEOUT_S,
     CgroupError,
     CgroupStats,
+    HostFeatures,
     check_job_id,
     check_limits,
     limit_writes,
@@ -210,26 +210,10 @@ class V2Driver:
         require_controllers(
             limits, self.controllers, driver="v2", where="not available on this host (cgroup v2)"
         )
-        return limit_writes(limits, "v2", _V2Context(self.jobs_dir, self._io_paths, self._sys_block))
-
-
-class _V2Context:
-    """What limit kinds may ask of a v2 host: feature files (as the jobs' parent has them), disks."""
-
-    def __init__(self, jobs_dir: str, io_paths: tuple[str, ...], sys_block: str) -> None:
-        self._jobs_dir = jobs_dir
-        self._io_paths = io_paths
-        self._sys_block = sys_block
-
-    def has_file(self, controller: str, name: str) -> bool:
-        return os.path.exists(os.path.join(self._jobs_dir, name))
-
-    @functools.cache  # noqa: B019 - one context per create(), dropped right after
-    def block_devices(self) -> list[str]:
-        devices = block_devices_for(self._io_paths, self._sys_block)
-        if not devices:
-            raise LimitError("no block device found to apply io limits to")
-        return devices
+        features = HostFeatures(
+            lambda controller: self.jobs_dir, lambda: block_devices_for(self._io_paths, self._sys_block)
+        )
+        return limit_writes(limits, "v2", features)
 
 
 def prepare_v2(host: Host, base_dir: str, prefix: str, sys_block: str, io_paths: tuple[str, ...]) -> V2Driver:
