@@ -15,9 +15,10 @@ if TYPE_CHECKING:
     _IntParam = click.ParamType[int]
     _FloatParam = click.ParamType[float]
     _EnvParam = click.ParamType[tuple[str, str]]
+    _AnyParam = click.ParamType[Any]
 else:
     # click made ParamType generic only in 8.4; subscripting it at runtime would break older ones.
-    _IntParam = _FloatParam = _EnvParam = click.ParamType
+    _IntParam = _FloatParam = _EnvParam = _AnyParam = click.ParamType
 
 _ENV_NAME = re.compile(r"[^=\x00]+")
 
@@ -63,7 +64,7 @@ class DurationType(_FloatParam):
         return seconds
 
 
-class LimitType(click.ParamType):  # type: ignore[type-arg]
+class LimitType(_AnyParam):
     """A value of one limit kind (a size, cores, a count, a CPU list), read with jobworker.units."""
 
     def __init__(self, limit: LimitField) -> None:
