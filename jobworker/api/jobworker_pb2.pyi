@@ -134,12 +134,18 @@ class Limits(_message.Message):
     IO_READ_BPS_FIELD_NUMBER: _builtins.int
     IO_WRITE_BPS_FIELD_NUMBER: _builtins.int
     PIDS_FIELD_NUMBER: _builtins.int
+    CPUSET_FIELD_NUMBER: _builtins.int
+    MEMORY_SWAP_BYTES_FIELD_NUMBER: _builtins.int
     cpus: _builtins.float
     """CPU time as a fraction of one core (0.5 = half a core, 2 = two cores)."""
     memory_bytes: _builtins.int
     io_read_bps: _builtins.int
     io_write_bps: _builtins.int
     pids: _builtins.int
+    cpuset: _builtins.str
+    """CPUs the job may run on, as a kernel CPU list ("0-1,3"); within the server's CPUs."""
+    memory_swap_bytes: _builtins.int
+    """Swap the job may use on top of memory_bytes; unset: none."""
     def __init__(
         self,
         *,
@@ -148,29 +154,39 @@ class Limits(_message.Message):
         io_read_bps: _builtins.int | None = ...,
         io_write_bps: _builtins.int | None = ...,
         pids: _builtins.int | None = ...,
+        cpuset: _builtins.str | None = ...,
+        memory_swap_bytes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cpus", b"_cpus", "_io_read_bps", b"_io_read_bps", "_io_write_bps", b"_io_write_bps", "_memory_bytes", b"_memory_bytes", "_pids", b"_pids", "cpus", b"cpus", "io_read_bps", b"io_read_bps", "io_write_bps", b"io_write_bps", "memory_bytes", b"memory_bytes", "pids", b"pids"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cpus", b"_cpus", "_cpuset", b"_cpuset", "_io_read_bps", b"_io_read_bps", "_io_write_bps", b"_io_write_bps", "_memory_bytes", b"_memory_bytes", "_memory_swap_bytes", b"_memory_swap_bytes", "_pids", b"_pids", "cpus", b"cpus", "cpuset", b"cpuset", "io_read_bps", b"io_read_bps", "io_write_bps", b"io_write_bps", "memory_bytes", b"memory_bytes", "memory_swap_bytes", b"memory_swap_bytes", "pids", b"pids"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpus", b"_cpus", "_io_read_bps", b"_io_read_bps", "_io_write_bps", b"_io_write_bps", "_memory_bytes", b"_memory_bytes", "_pids", b"_pids", "cpus", b"cpus", "io_read_bps", b"io_read_bps", "io_write_bps", b"io_write_bps", "memory_bytes", b"memory_bytes", "pids", b"pids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpus", b"_cpus", "_cpuset", b"_cpuset", "_io_read_bps", b"_io_read_bps", "_io_write_bps", b"_io_write_bps", "_memory_bytes", b"_memory_bytes", "_memory_swap_bytes", b"_memory_swap_bytes", "_pids", b"_pids", "cpus", b"cpus", "cpuset", b"cpuset", "io_read_bps", b"io_read_bps", "io_write_bps", b"io_write_bps", "memory_bytes", b"memory_bytes", "memory_swap_bytes", b"memory_swap_bytes", "pids", b"pids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cpus: _TypeAlias = _typing.Literal["cpus"]  # noqa: Y015
     _WhichOneofArgType__cpus: _TypeAlias = _typing.Literal["_cpus", b"_cpus"]  # noqa: Y015
+    _WhichOneofReturnType__cpuset: _TypeAlias = _typing.Literal["cpuset"]  # noqa: Y015
+    _WhichOneofArgType__cpuset: _TypeAlias = _typing.Literal["_cpuset", b"_cpuset"]  # noqa: Y015
     _WhichOneofReturnType__io_read_bps: _TypeAlias = _typing.Literal["io_read_bps"]  # noqa: Y015
     _WhichOneofArgType__io_read_bps: _TypeAlias = _typing.Literal["_io_read_bps", b"_io_read_bps"]  # noqa: Y015
     _WhichOneofReturnType__io_write_bps: _TypeAlias = _typing.Literal["io_write_bps"]  # noqa: Y015
     _WhichOneofArgType__io_write_bps: _TypeAlias = _typing.Literal["_io_write_bps", b"_io_write_bps"]  # noqa: Y015
     _WhichOneofReturnType__memory_bytes: _TypeAlias = _typing.Literal["memory_bytes"]  # noqa: Y015
     _WhichOneofArgType__memory_bytes: _TypeAlias = _typing.Literal["_memory_bytes", b"_memory_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__memory_swap_bytes: _TypeAlias = _typing.Literal["memory_swap_bytes"]  # noqa: Y015
+    _WhichOneofArgType__memory_swap_bytes: _TypeAlias = _typing.Literal["_memory_swap_bytes", b"_memory_swap_bytes"]  # noqa: Y015
     _WhichOneofReturnType__pids: _TypeAlias = _typing.Literal["pids"]  # noqa: Y015
     _WhichOneofArgType__pids: _TypeAlias = _typing.Literal["_pids", b"_pids"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cpus) -> _WhichOneofReturnType__cpus | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cpuset) -> _WhichOneofReturnType__cpuset | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__io_read_bps) -> _WhichOneofReturnType__io_read_bps | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__io_write_bps) -> _WhichOneofReturnType__io_write_bps | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_bytes) -> _WhichOneofReturnType__memory_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_swap_bytes) -> _WhichOneofReturnType__memory_swap_bytes | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__pids) -> _WhichOneofReturnType__pids | None: ...
 

@@ -15,7 +15,7 @@ from click.shell_completion import CompletionItem
 
 from jobworker.cli._exit import ConnectionExit, ExitCode, exit_for
 from jobworker.cli._follow import OutputPump
-from jobworker.cli._params import DURATION, ENV_ENTRY, POSITIVE_DURATION, SIZE
+from jobworker.cli._params import DURATION, ENV_ENTRY, POSITIVE_DURATION, LimitType
 from jobworker.cli._render import (
     job_details,
     job_json,
@@ -26,6 +26,7 @@ from jobworker.cli._render import (
 )
 from jobworker.client import (
     DEFAULT_TIMEOUT,
+    LIMIT_FIELDS,
     Client,
     ClientConfig,
     ClientError,
@@ -151,15 +152,10 @@ def _json_option(f: F) -> F:
 
 def _job_options(f: F) -> F:
     options = [
-        click.option(
-            "--cpus",
-            type=click.FloatRange(min=0, min_open=True),
-            help="CPU limit as a fraction of one core (0.5 = half a core, 2 = two cores).",
+        *(
+            click.option(f"--{limit.option}", limit.field, type=LimitType(limit), help=limit.help)
+            for limit in LIMIT_FIELDS
         ),
-        click.option("--memory", type=SIZE, help="Memory limit, e.g. 256M or 1G."),
-        click.option("--io-read-bps", type=SIZE, help="Disk read limit in bytes/s, e.g. 10M."),
-        click.option("--io-write-bps", type=SIZE, help="Disk write limit in bytes/s, e.g. 10M."),
-        click.option("--pids", type=click.IntRange(min=1), help="Maximum number of processes."),
         click.option(
             "--env",
             "-e",
@@ -192,13 +188,7 @@ class JobSpec:
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> JobSpec:
         """Build from the values of the options added by `_job_options`."""
-        limits = Limits(
-            cpus=options["cpus"],
-            memory_bytes=options["memory"],
-            io_read_bps=options["io_read_bps"],
-            io_write_bps=options["io_write_bps"],
-            pids=options["pids"],
-        )
+        limits = Limits(**{limit.field: options[limit.field] for limit in LIMIT_FIELDS})
         command, *args = options["command"]
         return cls(
             command=command,

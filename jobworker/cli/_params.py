@@ -1,4 +1,4 @@
-"""Parameter types of `jw`: sizes, durations, KEY=VALUE environment entries."""
+"""Parameter types of `jw`: sizes, durations, KEY=VALUE environment entries (grammar: jobworker.units)."""
 
 from __future__ import annotations
 
@@ -8,41 +8,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from jobworker.client import LimitField
+from jobworker.units import parse_duration, parse_size
+
 if TYPE_CHECKING:
     _IntParam = click.ParamType[int]
     _FloatParam = click.ParamType[float]
     _EnvParam = click.ParamType[tuple[str, str]]
+    _AnyParam = click.ParamType[Any]
 else:
     # click made ParamType generic only in 8.4; subscripting it at runtime would break older ones.
-    _IntParam = _FloatParam = _EnvParam = click.ParamType
+    _IntParam = _FloatParam = _EnvParam = _AnyParam = click.ParamType
 
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
-_SIZE_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _ENV_NAME = re.compile(r"[^=\x00]+")
-
-
-def parse_size(text: str) -> int:
-    """Parse `512`, `512k`, `256M`, `1.5G`, `2GiB` into bytes; units are binary (k = 1024)."""
-    match = _SIZE.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"{text!r} is not a size (use e.g. 512k, 256M, 1G; units are binary)")
-    number, unit, _ = match.groups()
-    return int(float(number) * 1024 ** _SIZE_UNITS[unit.lower()])
-
-
-def parse_duration(text: str) -> float:
-    """Parse `10s`, `500ms`, `1m`, `1m30s`, `2h` or plain seconds into seconds."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"{text!r} is not a duration (use e.g. 500ms, 10s, 1m30s)")
-    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
 
 
 class SizeType(_IntParam):
@@ -86,6 +64,25 @@ class DurationType(_FloatParam):
         return seconds
 
 
+class LimitType(_AnyParam):
+    """A value of one limit kind (a size, cores, a count, a CPU list), read with jobworker.units."""
+
+    def __init__(self, limit: LimitField) -> None:
+        self.limit = limit
+        self.name = limit.value.name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            parsed = self.limit.value.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if isinstance(parsed, int | float) and parsed <= 0:
+            self.fail(f"{value!r} must be > 0", param, ctx)
+        return parsed
+
+
 class EnvEntryType(_EnvParam):
     """`KEY=VALUE`, or `KEY` alone to pass this shell's value of KEY."""
 
@@ -113,3 +110,16 @@ SIZE = SizeType()
 DURATION = DurationType()
 POSITIVE_DURATION = DurationType(allow_zero=False)
 ENV_ENTRY = EnvEntryType()
+
+__all__ = [
+    "DURATION",
+    "ENV_ENTRY",
+    "POSITIVE_DURATION",
+    "SIZE",
+    "DurationType",
+    "EnvEntryType",
+    "LimitType",
+    "SizeType",
+    "parse_duration",
+    "parse_size",
+]

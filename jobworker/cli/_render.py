@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jobworker.client import JobInfo, JobState, Limits, Quota, ServerInfo
+from jobworker import units
+from jobworker.client import LIMIT_FIELDS, JobInfo, JobState, Limits, Quota, ServerInfo
 
 _COMMAND_WIDTH = 48
 _SIZE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
@@ -94,13 +95,7 @@ def _timestamp(moment: datetime | None) -> str | None:
 
 def limits_json(limits: Limits) -> dict[str, Any]:
     """Limits as JSON, unset ones as null."""
-    return {
-        "cpus": limits.cpus,
-        "memory_bytes": limits.memory_bytes,
-        "io_read_bps": limits.io_read_bps,
-        "io_write_bps": limits.io_write_bps,
-        "pids": limits.pids,
-    }
+    return {limit.field: getattr(limits, limit.field) for limit in LIMIT_FIELDS}
 
 
 def job_json(job: JobInfo) -> dict[str, Any]:
@@ -166,16 +161,11 @@ def job_table(jobs: Sequence[JobInfo], now: datetime) -> str:
 
 def _limits_text(limits: Limits, empty: str = "server defaults") -> str:
     parts = []
-    if limits.cpus is not None:
-        parts.append(f"cpus={limits.cpus:g}")
-    if limits.memory_bytes is not None:
-        parts.append(f"memory={format_size(limits.memory_bytes)}")
-    if limits.io_read_bps is not None:
-        parts.append(f"io-read={format_size(limits.io_read_bps)}/s")
-    if limits.io_write_bps is not None:
-        parts.append(f"io-write={format_size(limits.io_write_bps)}/s")
-    if limits.pids is not None:
-        parts.append(f"pids={limits.pids}")
+    for limit in LIMIT_FIELDS:
+        value = getattr(limits, limit.field)
+        if value is not None:
+            shown = format_size(value) if limit.value is units.SIZE else limit.value.text(value)
+            parts.append(f"{limit.label}={shown}{'/s' if limit.per_second else ''}")
     return " ".join(parts) or empty
 
 

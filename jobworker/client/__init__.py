@@ -28,6 +28,7 @@ from jobworker.client._errors import (
     ResourceExhaustedError,
     ServerError,
 )
+from jobworker.client._limits import LIMIT_FIELDS, LimitField
 from jobworker.client._types import (
     JobInfo,
     JobState,
@@ -46,6 +47,7 @@ from jobworker.client._types import (
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "LIMIT_FIELDS",
     "AsyncClient",
     "AuthenticationError",
     "Client",
@@ -57,6 +59,7 @@ __all__ = [
     "InvalidArgumentError",
     "JobInfo",
     "JobState",
+    "LimitField",
     "Limits",
     "NotFoundError",
     "OutputChunk",

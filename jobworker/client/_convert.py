@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 
 from jobworker.api import jobworker_pb2 as pb
+from jobworker.client._limits import LIMIT_FIELDS
 from jobworker.client._types import (
     JobInfo,
     JobState,
@@ -60,28 +62,21 @@ def _timestamp(message: pb.JobStatus, name: str) -> datetime | None:
 
 def limits_from_proto(message: pb.Limits) -> Limits:
     """Convert proto Limits (unset fields stay None)."""
-    return Limits(
-        cpus=message.cpus if message.HasField("cpus") else None,
-        memory_bytes=message.memory_bytes if message.HasField("memory_bytes") else None,
-        io_read_bps=message.io_read_bps if message.HasField("io_read_bps") else None,
-        io_write_bps=message.io_write_bps if message.HasField("io_write_bps") else None,
-        pids=message.pids if message.HasField("pids") else None,
-    )
+    values: dict[str, Any] = {
+        f.field: getattr(message, f.field)
+        for f in LIMIT_FIELDS
+        if message.HasField(f.field)  # type: ignore[arg-type]
+    }
+    return Limits(**values)
 
 
 def limits_to_proto(limits: Limits) -> pb.Limits:
     """Convert Limits to proto, leaving None fields unset so the server applies its defaults."""
     message = pb.Limits()
-    if limits.cpus is not None:
-        message.cpus = limits.cpus
-    if limits.memory_bytes is not None:
-        message.memory_bytes = limits.memory_bytes
-    if limits.io_read_bps is not None:
-        message.io_read_bps = limits.io_read_bps
-    if limits.io_write_bps is not None:
-        message.io_write_bps = limits.io_write_bps
-    if limits.pids is not None:
-        message.pids = limits.pids
+    for f in LIMIT_FIELDS:
+        value = getattr(limits, f.field)
+        if value is not None:
+            setattr(message, f.field, value)
     return message
 
 

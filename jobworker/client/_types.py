@@ -56,6 +56,10 @@ class Limits:
     io_read_bps: int | None = None
     io_write_bps: int | None = None
     pids: int | None = None
+    # CPUs the job may run on, a kernel CPU list such as "0-1,3".
+    cpuset: str | None = None
+    # Swap on top of memory_bytes.
+    memory_swap_bytes: int | None = None
 
 
 @dataclass(frozen=True)

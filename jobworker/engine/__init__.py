@@ -30,13 +30,9 @@ from jobworker.engine.job import (
     TruncationReason,
     Usage,
 )
-from jobworker.engine.manager import (
-    EngineConfig,
-    EngineInfo,
-    JobManager,
-    default_job_limits,
-    default_max_limits,
-)
+from jobworker.engine.limits import KINDS as LIMIT_KINDS
+from jobworker.engine.limits import LimitKind, default_job_limits, default_max_limits
+from jobworker.engine.manager import EngineConfig, EngineInfo, JobManager
 from jobworker.engine.sandbox import (
     DEFAULT_SCRATCH_BYTES,
     DEFAULT_UID_RANGE,
@@ -49,6 +45,7 @@ from jobworker.engine.sandbox import (
 __all__ = [
     "DEFAULT_SCRATCH_BYTES",
     "DEFAULT_UID_RANGE",
+    "LIMIT_KINDS",
     "CapacityError",
     "EngineClosedError",
     "EngineConfig",
@@ -64,6 +61,7 @@ __all__ = [
     "JobState",
     "JobStatus",
     "JobStuckError",
+    "LimitKind",
     "Limits",
     "LimitsUnsupportedError",
     "OutputChunk",

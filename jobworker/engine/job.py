@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 class JobState(enum.Enum):
@@ -57,11 +57,13 @@ class Limits:
     io_read_bps: int | None = None
     io_write_bps: int | None = None
     pids: int | None = None
+    # A kernel CPU list in canonical form ("0-1,3"), as validation leaves it.
+    cpuset: str | None = None
+    # Swap on top of memory_bytes.
+    memory_swap_bytes: int | None = None
 
     def is_empty(self) -> bool:
-        return all(
-            v is None for v in (self.cpus, self.memory_bytes, self.io_read_bps, self.io_write_bps, self.pids)
-        )
+        return all(getattr(self, f.name) is None for f in fields(self))
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from jobworker.engine.job import (
     StreamSelection,
     Usage,
 )
+from jobworker.engine.limits import default_job_limits, default_max_limits
 from jobworker.engine.output import MAX_RECORD, OutputSpool
 from jobworker.engine.sandbox import (
     DEVICE_RULES,
@@ -65,18 +66,6 @@ _DISK_FULL_MESSAGE = "the server's state disk is full: no job can start until sp
 _MIN_FREE_BYTES = 2 * MAX_RECORD
 # Bounds the wait for the shim to report "started"; a healthy start takes milliseconds.
 _START_TIMEOUT = 30.0
-_MiB = 1 << 20
-
-
-def default_job_limits() -> Limits:
-    """What a job gets when its request sets no limit: enough for real work, never the whole host."""
-    return Limits(cpus=float(os.cpu_count() or 1), memory_bytes=1024 * _MiB, pids=1024)
-
-
-def default_max_limits() -> Limits:
-    """The largest limits a request may ask for: the host itself (and a pids count no job needs more of)."""
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return Limits(cpus=float(os.cpu_count() or 1), memory_bytes=memory, pids=32768)
 
 
 @dataclass(frozen=True)

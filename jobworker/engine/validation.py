@@ -2,43 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
-from dataclasses import fields
 from typing import Any
 
 from jobworker.engine.errors import InvalidSpecError
 from jobworker.engine.job import JobSpec, Limits
+from jobworker.engine.limits import KINDS, LimitError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_LIMIT_NAMES = {
-    "cpus": "cpus",
-    "memory_bytes": "memory",
-    "io_read_bps": "io read bps",
-    "io_write_bps": "io write bps",
-    "pids": "pids",
-}
-# What the kernel accepts, checked before any cgroup file is written, so that a bad value is named as
-# the rule it breaks and not as a failed write under the host's cgroup path.
-PID_MAX_LIMIT = 4_194_304  # include/linux/threads.h, 64-bit
-# The job's init and its command are two processes in the cgroup before the command can fork.
-MIN_PIDS = 2
-# cpu.max / cpu.cfs_quota_us refuse quotas under 1 ms per 100 ms period.
-MIN_CPUS = 0.01
-MIN_MEMORY_BYTES = 1 << 20
-_MAX_BYTES = (1 << 63) - 1  # the kernel's counters are signed 64-bit
-
-
-def _kernel_range(name: str) -> tuple[float, float]:
-    """(lowest, highest) value of limit field `name` the kernel accepts on this host."""
-    if name == "pids":
-        return MIN_PIDS, PID_MAX_LIMIT
-    if name == "cpus":
-        return MIN_CPUS, float(os.cpu_count() or 1)
-    if name == "memory_bytes":
-        return MIN_MEMORY_BYTES, _MAX_BYTES
-    return 1, _MAX_BYTES
 
 
 def check_spec(spec: JobSpec) -> None:
@@ -56,41 +28,19 @@ def check_spec(spec: JobSpec) -> None:
         raise InvalidSpecError("cwd must not contain NUL bytes")
 
 
-def _shown(name: str, value: float) -> str:
-    if value >= _MAX_BYTES:
-        return "2^63-1"
-    if name == "memory_bytes" and value >= 1 << 20:
-        return f"{value / (1 << 20):g} MiB"
-    # Whole numbers in full (pids, bytes); fractions of a CPU as written.
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
 def effective_limits(requested: Limits, defaults: Limits, ceilings: Limits) -> Limits:
     """Fill unset limits from defaults; refuse values outside what the kernel accepts or above a ceiling."""
     values: dict[str, Any] = {}
-    for f in fields(Limits):
-        value = getattr(requested, f.name)
+    for kind in KINDS:
+        value = getattr(requested, kind.field)
         if value is None:
-            value = getattr(defaults, f.name)
-        name = _LIMIT_NAMES[f.name]
+            value = getattr(defaults, kind.field)
         if value is not None:
-            if isinstance(value, float) and not math.isfinite(value):
-                raise InvalidSpecError(f"{name} must be a finite number")
-            if value <= 0:
-                raise InvalidSpecError(f"{name} must be positive, got {value:g}")
-            low, high = _kernel_range(f.name)
-            if not low <= value <= high:
-                why = " (the number of CPUs of this host)" if f.name == "cpus" else ""
-                raise InvalidSpecError(
-                    f"{name} must be between {_shown(f.name, low)} and {_shown(f.name, high)}{why}, "
-                    f"got {_shown('', value)}"
-                )
-            ceiling = getattr(ceilings, f.name)
-            if ceiling is not None and value > ceiling:
-                raise InvalidSpecError(
-                    f"{name} {_shown(f.name, value)} exceeds the server ceiling of {_shown(f.name, ceiling)}"
-                )
-        values[f.name] = value
+            try:
+                value = kind.check(value, getattr(ceilings, kind.field))
+            except LimitError as exc:
+                raise InvalidSpecError(str(exc)) from None
+        values[kind.field] = value
     return Limits(**values)
 
 

@@ -79,7 +79,8 @@ class ServerConfig:
             if value is None:
                 value = getattr(engine.default_job_limits(), f.name)
                 ceiling = getattr(ceilings, f.name)
-                if value is not None and ceiling is not None and value > ceiling:
+                # Only numbers follow a ceiling down; no built-in default is a CPU list.
+                if isinstance(value, int | float) and isinstance(ceiling, int | float) and value > ceiling:
                     value = ceiling
             values[f.name] = value
         return engine.Limits(**values)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 
@@ -66,17 +67,12 @@ def _total(texts: Iterable[str]) -> int:
 
 def limits_from_proto(limits: pb.Limits) -> engine.Limits:
     """Engine limits from the request; unset fields stay None (server default)."""
-
-    def field(name: str) -> int | None:
-        return int(getattr(limits, name)) if limits.HasField(name) else None  # type: ignore[arg-type]
-
-    return engine.Limits(
-        cpus=limits.cpus if limits.HasField("cpus") else None,
-        memory_bytes=field("memory_bytes"),
-        io_read_bps=field("io_read_bps"),
-        io_write_bps=field("io_write_bps"),
-        pids=field("pids"),
-    )
+    values: dict[str, Any] = {
+        kind.field: getattr(limits, kind.field)
+        for kind in engine.LIMIT_KINDS
+        if limits.HasField(kind.field)  # type: ignore[arg-type]
+    }
+    return engine.Limits(**values)
 
 
 def spec_from_request(request: pb.StartRequest, owner: str) -> engine.JobSpec:
@@ -170,16 +166,10 @@ def owner_usage_to_proto(usage: engine.OwnerUsage) -> pb.OwnerUsage:
 def limits_to_proto(limits: engine.Limits) -> pb.Limits:
     """Proto limits; None fields stay unset."""
     message = pb.Limits()
-    if limits.cpus is not None:
-        message.cpus = limits.cpus
-    if limits.memory_bytes is not None:
-        message.memory_bytes = limits.memory_bytes
-    if limits.io_read_bps is not None:
-        message.io_read_bps = limits.io_read_bps
-    if limits.io_write_bps is not None:
-        message.io_write_bps = limits.io_write_bps
-    if limits.pids is not None:
-        message.pids = limits.pids
+    for kind in engine.LIMIT_KINDS:
+        value = getattr(limits, kind.field)
+        if value is not None:
+            setattr(message, kind.field, value)
     return message
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import resource
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ import click
 
 import jobworker
 import jobworker.server
-from jobworker import engine
+from jobworker import engine, units
 from jobworker.server.app import ServerStartError, run_server
 from jobworker.server.config import (
     DEFAULT_CONNECTION_AGE_GRACE_SECONDS,
@@ -28,12 +27,9 @@ from jobworker.server.jsonlog import configure_logging, fields
 
 _log = logging.getLogger("jobworker.server")
 
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SIZE = re.compile(r"(\d+)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
-
 
 class ByteSize(click.ParamType[int, Any]):
-    """A byte count such as 4096, 64M, 1GiB (binary units)."""
+    """A byte count such as 4096, 64M, 1.5GiB (the grammar of jobworker.units: binary units)."""
 
     name = "size"
 
@@ -43,10 +39,10 @@ class ByteSize(click.ParamType[int, Any]):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
-        match = _SIZE.fullmatch(str(value).strip())
-        if match is None:
-            self.fail(f"{value!r} is not a size like 4096, 512K, 64M or 1G", param, ctx)
-        size = int(match.group(1)) * _UNITS[match.group(2).lower()]
+        try:
+            size = units.parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
         if size < self._minimum:
             self.fail("size must be at least 1 byte", param, ctx)
         return size
@@ -54,7 +50,6 @@ class ByteSize(click.ParamType[int, Any]):
 
 _EXISTING_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
 _POSITIVE = click.IntRange(min=1)
-_CPUS = click.FloatRange(min=0, min_open=True)
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -64,55 +59,79 @@ def _option(name: str, env: str, **kwargs: Any) -> Callable[[_F], _F]:
     return click.option(name, envvar=f"JW_SERVER_{env}", show_envvar=True, **kwargs)
 
 
+class Duration(click.ParamType[float, Any]):
+    """Seconds, typed as jobworker.units reads durations: 10, 2.5, 500ms, 1m30s."""
+
+    name = "duration"
+
+    def __init__(self, *, minimum: float = 0.0) -> None:
+        self._minimum = minimum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            seconds = units.parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if seconds < self._minimum:
+            self.fail(f"{value!r} is shorter than {self._minimum:g}s", param, ctx)
+        return seconds
+
+
+class LimitValue(click.ParamType[Any, Any]):
+    """A value of one limit kind, typed as jobworker.units reads it (sizes, cores, counts, CPU lists)."""
+
+    def __init__(self, kind: engine.LimitKind) -> None:
+        self._kind = kind
+        self.name = kind.value.name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            parsed = self._kind.value.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if isinstance(parsed, int | float) and parsed <= 0:
+            # The engine checks the kernel's range at start-up; a non-positive value is a typo.
+            self.fail(f"{self._kind.option} must be positive, got {value!r}", param, ctx)
+        return parsed
+
+
 def _limit_options(func: _F) -> _F:
-    specs: list[tuple[str, click.ParamType[Any, Any], str]] = [
-        ("cpus", _CPUS, "CPU limit (in cores, e.g. 0.5)"),
-        ("memory", ByteSize(), "memory limit"),
-        ("io-read-bps", ByteSize(), "block device read limit (bytes/s)"),
-        ("io-write-bps", ByteSize(), "block device write limit (bytes/s)"),
-        ("pids", _POSITIVE, "process count limit"),
-    ]
-    defaults = _limit_texts(engine.default_job_limits())
-    ceilings = _limit_texts(engine.default_max_limits())
-    # Derived from the host: say so rather than print this machine's numbers.
-    defaults["cpus"] = ceilings["cpus"] = "the host's cores"
-    ceilings["memory"] = "the host's memory"
-    for name, kind, what in reversed(specs):
-        env = name.upper().replace("-", "_")
-        ceiling = f"Largest {what} a job may ask for [default: {ceilings.get(name, 'none')}]."
-        func = _option(f"--max-{name}", f"MAX_{env}", type=kind, help=ceiling, show_default=False)(func)
-        default = f"Job {what} when the request sets none [default: {defaults.get(name, 'none')}]."
-        func = _option(f"--default-{name}", f"DEFAULT_{env}", type=kind, help=default, show_default=False)(
-            func
-        )
+    """--default-<kind> and --max-<kind> for every limit kind."""
+    for kind in reversed(engine.LIMIT_KINDS):
+        env = kind.option.upper().replace("-", "_")
+        ceiling = kind.ceiling_text or _limit_text(kind, kind.ceiling())
+        default = kind.default_text or _limit_text(kind, kind.default())
+        func = _option(
+            f"--max-{kind.option}",
+            f"MAX_{env}",
+            type=LimitValue(kind),
+            help=f"Largest {kind.help} a job may ask for [default: {ceiling}].",
+            show_default=False,
+        )(func)
+        func = _option(
+            f"--default-{kind.option}",
+            f"DEFAULT_{env}",
+            type=LimitValue(kind),
+            help=f"Job {kind.help} when the request sets none [default: {default}].",
+            show_default=False,
+        )(func)
     return func
 
 
-def _limit_texts(limits: engine.Limits) -> dict[str, str]:
-    """Option name -> the value as a user would type it (1G, 2.0)."""
-    out: dict[str, str] = {}
-    names = {
-        "cpus": "cpus",
-        "memory_bytes": "memory",
-        "io_read_bps": "io-read-bps",
-        "io_write_bps": "io-write-bps",
-    }
-    names["pids"] = "pids"
-    for attr, option in names.items():
-        value = getattr(limits, attr)
-        if value is None:
-            continue
-        if attr in ("memory_bytes", "io_read_bps", "io_write_bps"):
-            value = _size_text(value)
-        out[option] = f"{value:g}" if isinstance(value, float) else str(value)
-    return out
+def _limit_text(kind: engine.LimitKind, value: Any) -> str:
+    """The value as a user would type it (1G, 2), or none."""
+    return "none" if value is None else kind.value.text(value)
 
 
-def _size_text(size: int) -> str:
-    for unit, factor in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor}{unit}"
-    return str(size)
+def _limits(options: dict[str, Any], prefix: str) -> engine.Limits:
+    """The limits set by --<prefix>-<kind> options."""
+    return engine.Limits(
+        **{kind.field: options[f"{prefix}_{kind.option.replace('-', '_')}"] for kind in engine.LIMIT_KINDS}
+    )
 
 
 def _uid_range(text: str) -> range:
@@ -149,14 +168,15 @@ def _raise_open_file_limit() -> None:
 @_option(
     "--max-connection-age",
     "MAX_CONNECTION_AGE",
-    type=click.FloatRange(min=1),
+    type=Duration(minimum=1),
     default=DEFAULT_MAX_CONNECTION_AGE_SECONDS,
-    help="Seconds after which a connection is closed (the client reconnects with a new handshake).",
+    help="Duration (1h, or seconds) after which a connection is closed (the client reconnects with a new "
+    "handshake).",
 )
 @_option(
     "--connection-age-grace",
     "CONNECTION_AGE_GRACE",
-    type=click.FloatRange(min=0),
+    type=Duration(),
     default=DEFAULT_CONNECTION_AGE_GRACE_SECONDS,
     help="Seconds calls in flight may still run on a connection past its maximum age.",
 )
@@ -170,7 +190,7 @@ def _raise_open_file_limit() -> None:
 @_option(
     "--grace",
     "GRACE",
-    type=click.FloatRange(min=0),
+    type=Duration(),
     default=10.0,
     help="Seconds between SIGTERM and SIGKILL when stopping jobs.",
 )
@@ -280,15 +300,6 @@ def main(ctx: click.Context, /, **options: Any) -> None:
         stream = capture.stream
     configure_logging(options["log_level"].upper(), stream)
 
-    def limits(prefix: str) -> engine.Limits:
-        return engine.Limits(
-            cpus=options[f"{prefix}_cpus"],
-            memory_bytes=options[f"{prefix}_memory"],
-            io_read_bps=options[f"{prefix}_io_read_bps"],
-            io_write_bps=options[f"{prefix}_io_write_bps"],
-            pids=options[f"{prefix}_pids"],
-        )
-
     try:
         uids = _uid_range(options["job_uids"])
         mounts = tuple(engine.JobMount.parse(m) for m in options["job_mount"])
@@ -310,8 +321,8 @@ def main(ctx: click.Context, /, **options: Any) -> None:
         max_jobs_per_owner=options["max_jobs_per_owner"] or None,
         max_output_per_owner_bytes=options["max_output_per_owner"] or None,
         retain_jobs_per_owner=options["retain_jobs_per_owner"] or None,
-        default_limits=limits("default"),
-        max_limits=limits("max"),
+        default_limits=_limits(options, "default"),
+        max_limits=_limits(options, "max"),
         cgroups=options["cgroups"],
         cgroup_prefix=options["cgroup_prefix"],
         isolation=engine.Isolation(options["isolation"]),

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import math
+import os
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from jobworker.engine.job import Limits
+from jobworker.engine.limits import (
+    LimitError,
+    Write,
+    WriteContext,
+    check_sane,
+    needed_controllers,
+    writes_for,
+)
 
-CPU_PERIOD_US = 100_000
-# The kernel refuses CFS quotas under 1 ms, so a smaller fraction cannot be enforced as asked.
-MIN_CPU_QUOTA_US = 1_000
 # A job id becomes a directory name: no separators, no dot-names, nothing a shell would trip on.
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # How long remove() waits for a killed cgroup to empty before giving up on rmdir.
@@ -98,48 +103,52 @@ def check_job_id(job_id: str) -> None:
 
 def check_limits(limits: Limits) -> None:
     """Raise CgroupError for limits no kernel could enforce as asked."""
-    cpus = limits.cpus
-    if cpus is not None:
-        if isinstance(cpus, bool) or not isinstance(cpus, int | float):
-            raise CgroupError(f"cpus must be a number, not {cpus!r}")
-        if not math.isfinite(cpus) or cpus <= 0:
-            raise CgroupError(f"cpus must be a positive fraction of one core, not {cpus!r}")
-        if cpu_quota_us(cpus) < MIN_CPU_QUOTA_US:
-            raise CgroupError(
-                f"cpus={cpus} is below the smallest enforceable share "
-                f"({MIN_CPU_QUOTA_US / CPU_PERIOD_US} of one core)"
-            )
-    for name in ("memory_bytes", "io_read_bps", "io_write_bps", "pids"):
-        value = getattr(limits, name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise CgroupError(f"{name} must be an integer, not {value!r}")
-        if value <= 0:
-            raise CgroupError(f"{name} must be positive, not {value}")
+    try:
+        check_sane(limits)
+    except LimitError as err:
+        raise CgroupError(str(err)) from None
 
 
-def require_controllers(limits: Limits, available: Collection[str], *, io: str, where: str) -> None:
-    """Raise CgroupError naming the first controller limits need that is not in available.
-
-    io names the IO controller ("io" on v2, "blkio" on v1); where says how it is missing, for the message.
-    """
-    needed = {
-        "cpu": limits.cpus is not None,
-        "memory": limits.memory_bytes is not None,
-        io: limits.io_read_bps is not None or limits.io_write_bps is not None,
-        "pids": limits.pids is not None,
-    }
-    for controller, wanted in needed.items():
-        if wanted and controller not in available:
+def require_controllers(limits: Limits, available: Collection[str], *, driver: str, where: str) -> None:
+    """Raise CgroupError naming the first controller limits need on driver ("v2", "v1") that is not in
+    available; where says how it is missing, for the message."""
+    for controller in needed_controllers(limits, driver):
+        if controller not in available:
             raise CgroupError(
                 f"cgroup controller '{controller}' is {where}, so {controller} limits cannot be enforced"
             )
 
 
-def cpu_quota_us(cpus: float) -> int:
-    """CFS quota in microseconds per CPU_PERIOD_US for a fraction of one core."""
-    return round(cpus * CPU_PERIOD_US)
+class HostFeatures:
+    """A driver's answers to limit kinds while they compute writes (a WriteContext): which interface
+    files jobs get, as our prefix directories have them, and the disks io limits apply to."""
+
+    def __init__(self, dir_of: Callable[[str], str | None], devices: Callable[[], list[str]]) -> None:
+        """dir_of maps a controller to the prefix directory of its hierarchy (None: not mounted)."""
+        self._dir_of = dir_of
+        self._devices = devices
+        self._found: list[str] | None = None
+
+    def has_file(self, controller: str, name: str) -> bool:
+        """Whether jobs of controller get interface file name."""
+        directory = self._dir_of(controller)
+        return directory is not None and os.path.exists(os.path.join(directory, name))
+
+    def block_devices(self) -> list[str]:
+        """MAJ:MIN of the whole disks io limits apply to, looked up once per create()."""
+        if self._found is None:
+            self._found = self._devices()
+        if not self._found:
+            raise LimitError("no block device found to apply io limits to")
+        return self._found
+
+
+def limit_writes(limits: Limits, driver: str, ctx: WriteContext) -> list[Write]:
+    """The writes of limits on driver, with a kind's refusal (no swap accounting, no disk) as CgroupError."""
+    try:
+        return writes_for(limits, driver, ctx)
+    except LimitError as err:
+        raise CgroupError(str(err)) from None
 
 
 def parse_keyed(text: str) -> dict[str, str]:

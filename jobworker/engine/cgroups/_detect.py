@@ -10,6 +10,7 @@ from ._base import CgroupDriver, CgroupError, check_job_id
 from ._host import Host
 from ._null import NullDriver
 from ._v1 import CONTROLLERS as V1_CONTROLLERS
+from ._v1 import OPTIONAL_CONTROLLERS as V1_OPTIONAL
 from ._v1 import Hierarchy, prepare_v1
 from ._v2 import prepare_v2
 
@@ -93,7 +94,7 @@ def _detect(
 
     v1_mounts = [m for m in mounts if m.fstype == "cgroup"]
     controllers_by_dir: dict[str, set[str]] = {}
-    for controller in V1_CONTROLLERS:
+    for controller in (*V1_CONTROLLERS, *V1_OPTIONAL):
         candidates = [m for m in v1_mounts if controller in m.options]
         if not candidates or controller not in v1_paths:
             continue

@@ -14,16 +14,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from jobworker.engine.job import Limits
+from jobworker.engine.limits import Write, needed_controllers
 
 from ._base import (
-    CPU_PERIOD_US,
     FREEZE_TIMEOUT_S,
     REMOVE_TIMEOUT_S,
     CgroupError,
     CgroupStats,
+    HostFeatures,
     check_job_id,
     check_limits,
-    cpu_quota_us,
+    limit_writes,
     os_error_line,
     parse_keyed,
     parse_pids,
@@ -35,7 +36,10 @@ from ._devices import block_devices_for
 from ._host import Host, mkdir_exist_ok, remove_all, rmdir_until, subdirs, write_or_raise
 
 CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio", "freezer", "devices")
-_LIMIT_CONTROLLERS = ("cpu", "memory", "pids", "blkio")
+# Used where mounted, not named in the reason where not; a job joins their hierarchies only when one of
+# its limits needs them, as every cgroup.procs write on v1 waits for an RCU grace period.
+OPTIONAL_CONTROLLERS = ("cpuset",)
+_LIMIT_CONTROLLERS = ("cpu", "memory", "pids", "blkio", "cpuset")
 # v1 has no change notification for cgroup.procs or freezer.state, so waits re-read at this pace.
 _POLL_INTERVAL_S = 0.01
 
@@ -177,7 +181,7 @@ class V1Driver:
         check_job_id(job_id)
         check_limits(limits)
         writes = self._limit_writes(limits)
-        cgroup = self._job(job_id)
+        cgroup = self._job(job_id, limits)
         made: list[str] = []
         try:
             for path in cgroup.paths:
@@ -189,8 +193,11 @@ class V1Driver:
                     raise CgroupError(f"cannot create cgroup {path}: {os_error_line(err)}") from err
                 made.append(path)
                 _inherit_cpuset(self._host, path)
-            for controller, name, value in writes:
-                write_or_raise(self._host, os.path.join(cgroup.directory(controller), name), value)
+            for write in writes:
+                file = os.path.join(cgroup.directory(write.controller), write.file)
+                if write.optional and not os.path.exists(file):
+                    continue
+                write_or_raise(self._host, file, write.value)
         except BaseException:
             deadline = self._host.monotonic() + REMOVE_TIMEOUT_S
             for path in reversed(made):
@@ -222,45 +229,25 @@ class V1Driver:
         job_ids = sorted({os.path.basename(p) for d in self.jobs_dirs for p in subdirs(d)})
         return remove_all(self._job(job_id) for job_id in job_ids)
 
-    def _job(self, job_id: str) -> V1JobCgroup:
-        dirs = {c: os.path.join(h.jobs_dir, job_id) for h in self.hierarchies for c in h.controllers}
+    def _job(self, job_id: str, limits: Limits | None = None) -> V1JobCgroup:
+        """The job's directories: in every hierarchy (to remove), or those limits need (to create)."""
+        needed = set(needed_controllers(limits, "v1")) if limits is not None else set(OPTIONAL_CONTROLLERS)
+        dirs = {
+            c: os.path.join(h.jobs_dir, job_id)
+            for h in self.hierarchies
+            if not h.controllers <= set(OPTIONAL_CONTROLLERS) or h.controllers & needed
+            for c in h.controllers
+        }
         return V1JobCgroup(self._host, dirs)
 
-    def _limit_writes(self, limits: Limits) -> list[tuple[str, str, str]]:
-        """(controller, file, value) triples for limits; raises for a missing hierarchy."""
+    def _limit_writes(self, limits: Limits) -> list[Write]:
+        """The writes of limits; raises for a missing hierarchy or kernel feature."""
         require_controllers(
-            limits, self._controllers, io="blkio", where="not mounted on this host (cgroup v1)"
+            limits, self._controllers, driver="v1", where="not mounted on this host (cgroup v1)"
         )
-        writes: list[tuple[str, str, str]] = []
-        if limits.cpus is not None:
-            writes.append(("cpu", "cpu.cfs_period_us", str(CPU_PERIOD_US)))
-            writes.append(("cpu", "cpu.cfs_quota_us", str(cpu_quota_us(limits.cpus))))
-        if limits.memory_bytes is not None:
-            writes.extend(self._memory_writes(limits.memory_bytes))
-        if limits.pids is not None:
-            writes.append(("pids", "pids.max", str(limits.pids)))
-        if limits.io_read_bps is not None or limits.io_write_bps is not None:
-            devices = block_devices_for(self._io_paths, self._sys_block)
-            if not devices:
-                raise CgroupError("no block device found to apply io limits to")
-            for name, rate in (
-                ("blkio.throttle.read_bps_device", limits.io_read_bps),
-                ("blkio.throttle.write_bps_device", limits.io_write_bps),
-            ):
-                if rate is not None:
-                    writes.extend(("blkio", name, f"{dev} {rate}") for dev in devices)
-        return writes
-
-    def _memory_writes(self, limit: int) -> list[tuple[str, str, str]]:
-        # memsw (memory + swap) must never be below limit_in_bytes, so it is written second.
-        writes = [("memory", "memory.limit_in_bytes", str(limit))]
-        memory_root = next(h.jobs_dir for h in self.hierarchies if "memory" in h.controllers)
-        if os.path.exists(os.path.join(memory_root, "memory.memsw.limit_in_bytes")):
-            writes.append(("memory", "memory.memsw.limit_in_bytes", str(limit)))
-        else:
-            # Without swap accounting, swappiness 0 is what keeps a v1 memcg from paging out.
-            writes.append(("memory", "memory.swappiness", "0"))
-        return writes
+        jobs_dirs = {c: h.jobs_dir for h in self.hierarchies for c in h.controllers}
+        features = HostFeatures(jobs_dirs.get, lambda: block_devices_for(self._io_paths, self._sys_block))
+        return limit_writes(limits, "v1", features)
 
 
 def prepare_v1(

@@ -8,16 +8,17 @@ import signal
 from collections.abc import Callable, Sequence
 
 from jobworker.engine.job import Limits
+from jobworker.engine.limits import Write
 
 from ._base import (
-    CPU_PERIOD_US,
     FREEZE_TIMEOUT_S,
     REMOVE_TIMEOUT_S,
     CgroupError,
     CgroupStats,
+    HostFeatures,
     check_job_id,
     check_limits,
-    cpu_quota_us,
+    limit_writes,
     os_error_line,
     parse_keyed,
     parse_pids,
@@ -29,6 +30,8 @@ from ._devices import block_devices_for
 from ._host import Host, mkdir_exist_ok, remove_all, rmdir_until, subdirs, write_or_raise
 
 CONTROLLERS = ("cpu", "io", "memory", "pids")
+# Enabled where the host has them, but not named in the reason when it does not (few limits need them).
+OPTIONAL_CONTROLLERS = ("cpuset",)
 # Processes keep forking while they are moved; a handful of passes empties a cgroup in practice.
 _MOVE_ROUNDS = 20
 # Re-check at least this often in case a change notification was missed.
@@ -175,11 +178,11 @@ class V2Driver:
             raise CgroupError(f"cannot create cgroup {path}: {os_error_line(err)}") from err
         cgroup = V2JobCgroup(self._host, path)
         try:
-            for name, value, optional in writes:
-                file = os.path.join(path, name)
-                if optional and not os.path.exists(file):
+            for write in writes:
+                file = os.path.join(path, write.file)
+                if write.optional and not os.path.exists(file):
                     continue
-                write_or_raise(self._host, file, value)
+                write_or_raise(self._host, file, write.value)
         except BaseException:
             with contextlib.suppress(CgroupError):
                 cgroup.remove()
@@ -201,35 +204,21 @@ class V2Driver:
         """Kill and remove every job cgroup under jobs_dir; return how many there were."""
         return remove_all(V2JobCgroup(self._host, path) for path in subdirs(self.jobs_dir))
 
-    def _limit_writes(self, limits: Limits) -> list[tuple[str, str, bool]]:
-        """(file, value, skip-if-absent) triples for limits; raises for a missing controller."""
-        require_controllers(limits, self.controllers, io="io", where="not available on this host (cgroup v2)")
-        writes: list[tuple[str, str, bool]] = []
-        if limits.cpus is not None:
-            writes.append(("cpu.max", f"{cpu_quota_us(limits.cpus)} {CPU_PERIOD_US}", False))
-        if limits.memory_bytes is not None:
-            writes.append(("memory.max", str(limits.memory_bytes), False))
-            # Else the job could page out past memory.max; absent when swap accounting is off.
-            writes.append(("memory.swap.max", "0", True))
-        if limits.pids is not None:
-            writes.append(("pids.max", str(limits.pids), False))
-        if limits.io_read_bps is not None or limits.io_write_bps is not None:
-            devices = block_devices_for(self._io_paths, self._sys_block)
-            if not devices:
-                raise CgroupError("no block device found to apply io limits to")
-            rates = []
-            if limits.io_read_bps is not None:
-                rates.append(f"rbps={limits.io_read_bps}")
-            if limits.io_write_bps is not None:
-                rates.append(f"wbps={limits.io_write_bps}")
-            writes.extend(("io.max", f"{dev} {' '.join(rates)}", False) for dev in devices)
-        return writes
+    def _limit_writes(self, limits: Limits) -> list[Write]:
+        """The writes of limits; raises for a missing controller or kernel feature."""
+        require_controllers(
+            limits, self.controllers, driver="v2", where="not available on this host (cgroup v2)"
+        )
+        features = HostFeatures(
+            lambda controller: self.jobs_dir, lambda: block_devices_for(self._io_paths, self._sys_block)
+        )
+        return limit_writes(limits, "v2", features)
 
 
 def prepare_v2(host: Host, base_dir: str, prefix: str, sys_block: str, io_paths: tuple[str, ...]) -> V2Driver:
     """Set up ``<base>/<prefix>-jobs`` with every available controller enabled for jobs."""
     available = frozenset((read_text(os.path.join(base_dir, "cgroup.controllers")) or "").split())
-    wanted = [c for c in CONTROLLERS if c in available]
+    wanted = [c for c in (*CONTROLLERS, *OPTIONAL_CONTROLLERS) if c in available]
     base_control = os.path.join(base_dir, "cgroup.subtree_control")
     if set(wanted) - set((read_text(base_control) or "").split()):
         # "No internal processes": a non-root cgroup that enables controllers for its children may

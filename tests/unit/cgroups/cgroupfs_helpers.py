@@ -50,7 +50,7 @@ class FakeV2Host:
         )
 
 
-ALL_CONTROLLERS = ("cpu", "io", "memory", "pids")
+ALL_CONTROLLERS = ("cpu", "io", "memory", "pids", "cpuset")
 ALL_FEATURES = frozenset({"cgroup.kill", "cgroup.freeze", "memory.swap.max", "memory.peak"})
 
 _CONTROLLER_FILES = {
@@ -64,6 +64,8 @@ _CONTROLLER_FILES = {
         "memory.peak": "0\n",
     },
     "pids": {"pids.max": "max\n", "pids.current": "0\n"},
+    # Empty means "the parent's" on v2 (cpuset.cpus.effective says which).
+    "cpuset": {"cpuset.cpus": "\n", "cpuset.mems": "\n", "cpuset.cpus.effective": "0-1\n"},
 }
 
 
@@ -150,9 +152,13 @@ class FakeKernel(Host):
             self._set_event(cgroup, "frozen", value.strip())
             p.write_text(value)
         elif p.name == "io.max":
-            lines = {ln.split()[0]: ln for ln in p.read_text().splitlines() if ln}
-            lines[value.split()[0]] = value
-            p.write_text("".join(f"{ln}\n" for ln in lines.values()))
+            # Like the kernel: a line updates only the keys it names for its device.
+            lines = {ln.split()[0]: ln.split()[1:] for ln in p.read_text().splitlines() if ln}
+            device, *keys = value.split()
+            merged = dict(k.split("=", 1) for k in lines.get(device, []))
+            merged.update(k.split("=", 1) for k in keys)
+            lines[device] = [f"{k}={v}" for k, v in merged.items()]
+            p.write_text("".join(f"{dev} {' '.join(keys)}\n" for dev, keys in lines.items()))
         else:
             p.write_text(value)
 

@@ -195,3 +195,55 @@ def test_cleanup_stale_removes_a_previous_runs_jobs(real_v1: V1Driver) -> None:
         child.kill()
         child.communicate()
     assert not any(Path(p).parent.exists() for p in old.procs_files)
+
+
+def test_a_job_pinned_to_cpu_0_sees_only_cpu_0(real_v1: V1Driver) -> None:
+    if not any("cpuset" in h.controllers for h in real_v1.hierarchies):
+        pytest.skip("this host mounts no cpuset hierarchy")
+    cgroup = real_v1.create("pinned", Limits(cpuset="0"))
+
+    assert read(real_v1, "cpuset", "pinned", "cpuset.cpus") == "0\n"
+    # v1 refuses tasks in a cpuset without mems: they were copied from the parent.
+    assert read(real_v1, "cpuset", "pinned", "cpuset.mems").strip()
+    child = python(
+        "print(next(ln for ln in open('/proc/self/status') if ln.startswith('Cpus_allowed_list')), end='')\n",
+        cgroup.procs_files,
+        stdout=subprocess.PIPE,
+    )
+    out, _ = child.communicate(timeout=60)
+    assert child.returncode == 0
+    assert out.split() == ["Cpus_allowed_list:", "0"]
+    cgroup.remove()
+    assert not job_dir(real_v1, "cpuset", "pinned").exists()
+
+
+def test_a_job_without_a_cpuset_does_not_join_the_cpuset_hierarchy(real_v1: V1Driver) -> None:
+    # Each v1 cgroup.procs write waits for an RCU grace period: a job joins only what its limits need.
+    cgroup = real_v1.create("unpinned", Limits(pids=10))
+
+    assert not job_dir(real_v1, "cpuset", "unpinned").exists()
+    assert all("/cpuset/" not in path for path in cgroup.procs_files)
+    cgroup.remove()
+
+
+def test_memory_swap_is_memsw_on_top_of_memory(real_v1: V1Driver) -> None:
+    memsw = Path(job_dir(real_v1, "memory", "x").parent, "memory.memsw.limit_in_bytes")
+    if not memsw.exists():
+        with pytest.raises(CgroupError, match="no swap accounting"):
+            real_v1.create("swap", Limits(memory_bytes=64 * MiB, memory_swap_bytes=32 * MiB))
+        assert not job_dir(real_v1, "memory", "swap").exists()
+        return
+
+    cgroup = real_v1.create("swap", Limits(memory_bytes=64 * MiB, memory_swap_bytes=32 * MiB))
+
+    assert read(real_v1, "memory", "swap", "memory.limit_in_bytes") == f"{64 * MiB}\n"
+    assert read(real_v1, "memory", "swap", "memory.memsw.limit_in_bytes") == f"{96 * MiB}\n"
+    cgroup.remove()
+
+
+def test_memory_swap_without_a_memory_limit_is_refused_on_v1(real_v1: V1Driver) -> None:
+    memsw = Path(job_dir(real_v1, "memory", "x").parent, "memory.memsw.limit_in_bytes")
+    match = "needs a memory limit" if memsw.exists() else "no swap accounting"
+    with pytest.raises(CgroupError, match=match):
+        real_v1.create("swap", Limits(memory_swap_bytes=32 * MiB))
+    assert not job_dir(real_v1, "memory", "swap").exists()

@@ -28,9 +28,9 @@ def test_setup_moves_server_processes_to_a_leaf_then_enables_controllers(
     mount, kernel = fake_v2.mount, fake_v2.kernel
     assert kernel.procs(mount) == []
     assert kernel.procs(mount / "jobworker-server") == [1, SERVER_PID]
-    assert (mount / "cgroup.subtree_control").read_text().split() == ["cpu", "io", "memory", "pids"]
+    assert (mount / "cgroup.subtree_control").read_text().split() == ["cpu", "io", "memory", "pids", "cpuset"]
     jobs = mount / "jobworker-jobs"
-    assert (jobs / "cgroup.subtree_control").read_text().split() == ["cpu", "io", "memory", "pids"]
+    assert (jobs / "cgroup.subtree_control").read_text().split() == ["cpu", "io", "memory", "pids", "cpuset"]
     assert driver.jobs_dir == str(jobs)
     assert driver.supports_limits()
     assert driver.reason == ""
@@ -329,3 +329,52 @@ def test_job_cgroup_satisfies_the_protocol(fake_v2: FakeV2Host) -> None:
     cgroup = v2(fake_v2).create("job1", Limits())
     assert isinstance(cgroup, V2JobCgroup)
     assert cgroup.path == str(fake_v2.mount / "jobworker-jobs" / "job1")
+
+
+def test_a_cpuset_is_written_to_cpuset_cpus(fake_v2: FakeV2Host) -> None:
+    driver = v2(fake_v2)
+
+    driver.create("job1", Limits(cpuset="0,2-3"))
+
+    assert (fake_v2.mount / "jobworker-jobs" / "job1" / "cpuset.cpus").read_text() == "0,2-3"
+
+
+def test_a_cpuset_without_the_cpuset_controller_is_refused(make_fake_v2: MakeFakeV2) -> None:
+    host = make_fake_v2(controllers=("cpu", "io", "memory", "pids"))
+    driver = v2(host)
+    # cpuset is optional: a host without it is not reported as lacking anything until a job asks.
+    assert driver.reason == ""
+
+    with pytest.raises(CgroupError, match="controller 'cpuset' is not available"):
+        driver.create("job1", Limits(cpuset="0"))
+    assert not (host.mount / "jobworker-jobs" / "job1").exists()
+
+
+def test_memory_swap_is_written_to_memory_swap_max(fake_v2: FakeV2Host) -> None:
+    driver = v2(fake_v2)
+    fake_v2.kernel.writes.clear()
+
+    driver.create("job1", Limits(memory_bytes=64 << 20, memory_swap_bytes=32 << 20))
+
+    # One write each: memory.swap.max is not first zeroed and then raised.
+    assert [name for name, _ in fake_v2.kernel.writes] == [
+        "jobworker-jobs/job1/memory.max",
+        "jobworker-jobs/job1/memory.swap.max",
+    ]
+    job = fake_v2.mount / "jobworker-jobs" / "job1"
+    assert (job / "memory.max").read_text() == str(64 << 20)
+    assert (job / "memory.swap.max").read_text() == str(32 << 20)
+
+
+def test_memory_swap_without_swap_accounting_is_refused_before_anything_is_made(
+    make_fake_v2: MakeFakeV2,
+) -> None:
+    host = make_fake_v2(features=frozenset({"cgroup.kill"}))
+    driver = v2(host)
+
+    with pytest.raises(
+        CgroupError, match=r"memory_swap cannot be enforced: this host has no swap accounting"
+    ):
+        driver.create("job1", Limits(memory_bytes=64 << 20, memory_swap_bytes=1 << 20))
+
+    assert not (host.mount / "jobworker-jobs" / "job1").exists()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
 from cli_fixtures import JOB_JSON_KEYS, UUID, Jw
+
+from jobworker.units import cpu_list_text
 
 
 @pytest.fixture
@@ -52,6 +55,8 @@ def test_start_with_limits(jw_limits: Jw) -> None:
         "io_read_bps": 10 << 20,
         "io_write_bps": 10 << 20,
         "pids": 100,
+        "cpuset": None,
+        "memory_swap_bytes": None,
     }
 
 
@@ -177,6 +182,27 @@ def test_limit_above_the_server_ceiling_is_a_usage_error(jw_limits: Jw) -> None:
     assert result.stderr.startswith("Error: ")
 
 
+@pytest.mark.root
+def test_a_job_pinned_to_cpu_0_runs_only_there(jw_limits: Jw) -> None:
+    result = jw_limits("run", "--cpuset", "0", "--", "grep", "Cpus_allowed_list", "/proc/self/status")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.split() == ["Cpus_allowed_list:", "0"]
+
+
+@pytest.mark.root
+def test_a_cpuset_outside_the_host_names_the_rule_and_the_range(jw_limits: Jw) -> None:
+    host_cpus = cpu_list_text(os.sched_getaffinity(0))
+    result = jw_limits("start", "--cpuset", "4000-4001", "--", "true")
+    assert result.exit_code == 2
+    assert f"cpuset must name only CPUs of this host ({host_cpus}), got 4000-4001" in result.stderr
+
+
+def test_a_malformed_cpuset_is_a_usage_error_before_any_call(jw: Jw) -> None:
+    result = jw("start", "--cpuset", "1-0", "--", "true")
+    assert result.exit_code == 2
+    assert "is not a CPU list: 1-0 runs backwards" in result.stderr
+
+
 def test_limits_on_a_server_without_cgroups_are_a_failed_precondition(jw: Jw) -> None:
     result = jw("start", "--memory", "256M", "--", "true")
     assert result.exit_code == 6
@@ -218,7 +244,11 @@ def test_info_shows_enforced_limits_and_ceilings(jw_limits: Jw) -> None:
     assert info["namespaces"] is True
     assert info["max_limits"]["memory_bytes"] == 1 << 30
     assert info["isolation"] == "strict"
+    host_cpus = cpu_list_text(os.sched_getaffinity(0))
+    assert info["max_limits"]["cpuset"] == host_cpus
+    assert info["max_limits"]["memory_swap_bytes"] is None
     text = jw_limits("info").stdout
     assert "Ceilings:   cpus=" in text
     assert " memory=1GiB " in text.split("Ceilings:")[1]
+    assert f" cpuset={host_cpus}" in text.split("Ceilings:")[1].splitlines()[0]
     assert "Isolation:  strict: jobs run as one uid per job" in text

@@ -78,6 +78,8 @@ def test_json_keys_are_stable_and_timestamps_rfc3339() -> None:
         "io_read_bps": None,
         "io_write_bps": None,
         "pids": None,
+        "cpuset": None,
+        "memory_swap_bytes": None,
     }
     assert data["usage"] == {"cpu_seconds": 1.0, "memory_peak_bytes": None}
     json.dumps(data)

@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from jobworker.engine import InvalidSpecError, Limits
+from jobworker.engine import InvalidSpecError, Limits, default_job_limits, default_max_limits
 from jobworker.engine.validation import check_limit_settings, effective_limits
+from jobworker.units import cpu_list_text
 
 CORES = os.cpu_count() or 1
 
@@ -75,3 +76,48 @@ def test_server_defaults_are_checked_once_at_start(defaults: Limits, ceilings: L
 def test_ceilings_above_the_host_are_allowed() -> None:
     # A ceiling only bounds requests; the kernel range still applies to each one.
     check_limit_settings(Limits(cpus=0.5), Limits(cpus=float(CORES * 8), pids=10**9))
+
+
+HOST_CPUS = cpu_list_text(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    ("cpuset", "message"),
+    [
+        ("4000", f"cpuset must name only CPUs of this host ({HOST_CPUS}), got 4000"),
+        ("0,4000-4001", f"cpuset must name only CPUs of this host ({HOST_CPUS}), got 0,4000-4001"),
+        ("1-0", f"cpuset must be a CPU list of this host's CPUs ({HOST_CPUS}): '1-0' is not a CPU list"),
+        ("zero", f"cpuset must be a CPU list of this host's CPUs ({HOST_CPUS}): 'zero' is not a CPU list"),
+    ],
+)
+def test_a_bad_cpuset_names_the_rule_and_the_accepted_cpus(cpuset: str, message: str) -> None:
+    with pytest.raises(InvalidSpecError) as info:
+        effective_limits(Limits(cpuset=cpuset), Limits(), Limits())
+    assert str(info.value).startswith(message)
+
+
+def test_a_cpuset_is_kept_in_the_kernels_form() -> None:
+    assert effective_limits(Limits(cpuset=" 0,0-0 "), Limits(), Limits()).cpuset == "0"
+
+
+def test_a_cpuset_beyond_the_ceiling_is_refused() -> None:
+    with pytest.raises(InvalidSpecError) as info:
+        effective_limits(Limits(cpuset=HOST_CPUS), Limits(), Limits(cpuset="0"))
+    if HOST_CPUS != "0":
+        assert str(info.value) == f"cpuset {HOST_CPUS} is outside the server ceiling of 0"
+
+
+def test_the_default_cpuset_ceiling_is_the_hosts_cpus() -> None:
+    assert default_max_limits().cpuset == HOST_CPUS
+    assert default_job_limits().cpuset is None
+
+
+def test_memory_swap_is_a_size_and_has_no_default() -> None:
+    assert (
+        effective_limits(Limits(memory_swap_bytes=1 << 20), Limits(), Limits()).memory_swap_bytes == 1 << 20
+    )
+    assert default_job_limits().memory_swap_bytes is None
+    with pytest.raises(InvalidSpecError, match="memory swap must be positive, got 0"):
+        effective_limits(Limits(memory_swap_bytes=0), Limits(), Limits())
+    with pytest.raises(InvalidSpecError, match="memory swap 2048 exceeds the server ceiling of 1024"):
+        effective_limits(Limits(memory_swap_bytes=2048), Limits(), Limits(memory_swap_bytes=1024))

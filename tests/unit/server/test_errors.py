@@ -165,6 +165,18 @@ async def test_limit_over_the_server_ceiling_is_invalid_argument(
     assert "exceeds the server ceiling" in (error.details() or "")
 
 
+async def test_a_cpuset_outside_the_ceiling_is_invalid_argument_naming_it(
+    make_server: MakeServer, clients: Clients
+) -> None:
+    server = await make_server(max_limits=engine.Limits(cpuset="0"))
+    error = await rpc_error(clients.stub(server.port, "walt").Start(start(limits=pb.Limits(cpuset="0-4000"))))
+    assert error.code() == BAD
+    assert "cpuset must name only CPUs of this host" in (error.details() or "")
+    error = await rpc_error(clients.stub(server.port, "walt").Start(start(limits=pb.Limits(cpuset="zero"))))
+    assert error.code() == BAD
+    assert "'zero' is not a CPU list" in (error.details() or "")
+
+
 async def test_limits_without_cgroups_are_failed_precondition(connect: Connect) -> None:
     # The test servers run without cgroups, as a host without usable cgroups would.
     error = await rpc_error(connect("walt").Start(start(limits=pb.Limits(memory_bytes=1 << 26))))

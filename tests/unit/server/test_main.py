@@ -338,3 +338,41 @@ def test_a_lowered_ceiling_caps_the_built_in_default(
     config = captured[0].engine_config()
     assert config.default_limits.pids == 100
     assert config.max_limits.pids == 100
+
+
+def test_durations_and_the_new_limits_take_the_shared_grammar(
+    certs: Pki, tmp_path: Path, captured: list[ServerConfig]
+) -> None:
+    args = [
+        "--cert", str(certs.cert("server")), "--key", str(certs.key("server")),
+        "--ca", str(certs.ca_path), "--state-dir", str(tmp_path),
+        "--grace", "1m30s", "--max-connection-age", "1h", "--output-cap", "1.5G",
+        "--max-cpuset", "1,0", "--max-memory-swap", "512M",
+    ]  # fmt: skip
+    result = CliRunner().invoke(main.main, args)
+    assert result.exit_code == 0, result.output
+    config = captured[0]
+    assert (config.grace_seconds, config.max_connection_age_seconds) == (90.0, 3600.0)
+    assert config.output_cap_bytes == 3 << 29
+    assert (config.max_limits.cpuset, config.max_limits.memory_swap_bytes) == ("0-1", 512 << 20)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--grace", "soon", "is not a duration"), ("--max-cpuset", "2-1", "is not a CPU list")],
+)
+def test_bad_values_name_the_grammar(
+    certs: Pki, captured: list[ServerConfig], flag: str, value: str, message: str
+) -> None:
+    args = [
+        "--cert",
+        str(certs.cert("server")),
+        "--key",
+        str(certs.key("server")),
+        "--ca",
+        str(certs.ca_path),
+    ]
+    result = CliRunner().invoke(main.main, [*args, flag, value])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert captured == []
