@@ -254,12 +254,34 @@ def parse(args: list[str]) -> "tuple[dict[str, str], list[str], _confine.Plan | 
     return flags, args[end + 1 :], plan
 
 
+def run_init(
+    flags: dict[str, str], argv: list[str], cwd: str, plan: "_confine.Plan | None", status_fd: int
+) -> int:
+    """PID 1 of the job's namespaces: join the cgroup, build the sandbox's root, supervise the command."""
+    try:
+        join_cgroups(flags["--cgroup-procs"].split("\0") if "--cgroup-procs" in flags else [])
+        if plan is not None:
+            os.umask(0)
+            template = flags.get("--template", "")
+            if _TEMPLATE.get(template):
+                _confine.enter_template(plan, template)
+            else:
+                _confine.build_root(plan)
+        setup_namespace_inside(flags.get("--hostname", "job"), mount_proc=plan is None)
+        return supervise(argv, cwd, plan, status_fd, pid_namespace=True)
+    except SetupError as e:
+        report(status_fd, f"failed setup {e.errno} {e}")
+    except OSError as e:
+        report(status_fd, f"failed setup {e.errno or 0} {e.strerror}")
+    except BaseException as e:
+        report(status_fd, f"failed setup 0 {type(e).__name__}")
+    return 126
+
+
 def main(args: list[str]) -> int:
     flags, argv, plan = parse(args)
     status_fd = int(flags["--status-fd"])
-    procs_files = flags["--cgroup-procs"].split("\0") if "--cgroup-procs" in flags else []
     namespaces = "--namespaces" in flags
-    hostname = flags.get("--hostname", "job")
     cwd = flags.get("--cwd", "/")
     if "--setenv" in flags:
         ENVIRON.update(entry.split("=", 1) for entry in flags["--setenv"].split("\0"))  # type: ignore[misc]
@@ -270,7 +292,7 @@ def main(args: list[str]) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     try:
         if not namespaces:
-            join_cgroups(procs_files)
+            join_cgroups(flags["--cgroup-procs"].split("\0") if "--cgroup-procs" in flags else [])
             return supervise(argv, cwd, plan, status_fd, pid_namespace=False)
         c = libc()
         check(
@@ -279,26 +301,7 @@ def main(args: list[str]) -> int:
         )
         init = os.fork()
         if init == 0:
-            try:
-                join_cgroups(procs_files)
-                if plan is not None:
-                    os.umask(0)
-                    template = flags.get("--template", "")
-                    if _TEMPLATE.get(template):
-                        _confine.enter_template(plan, template)
-                    else:
-                        _confine.build_root(plan)
-                setup_namespace_inside(hostname, mount_proc=plan is None)
-                os._exit(supervise(argv, cwd, plan, status_fd, pid_namespace=True))
-            except SetupError as e:
-                report(status_fd, f"failed setup {e.errno} {e}")
-                os._exit(126)
-            except OSError as e:
-                report(status_fd, f"failed setup {e.errno or 0} {e.strerror}")
-                os._exit(126)
-            except BaseException as e:
-                report(status_fd, f"failed setup 0 {type(e).__name__}")
-                os._exit(126)
+            os._exit(run_init(flags, argv, cwd, plan, status_fd))
         report(status_fd, f"pid {init}")
 
         def forward_to_init(signum: int, _frame: object) -> None:
@@ -353,6 +356,28 @@ def prepare_template(args: list[str]) -> None:
         sys.stderr.write(f"jobworker fork server: no sandbox template, jobs build their own root: {e}\n")
 
 
+def launch(fds: "array.array[int]", cwd: str, env: list[str], args: list[str]) -> int:
+    """In a fork of the fork server: become the job's launcher (stdio from the request, then main)."""
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.setsid()
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(fds[0], 1)
+        os.dup2(fds[1], 2)
+        for fd in (null, fds[0], fds[1]):
+            if fd > 2:
+                os.close(fd)
+        ENVIRON.clear()
+        ENVIRON.update(entry.split("=", 1) for entry in env)  # type: ignore[misc]
+        return main(["--status-fd", str(fds[2]), "--cwd", cwd, *args])
+    except OSError as e:
+        report(fds[2], f"failed setup {e.errno or 0} {e.strerror}")
+    except BaseException as e:
+        report(fds[2], f"failed setup 0 {type(e).__name__}")
+    return 126
+
+
 def fork_server(control_fd: int) -> int:
     """Serve launch requests from the engine: fork a warm copy of this process per job.
 
@@ -397,26 +422,8 @@ def fork_server(control_fd: int) -> int:
         prepare_template(args)
         pid = os.fork()
         if pid == 0:
-            code = 126
-            try:
-                sock.close()
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                os.setsid()
-                null = os.open("/dev/null", os.O_RDONLY)
-                os.dup2(null, 0)
-                os.dup2(fds[0], 1)
-                os.dup2(fds[1], 2)
-                for fd in (null, fds[0], fds[1]):
-                    if fd > 2:
-                        os.close(fd)
-                ENVIRON.clear()
-                ENVIRON.update(entry.split("=", 1) for entry in env)  # type: ignore[misc]
-                code = main(["--status-fd", str(fds[2]), "--cwd", cwd, *args])
-            except OSError as e:
-                report(fds[2], f"failed setup {e.errno or 0} {e.strerror}")
-            except BaseException as e:
-                report(fds[2], f"failed setup 0 {type(e).__name__}")
-            os._exit(code)
+            sock.close()
+            os._exit(launch(fds, cwd, env, args))
         for fd in fds:
             os.close(fd)
         sock.send(b"%d" % pid)

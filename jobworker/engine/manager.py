@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobworker.engine import records, validation
-from jobworker.engine.cgroups import CgroupDriver, CgroupError, detect_driver, null_driver
+from jobworker.engine.cgroups import CgroupDriver, CgroupError, JobCgroup, detect_driver, null_driver
 from jobworker.engine.errors import (
     CapacityError,
     EngineClosedError,
@@ -424,8 +424,6 @@ class JobManager:
             cgroup = await asyncio.to_thread(self._driver.create, job_id, limits)
         except CgroupError as e:
             raise StartError(f"cannot set up the job's cgroup: {e}") from None
-        spool: OutputSpool | None = None
-        launched: Launched | None = None
         status = JobStatus(
             id=job_id,
             owner=spec.owner,
@@ -437,36 +435,32 @@ class JobManager:
             started_at=time.time(),
             limits=limits,
         )
+        launch = LaunchSpec(
+            argv=(spec.command, *spec.args),
+            env=env,
+            cwd=cwd,
+            procs_files=cgroup.procs_files,
+            namespaces=self._namespaces,
+            hostname=f"job-{job_id[:8]}",
+            sandbox_args=sandbox_args,
+        )
         try:
-            spool = OutputSpool(directory / records.SPOOL, self._config.output_cap_bytes)
-            # Before the command runs: a disk that cannot take the record refuses the job.
-            await asyncio.to_thread(_save_first_record, directory, status)
-            launched = await Launched.start(
-                LaunchSpec(
-                    argv=(spec.command, *spec.args),
-                    env=env,
-                    cwd=cwd,
-                    procs_files=cgroup.procs_files,
-                    namespaces=self._namespaces,
-                    hostname=f"job-{job_id[:8]}",
-                    sandbox_args=sandbox_args,
-                ),
-                self._usable_fork_server(),
-            )
-            await launched.wait_started(_START_TIMEOUT)
-        except BaseException as e:
-            if launched is not None:
-                await _abandon(launched)
-            if spool is not None:
-                spool.finish()
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(cgroup.remove)
-            if isinstance(e, LaunchError):
-                raise _launch_error(spec, cwd, e) from None
-            if isinstance(e, OSError):
-                _raise_capacity(e)
-                raise StartError(f"cannot start {spec.command!r}: {e.strerror or e}") from None
-            raise
+            # Whatever was set up is undone, newest first, unless the command runs.
+            async with contextlib.AsyncExitStack() as undo:
+                undo.push_async_callback(_remove_cgroup, cgroup)
+                spool = OutputSpool(directory / records.SPOOL, self._config.output_cap_bytes)
+                undo.callback(spool.finish)
+                # Before the command runs: a disk that cannot take the record refuses the job.
+                await asyncio.to_thread(_save_first_record, directory, status)
+                launched = await Launched.start(launch, self._usable_fork_server())
+                undo.push_async_callback(_abandon, launched)
+                await launched.wait_started(_START_TIMEOUT)
+                undo.pop_all()
+        except LaunchError as e:
+            raise _launch_error(spec, cwd, e) from None
+        except OSError as e:
+            _raise_capacity(e)
+            raise StartError(f"cannot start {spec.command!r}: {e.strerror or e}") from None
 
         status = dataclasses.replace(status, pid=launched.status.pid, started_at=time.time())
         job = _Job(status=status, directory=directory, spool=spool, uid=uid)
@@ -753,6 +747,12 @@ def _with_output(status: JobStatus, spool: OutputSpool | None) -> JobStatus:
         truncation_reason=spool.truncation_reason,
         output_dropped_bytes=spool.dropped_bytes,
     )
+
+
+async def _remove_cgroup(cgroup: JobCgroup) -> None:
+    """Remove the cgroup of a job that did not start; a failure here must not hide why it did not."""
+    with contextlib.suppress(Exception):
+        await asyncio.to_thread(cgroup.remove)
 
 
 async def _abandon(launched: Launched) -> None:
