@@ -424,17 +424,7 @@ class JobManager:
             cgroup = await asyncio.to_thread(self._driver.create, job_id, limits)
         except CgroupError as e:
             raise StartError(f"cannot set up the job's cgroup: {e}") from None
-        status = JobStatus(
-            id=job_id,
-            owner=spec.owner,
-            command=spec.command,
-            args=tuple(spec.args),
-            cwd=cwd,
-            state=JobState.RUNNING,
-            pid=0,
-            started_at=time.time(),
-            limits=limits,
-        )
+        status = _starting_status(job_id, spec, cwd, limits)
         launch = LaunchSpec(
             argv=(spec.command, *spec.args),
             env=env,
@@ -746,6 +736,21 @@ def _with_output(status: JobStatus, spool: OutputSpool | None) -> JobStatus:
         output_truncated=spool.truncated,
         truncation_reason=spool.truncation_reason,
         output_dropped_bytes=spool.dropped_bytes,
+    )
+
+
+def _starting_status(job_id: str, spec: JobSpec, cwd: str, limits: Limits) -> JobStatus:
+    """The record of a job about to start (its pid is known once it runs)."""
+    return JobStatus(
+        id=job_id,
+        owner=spec.owner,
+        command=spec.command,
+        args=tuple(spec.args),
+        cwd=cwd,
+        state=JobState.RUNNING,
+        pid=0,
+        started_at=time.time(),
+        limits=limits,
     )
 
 
