@@ -70,10 +70,8 @@ class AsyncClient:
         """Start `command` with `args`; return the new job's status."""
         request = _convert.start_request(command, args, env, cwd, limits)
         await self._conn.check_server_async(self._channel)
-        try:
+        with self._conn.translating():
             response = await self._stub.Start(request, timeout=self._conn.timeout)
-        except grpc.RpcError as exc:
-            raise self._conn.error(exc) from exc
         return _convert.job_from_proto(response.job)
 
     async def stop(self, job_id: str, grace_seconds: float | None = None) -> JobInfo:
@@ -84,41 +82,33 @@ class AsyncClient:
             with contextlib.suppress(ClientError):
                 self._conn.server_grace = (await self.server_info()).default_grace_seconds
         await self._conn.check_server_async(self._channel)
-        try:
+        with self._conn.translating():
             response = await self._stub.Stop(request, timeout=self._conn.stop_deadline(grace_seconds))
-        except grpc.RpcError as exc:
-            raise self._conn.error(exc) from exc
         return _convert.job_from_proto(response.job)
 
     async def server_info(self) -> ServerInfo:
         """What the server enforces (isolation, default and maximum limits) and who we are to it."""
         await self._conn.check_server_async(self._channel)
-        try:
+        with self._conn.translating():
             response = await self._stub.GetServerInfo(
                 _convert.server_info_request(), timeout=self._conn.timeout
             )
-        except grpc.RpcError as exc:
-            raise self._conn.error(exc) from exc
         return _convert.server_info_from_proto(response)
 
     async def status(self, job_id: str) -> JobInfo:
         """Return the status of one job."""
         request = _convert.status_request(job_id)
         await self._conn.check_server_async(self._channel)
-        try:
+        with self._conn.translating():
             response = await self._stub.GetStatus(request, timeout=self._conn.timeout)
-        except grpc.RpcError as exc:
-            raise self._conn.error(exc) from exc
         return _convert.job_from_proto(response.job)
 
     async def list(self, states: Iterable[JobState] = (), owner: str | None = None) -> builtins.list[JobInfo]:
         """Return the jobs visible to us, optionally only those in `states` or of `owner`."""
         request = _convert.list_request(states, owner)
         await self._conn.check_server_async(self._channel)
-        try:
+        with self._conn.translating():
             response = await self._stub.List(request, timeout=self._conn.timeout)
-        except grpc.RpcError as exc:
-            raise self._conn.error(exc) from exc
         return [_convert.job_from_proto(job) for job in response.jobs]
 
     def stream(
@@ -159,10 +149,8 @@ class AsyncClient:
         """Whether the server reports SERVING for `service` ("" = the server as a whole)."""
         stub = health_pb2_grpc.HealthStub(self._channel)
         await self._conn.check_server_async(self._channel)
-        try:
+        with self._conn.translating():
             response = await stub.Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=self._conn.timeout
             )
-        except grpc.RpcError as exc:
-            raise self._conn.error(exc) from exc
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)

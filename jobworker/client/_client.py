@@ -67,10 +67,8 @@ class Client:
         """Start `command` with `args`; return the new job's status."""
         request = _convert.start_request(command, args, env, cwd, limits)
         self._conn.check_server(self._channel)
-        try:
+        with self._conn.translating():
             response = self._stub.Start(request, timeout=self._conn.timeout)
-        except grpc.RpcError as exc:
-            raise self._conn.error(exc) from exc
         return _convert.job_from_proto(response.job)
 
     def stop(self, job_id: str, grace_seconds: float | None = None) -> JobInfo:
@@ -81,39 +79,31 @@ class Client:
             with contextlib.suppress(ClientError):
                 self._conn.server_grace = (self.server_info()).default_grace_seconds
         self._conn.check_server(self._channel)
-        try:
+        with self._conn.translating():
             response = self._stub.Stop(request, timeout=self._conn.stop_deadline(grace_seconds))
-        except grpc.RpcError as exc:
-            raise self._conn.error(exc) from exc
         return _convert.job_from_proto(response.job)
 
     def server_info(self) -> ServerInfo:
         """What the server enforces (isolation, default and maximum limits) and who we are to it."""
         self._conn.check_server(self._channel)
-        try:
+        with self._conn.translating():
             response = self._stub.GetServerInfo(_convert.server_info_request(), timeout=self._conn.timeout)
-        except grpc.RpcError as exc:
-            raise self._conn.error(exc) from exc
         return _convert.server_info_from_proto(response)
 
     def status(self, job_id: str) -> JobInfo:
         """Return the status of one job."""
         request = _convert.status_request(job_id)
         self._conn.check_server(self._channel)
-        try:
+        with self._conn.translating():
             response = self._stub.GetStatus(request, timeout=self._conn.timeout)
-        except grpc.RpcError as exc:
-            raise self._conn.error(exc) from exc
         return _convert.job_from_proto(response.job)
 
     def list(self, states: Iterable[JobState] = (), owner: str | None = None) -> builtins.list[JobInfo]:
         """Return the jobs visible to us, optionally only those in `states` or of `owner`."""
         request = _convert.list_request(states, owner)
         self._conn.check_server(self._channel)
-        try:
+        with self._conn.translating():
             response = self._stub.List(request, timeout=self._conn.timeout)
-        except grpc.RpcError as exc:
-            raise self._conn.error(exc) from exc
         return [_convert.job_from_proto(job) for job in response.jobs]
 
     def stream(
@@ -155,8 +145,6 @@ class Client:
         """Whether the server reports SERVING for `service` ("" = the server as a whole)."""
         stub = health_pb2_grpc.HealthStub(self._channel)
         self._conn.check_server(self._channel)
-        try:
+        with self._conn.translating():
             response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self._conn.timeout)
-        except grpc.RpcError as exc:
-            raise self._conn.error(exc) from exc
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)

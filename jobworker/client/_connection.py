@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 
 import grpc
 import grpc.aio
@@ -94,6 +96,14 @@ class Connection:
         if grace_seconds is None:
             grace_seconds = self.server_grace if self.server_grace is not None else _UNKNOWN_SERVER_GRACE
         return self.timeout + grace_seconds + _STOP_SLACK
+
+    @contextlib.contextmanager
+    def translating(self) -> Iterator[None]:
+        """Turn a grpc failure inside the block into this library's ClientError (one place for every call)."""
+        try:
+            yield
+        except grpc.RpcError as exc:
+            raise self.error(exc) from exc
 
     def error(self, exc: grpc.RpcError) -> ClientError:
         """Translate a grpc failure of a call on this connection."""
