@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from jobworker import engine
 from jobworker.server.tls import CredentialFiles
@@ -19,6 +20,10 @@ DEFAULT_MAX_CONNECTION_AGE_SECONDS = 3600.0
 DEFAULT_CONNECTION_AGE_GRACE_SECONDS = 300.0
 
 
+# The engine's own defaults: the one place each is defined (jw-server's options show these too).
+_ENGINE: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(engine.EngineConfig)}
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Everything needed to run one server."""
@@ -28,23 +33,23 @@ class ServerConfig:
     key: Path
     ca: Path
     state_dir: Path
-    grace_seconds: float = 10.0
-    max_jobs: int = 1000
+    grace_seconds: float = _ENGINE["default_grace_seconds"]
+    max_jobs: int = _ENGINE["max_running_jobs"]
     # Ended jobs kept with their output; the oldest beyond this are deleted.
-    retain_jobs: int = 1000
-    output_cap_bytes: int = 1 << 30
+    retain_jobs: int = _ENGINE["retained_jobs"]
+    output_cap_bytes: int = _ENGINE["output_cap_bytes"]
     # Per-owner shares (None: no quota); see EngineConfig for what each one does.
-    max_jobs_per_owner: int | None = 100
-    max_output_per_owner_bytes: int | None = 10 << 30
-    retain_jobs_per_owner: int | None = 100
+    max_jobs_per_owner: int | None = _ENGINE["max_running_jobs_per_owner"]
+    max_output_per_owner_bytes: int | None = _ENGINE["max_output_bytes_per_owner"]
+    retain_jobs_per_owner: int | None = _ENGINE["retained_jobs_per_owner"]
     # Only the limits set here; the others keep the engine's defaults and ceilings.
     default_limits: engine.Limits = field(default_factory=engine.Limits)
     max_limits: engine.Limits = field(default_factory=engine.Limits)
     # False runs jobs without cgroups (and refuses limits), for hosts where cgroups misbehave.
     cgroups: bool = True
     # Names this server's cgroup subtree; servers sharing a host need distinct prefixes.
-    cgroup_prefix: str = "jobworker"
-    isolation: engine.Isolation = engine.Isolation.STRICT
+    cgroup_prefix: str = _ENGINE["cgroup_prefix"]
+    isolation: engine.Isolation = _ENGINE["isolation"]
     job_user: str | None = None
     job_uids: range = engine.DEFAULT_UID_RANGE
     job_mounts: tuple[engine.JobMount, ...] = ()
@@ -115,3 +120,8 @@ def _overlay(base: engine.Limits, overrides: engine.Limits) -> engine.Limits:
     """base with every limit that overrides sets."""
     values = {f.name: getattr(overrides, f.name) for f in dataclasses.fields(overrides)}
     return dataclasses.replace(base, **{k: v for k, v in values.items() if v is not None})
+
+
+def default(name: str) -> Any:
+    """The default of one ServerConfig field (what jw-server's option of that name falls back to)."""
+    return {f.name: f.default for f in dataclasses.fields(ServerConfig)}[name]

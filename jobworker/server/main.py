@@ -21,6 +21,7 @@ from jobworker.server.config import (
     DEFAULT_LISTEN,
     DEFAULT_MAX_CONNECTION_AGE_SECONDS,
     ServerConfig,
+    default,
 )
 from jobworker.server.grpclog import GrpcLogCapture
 from jobworker.server.jsonlog import configure_logging, fields
@@ -191,30 +192,38 @@ def _raise_open_file_limit() -> None:
     "--grace",
     "GRACE",
     type=Duration(),
-    default=10.0,
+    default=default("grace_seconds"),
     help="Seconds between SIGTERM and SIGKILL when stopping jobs.",
 )
-@_option("--max-jobs", "MAX_JOBS", type=_POSITIVE, default=1000, help="Running jobs allowed.")
+@_option("--max-jobs", "MAX_JOBS", type=_POSITIVE, default=default("max_jobs"), help="Running jobs allowed.")
 @_option(
     "--retain-jobs",
     "RETAIN_JOBS",
     type=click.IntRange(min=0),
-    default=1000,
+    default=default("retain_jobs"),
     help="Ended jobs kept with their status and output; the oldest beyond this are deleted.",
 )
-@_option("--output-cap", "OUTPUT_CAP", type=ByteSize(), default="1G", help="Output kept per job.")
+@_option(
+    "--output-cap",
+    "OUTPUT_CAP",
+    type=ByteSize(),
+    default=default("output_cap_bytes"),
+    show_default=units.size_text(default("output_cap_bytes")),
+    help="Output kept per job.",
+)
 @_option(
     "--max-jobs-per-owner",
     "MAX_JOBS_PER_OWNER",
     type=click.IntRange(min=0),
-    default=100,
+    default=default("max_jobs_per_owner"),
     help="Running jobs one owner (certificate CN) may have; 0: no quota.",
 )
 @_option(
     "--max-output-per-owner",
     "MAX_OUTPUT_PER_OWNER",
     type=ByteSize(allow_zero=True),
-    default="10G",
+    default=default("max_output_per_owner_bytes"),
+    show_default=units.size_text(default("max_output_per_owner_bytes")),
     help="Output one owner's jobs may store; at the quota a Start deletes the owner's oldest ended "
     "jobs first. 0: no quota.",
 )
@@ -222,7 +231,7 @@ def _raise_open_file_limit() -> None:
     "--retain-jobs-per-owner",
     "RETAIN_JOBS_PER_OWNER",
     type=click.IntRange(min=0),
-    default=100,
+    default=default("retain_jobs_per_owner"),
     help="Ended jobs kept per owner (the newest); older ones are deleted with their output. "
     "0: no per-owner limit.",
 )

@@ -376,3 +376,21 @@ def test_bad_values_name_the_grammar(
     assert result.exit_code == 2
     assert message in result.output
     assert captured == []
+
+
+def test_every_default_has_one_source() -> None:
+    """jw-server's options, ServerConfig and EngineConfig agree because the first two read the last."""
+    pairs = {
+        "grace": ("grace_seconds", "default_grace_seconds"),
+        "max_jobs": ("max_jobs", "max_running_jobs"),
+        "retain_jobs": ("retain_jobs", "retained_jobs"),
+        "output_cap": ("output_cap_bytes", "output_cap_bytes"),
+        "max_jobs_per_owner": ("max_jobs_per_owner", "max_running_jobs_per_owner"),
+        "max_output_per_owner": ("max_output_per_owner_bytes", "max_output_bytes_per_owner"),
+        "retain_jobs_per_owner": ("retain_jobs_per_owner", "retained_jobs_per_owner"),
+    }
+    options = {p.name: p.default for p in main.main.params}
+    server_defaults = {f.name: f.default for f in dataclasses.fields(ServerConfig)}
+    engine_defaults = {f.name: f.default for f in dataclasses.fields(engine.EngineConfig)}
+    for option, (server_field, engine_field) in pairs.items():
+        assert options[option] == server_defaults[server_field] == engine_defaults[engine_field], option
