@@ -200,17 +200,23 @@ class Usage(_message.Message):
 
     CPU_SECONDS_FIELD_NUMBER: _builtins.int
     MEMORY_PEAK_BYTES_FIELD_NUMBER: _builtins.int
+    OOM_KILLS_FIELD_NUMBER: _builtins.int
     cpu_seconds: _builtins.float
     memory_peak_bytes: _builtins.int
+    oom_kills: _builtins.int
+    """Processes of the job the kernel killed for memory: the job may have gone on (a child was killed) or
+    been ended by it (then the state is OOM_KILLED).
+    """
     def __init__(
         self,
         *,
         cpu_seconds: _builtins.float | None = ...,
         memory_peak_bytes: _builtins.int | None = ...,
+        oom_kills: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds", "_memory_peak_bytes", b"_memory_peak_bytes", "cpu_seconds", b"cpu_seconds", "memory_peak_bytes", b"memory_peak_bytes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds", "_memory_peak_bytes", b"_memory_peak_bytes", "cpu_seconds", b"cpu_seconds", "memory_peak_bytes", b"memory_peak_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds", "_memory_peak_bytes", b"_memory_peak_bytes", "cpu_seconds", b"cpu_seconds", "memory_peak_bytes", b"memory_peak_bytes", "oom_kills", b"oom_kills"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cpu_seconds: _TypeAlias = _typing.Literal["cpu_seconds"]  # noqa: Y015
     _WhichOneofArgType__cpu_seconds: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds"]  # noqa: Y015

@@ -115,6 +115,7 @@ def job_json(job: JobInfo) -> dict[str, Any]:
         "usage": {
             "cpu_seconds": job.usage.cpu_seconds,
             "memory_peak_bytes": job.usage.memory_peak_bytes,
+            "oom_kills": job.usage.oom_kills,
         },
         "stdout_bytes": job.stdout_bytes,
         "stderr_bytes": job.stderr_bytes,
@@ -177,6 +178,8 @@ def job_details(job: JobInfo, now: datetime) -> str:
         usage.append(f"cpu {job.usage.cpu_seconds:.2f}s")
     if job.usage.memory_peak_bytes is not None:
         usage.append(f"peak memory {format_size(job.usage.memory_peak_bytes)}")
+    if job.usage.oom_kills:
+        usage.append(f"{job.usage.oom_kills} process(es) killed for memory (OOM)")
     output = f"stdout {format_size(job.stdout_bytes)}, stderr {format_size(job.stderr_bytes)}"
     if job.output_truncated:
         output += (

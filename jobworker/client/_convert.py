@@ -98,6 +98,7 @@ def job_from_proto(message: pb.JobStatus) -> JobInfo:
         usage=Usage(
             cpu_seconds=usage.cpu_seconds if usage.HasField("cpu_seconds") else None,
             memory_peak_bytes=(usage.memory_peak_bytes if usage.HasField("memory_peak_bytes") else None),
+            oom_kills=usage.oom_kills,
         ),
         stdout_bytes=message.stdout_bytes,
         stderr_bytes=message.stderr_bytes,

@@ -68,6 +68,8 @@ class Usage:
 
     cpu_seconds: float | None = None
     memory_peak_bytes: int | None = None
+    # Processes of the job killed by the kernel for memory (also when the job itself went on).
+    oom_kills: int = 0
 
 
 @dataclass(frozen=True)

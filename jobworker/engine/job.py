@@ -72,6 +72,8 @@ class Usage:
 
     cpu_seconds: float | None = None
     memory_peak_bytes: int | None = None
+    # Processes of the job the OOM killer took (a child may have died while the job went on).
+    oom_kills: int = 0
 
 
 @dataclass(frozen=True)

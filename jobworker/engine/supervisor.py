@@ -185,4 +185,6 @@ class JobSupervisor:
 def _usage(stats: CgroupStats | None) -> Usage:
     if stats is None:
         return Usage()
-    return Usage(cpu_seconds=stats.cpu_seconds, memory_peak_bytes=stats.memory_peak_bytes)
+    return Usage(
+        cpu_seconds=stats.cpu_seconds, memory_peak_bytes=stats.memory_peak_bytes, oom_kills=stats.oom_kills
+    )

@@ -202,6 +202,7 @@ def status_to_proto(status: engine.JobStatus) -> pb.JobStatus:
         message.usage.cpu_seconds = status.usage.cpu_seconds
     if status.usage.memory_peak_bytes is not None:
         message.usage.memory_peak_bytes = status.usage.memory_peak_bytes
+    message.usage.oom_kills = status.usage.oom_kills
     return message
 
 

@@ -81,7 +81,7 @@ def test_json_keys_are_stable_and_timestamps_rfc3339() -> None:
         "cpuset": None,
         "memory_swap_bytes": None,
     }
-    assert data["usage"] == {"cpu_seconds": 1.0, "memory_peak_bytes": None}
+    assert data["usage"] == {"cpu_seconds": 1.0, "memory_peak_bytes": None, "oom_kills": 0}
     json.dumps(data)
 
 
@@ -138,3 +138,11 @@ def test_details_name_why_output_was_truncated() -> None:
         NOW,
     )
     assert "stdout 2MiB, stderr 0B (truncated: state disk full), 98MiB dropped" in text
+
+
+def test_status_names_processes_killed_for_memory() -> None:
+    from jobworker.cli._render import job_details
+    from jobworker.client import Usage
+
+    text = job_details(job(usage=Usage(cpu_seconds=0.5, oom_kills=2)), NOW)
+    assert "2 process(es) killed for memory (OOM)" in text

@@ -168,3 +168,14 @@ async def test_many_jobs_leave_no_cgroups(isolated: JobManager) -> None:
     )
     finals = [await isolated.wait(s.id) for s in statuses]
     assert sorted(f.exit_code or 0 for f in finals) == list(range(10))
+
+
+async def test_an_oom_killed_child_is_reported_while_the_job_goes_on(isolated: JobManager) -> None:
+    """The kernel killing one process of a job for memory is news even when the job exits 0."""
+    child = "b = bytearray(256 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096])"
+    script = f'{PY} -c "{child}"; echo child=$?; exit 0'
+    status = await isolated.start(JobSpec("sh", ("-c", script), limits=Limits(memory_bytes=64 * MiB)))
+    final = await isolated.wait(status.id)
+    assert (final.state, final.exit_code) == (JobState.EXITED, 0)
+    assert await output(isolated, status.id) == b"child=137\n"
+    assert final.usage.oom_kills >= 1
