@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 import jobworker.server
 from jobworker import engine
 from jobworker.api import jobworker_pb2_grpc as pb_grpc
-from jobworker.server.auth import AuthInterceptor
+from jobworker.server.calls import AuthInterceptor
 from jobworker.server.config import GRPC_RECEIVE_LIMIT_BYTES, ServerConfig
 from jobworker.server.jsonlog import fields
 from jobworker.server.policy import PeerPolicy

@@ -18,7 +18,8 @@ from jobworker import engine
 from jobworker.api import jobworker_pb2 as pb
 from jobworker.api import jobworker_pb2_grpc as pb_grpc
 from jobworker.server import convert
-from jobworker.server.auth import Caller, current_caller, note_job_id
+from jobworker.server.auth import Caller
+from jobworker.server.calls import current_caller, note_job_id
 
 _T = TypeVar("_T")
 
