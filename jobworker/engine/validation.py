@@ -21,7 +21,10 @@ def check_spec(spec: JobSpec) -> None:
         raise InvalidSpecError("command and args must not contain NUL bytes")
     for key, value in spec.env.items():
         if not key or "=" in key or "\0" in key:
-            raise InvalidSpecError(f"invalid environment variable name {key!r}")
+            shown = key.replace("\0", "\\0")
+            raise InvalidSpecError(
+                f"invalid environment variable name '{shown}': a name is non-empty, without '=' or NUL bytes"
+            )
         if "\0" in value:
             raise InvalidSpecError(f"environment variable {key} must not contain NUL bytes")
     if spec.cwd is not None and "\0" in spec.cwd:
@@ -64,5 +67,5 @@ def job_environment(extra: Mapping[str, str], *, home: str | None = None) -> dic
 def check_cwd(path: str) -> str:
     """Refuse a relative working directory; whether it exists is decided inside the job's view."""
     if not os.path.isabs(path):
-        raise InvalidSpecError(f"cwd must be an absolute path, got {path!r}")
+        raise InvalidSpecError(f"cwd must be an absolute path, got '{path}'")
     return path

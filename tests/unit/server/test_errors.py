@@ -22,36 +22,62 @@ def start(**fields: Any) -> pb.StartRequest:
     return pb.StartRequest(**fields)
 
 
+# Bad Start -> the start of the message naming the rule that refused it.
 BAD_STARTS = {
-    "empty command": start(command=""),
-    "NUL in command": start(command="/bin/tr\0ue"),
-    "NUL in an argument": start(args=["a\0b"]),
-    "NUL in an env value": start(env={"A": "x\0y"}),
-    "NUL in an env name": start(env={"A\0B": "x"}),
-    "= in an env name": start(env={"A=B": "x"}),
-    "relative cwd": start(cwd="tmp"),
-    "missing executable": start(command="/nonexistent/program"),
-    "executable not in PATH": start(command="no-such-program-anywhere"),
-    "not executable": start(command="/etc/hostname"),
-    "missing cwd": start(cwd="/nonexistent/dir"),
-    "negative cpus": start(limits=pb.Limits(cpus=-1)),
-    "NaN cpus": start(limits=pb.Limits(cpus=float("nan"))),
-    "zero memory": start(limits=pb.Limits(memory_bytes=0)),
-    "too many arguments": start(args=["x"] * (convert.MAX_ARGS + 1)),
-    "arguments too large": start(args=["x" * 65536] * 5),
-    "too many env entries": start(env={f"V{i}": "" for i in range(convert.MAX_ENV_ENTRIES + 1)}),
-    "env too large": start(env={f"V{i}": "x" * 65536 for i in range(5)}),
-    "command too long": start(command="/" + "x" * convert.MAX_COMMAND_BYTES),
-    "cwd too long": start(cwd="/" + "x" * convert.MAX_CWD_BYTES),
+    "empty command": (start(command=""), "command must not be empty"),
+    "NUL in command": (start(command="/bin/tr\0ue"), "command and args must not contain NUL bytes"),
+    "NUL in an argument": (start(args=["a\0b"]), "command and args must not contain NUL bytes"),
+    "NUL in an env value": (start(env={"A": "x\0y"}), "environment variable A must not contain NUL bytes"),
+    "NUL in an env name": (start(env={"A\0B": "x"}), "invalid environment variable name 'A\\0B': a name is"),
+    "= in an env name": (start(env={"A=B": "x"}), "invalid environment variable name 'A=B'"),
+    "relative cwd": (start(cwd="tmp"), "cwd must be an absolute path, got 'tmp'"),
+    "missing executable": (
+        start(command="/nonexistent/program"),
+        "executable '/nonexistent/program' not found",
+    ),
+    "executable not in PATH": (
+        start(command="no-such-program-anywhere"),
+        "executable 'no-such-program-anywhere' not found in PATH",
+    ),
+    "not executable": (start(command="/etc/os-release"), "'/etc/os-release' is not executable"),
+    "missing cwd": (start(cwd="/nonexistent/dir"), "working directory /nonexistent/dir does not exist"),
+    "negative cpus": (start(limits=pb.Limits(cpus=-1)), "cpus must be positive, got -1"),
+    "NaN cpus": (start(limits=pb.Limits(cpus=float("nan"))), "cpus must be a finite number"),
+    "zero memory": (start(limits=pb.Limits(memory_bytes=0)), "memory must be positive, got 0"),
+    "too many arguments": (
+        start(args=["x"] * (convert.MAX_ARGS + 1)),
+        "4097 arguments, at most 4096 allowed",
+    ),
+    "arguments too large": (start(args=["x" * 65536] * 5), "arguments exceed 262144 bytes in total"),
+    "too many env entries": (
+        start(env={f"V{i}": "" for i in range(convert.MAX_ENV_ENTRIES + 1)}),
+        "1025 environment variables, at most 1024 allowed",
+    ),
+    "env too large": (
+        start(env={f"V{i}": "x" * 65536 for i in range(5)}),
+        "environment exceeds 262144 bytes in total",
+    ),
+    "command too long": (
+        start(command="/" + "x" * convert.MAX_COMMAND_BYTES),
+        f"command is longer than {convert.MAX_COMMAND_BYTES} bytes",
+    ),
+    "cwd too long": (
+        start(cwd="/" + "x" * convert.MAX_CWD_BYTES),
+        f"cwd is longer than {convert.MAX_CWD_BYTES} bytes",
+    ),
 }
 
 
-@pytest.mark.parametrize("request_", BAD_STARTS.values(), ids=list(BAD_STARTS))
-async def test_bad_start_is_invalid_argument(connect: Connect, request_: pb.StartRequest) -> None:
-    error = await rpc_error(connect("walt").Start(request_))
+@pytest.mark.parametrize("case", list(BAD_STARTS))
+async def test_bad_start_is_invalid_argument_naming_the_rule(connect: Connect, case: str) -> None:
+    request, rule = BAD_STARTS[case]
+    error = await rpc_error(connect("walt").Start(request))
     assert error.code() == BAD
-    assert "\n" not in (error.details() or "")
-    assert "Traceback" not in (error.details() or "")
+    details = error.details() or ""
+    assert details.startswith(rule), details
+    assert "\n" not in details
+    assert "Traceback" not in details
+    assert "\\x00" not in details  # never a Python repr
 
 
 # Bad input -> the rule its message must name (never a Python repr, never a host path).
