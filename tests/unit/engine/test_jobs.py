@@ -461,3 +461,39 @@ def test_namespaces_that_cannot_be_made_are_an_isolation_error_not_shutting_down
     finally:
         shutil.rmtree(state, ignore_errors=True)
     assert result.stdout.strip() == "isolation: namespaces need root", result.stderr
+
+
+async def test_running_out_of_file_descriptors_is_a_capacity_error(plain_manager: JobManager) -> None:
+    """EMFILE while setting a job up means the server is full, not that the request was bad."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use, hard))
+    try:
+        with pytest.raises(CapacityError, match="no file descriptors left"):
+            await plain_manager.start(JobSpec("true"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert plain_manager.list() == []
+    status = await plain_manager.start(JobSpec("true"))
+    assert (await plain_manager.wait(status.id)).exit_code == 0
+
+
+async def test_a_request_the_fork_server_refuses_is_an_error_and_it_stays_up() -> None:
+    from jobworker.engine.spawn import ForkServer, LaunchSpec
+
+    server = ForkServer()
+    try:
+        spec = LaunchSpec(argv=("true",), env={}, cwd="/")
+        r, w = os.pipe()
+        try:
+            # Two descriptors where three belong: the fork server answers "0" and stays up.
+            with pytest.raises(OSError, match="refused the request"):
+                await server.fork(spec, ["--", "true"], (r, w))  # type: ignore[arg-type]
+        finally:
+            os.close(r)
+            os.close(w)
+        assert server.alive
+    finally:
+        server.close()
