@@ -1,9 +1,10 @@
-"""JobManager: the job table and the operations on it (start, stop, status, list, follow output)."""
+"""JobManager: one engine's jobs and the operations on them (start, stop, status, list, follow output).
+
+The table of jobs (records, usage, quotas, retention) is `table.JobTable`; starting them is here."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import errno
@@ -23,10 +24,8 @@ from jobworker.engine.errors import (
     CapacityError,
     EngineClosedError,
     InvalidSpecError,
-    JobNotFoundError,
     JobNotRunningError,
     LimitsUnsupportedError,
-    QuotaError,
     StartError,
     StorageFullError,
 )
@@ -52,6 +51,7 @@ from jobworker.engine.sandbox import (
 )
 from jobworker.engine.spawn import ForkServer, ForkServerKeeper, Launched, LaunchError, LaunchSpec
 from jobworker.engine.supervisor import JobSupervisor
+from jobworker.engine.table import JobRow, JobTable, with_output
 
 log = logging.getLogger("jobworker.engine")
 
@@ -127,41 +127,18 @@ class EngineInfo:
     default_limits: Limits = field(default_factory=Limits)
 
 
-@dataclass
-class _Job:
-    """One row of the job table: the immutable facts plus, while running, its supervisor."""
-
-    status: JobStatus
-    directory: Path
-    spool: OutputSpool | None = None
-    supervisor: JobSupervisor | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    # The host uid the job runs as under strict isolation, released when the job has ended.
-    uid: int | None = None
-    # The latest write of its record; each write waits for the one before, so the newest status wins.
-    saving: asyncio.Task[None] | None = None
-
-
 class JobManager:
     """Owns every job of one server; used from one asyncio event loop."""
 
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
-        self._jobs: dict[str, _Job] = {}
         self._closed = False
         self._driver: CgroupDriver = null_driver("not opened yet")
         self._namespaces = False
         self._sandbox: Sandbox | None = None
         self._default_limits = Limits()
         self._fork_servers: ForkServerKeeper | None = None
-        # Ended jobs, oldest first: what retention deletes from.
-        self._ended_ids: collections.deque[str] = collections.deque()
-        # Jobs between the quota check and their row in the table, by id -> owner.
-        self._launching: dict[str, str] = {}
-        self._deletions: set[asyncio.Future[None]] = set()
-        self._saves: set[asyncio.Task[None]] = set()
-        # Job directories found without a usable record or spool: retention removes them.
-        self._unreadable: list[Path] = []
+        self._table = JobTable(config)
 
     async def open(self) -> None:
         """Prepare the state directory, cgroups and namespaces, and reload past jobs."""
@@ -192,7 +169,7 @@ class JobManager:
         if cfg.fork_server:
             self._fork_servers = ForkServerKeeper()
             self._fork_servers.get()
-        await self._reload()
+        await self._table.load()
 
     async def _open_sandbox(self) -> None:
         """Prepare strict isolation and start one job through it (SandboxUnavailableError if that fails)."""
@@ -252,53 +229,6 @@ class JobManager:
             return False
         return True
 
-    async def _reload(self) -> None:
-        jobs, self._unreadable = await asyncio.to_thread(self._scan, self._config.state_dir / "jobs")
-        for job in jobs:
-            job.done.set()
-            self._jobs[job.status.id] = job
-        ended = sorted(self._jobs.values(), key=lambda j: (j.status.ended_at or 0, j.status.started_at))
-        self._ended_ids.extend(j.status.id for j in ended)
-        self._apply_retention()
-
-    def _scan(self, jobs_dir: Path) -> tuple[list[_Job], list[Path]]:
-        """Past jobs from their directories (in a thread); directories that cannot be read come second.
-
-        Nothing found here stops the server from starting: a broken directory is skipped with a warning,
-        and a record that cannot be rewritten (a full disk) keeps its new status in memory.
-        """
-        jobs: list[_Job] = []
-        unreadable: list[Path] = []
-        for directory in sorted(jobs_dir.iterdir()):
-            try:
-                status = records.load(directory)
-                spool = OutputSpool(directory / records.SPOOL, self._config.output_cap_bytes, create=False)
-            except (OSError, ValueError, TypeError, KeyError) as e:
-                log.warning(
-                    "skipping unreadable job directory", extra={"path": str(directory), "error": str(e)}
-                )
-                unreadable.append(directory)
-                continue
-            spool.finish()
-            if status.truncation_reason is not None:
-                spool.mark_truncated(status.truncation_reason)
-            # The counts are what the spool holds, whatever the record last said.
-            status = dataclasses.replace(
-                status,
-                stdout_bytes=spool.stdout_bytes,
-                stderr_bytes=spool.stderr_bytes,
-                output_truncated=spool.truncated,
-                truncation_reason=spool.truncation_reason,
-            )
-            if status.state is JobState.RUNNING:
-                status = dataclasses.replace(status, state=JobState.LOST, ended_at=time.time())
-                try:
-                    records.save(directory, status)
-                except OSError as e:
-                    log.warning("cannot save job record", extra={"job_id": status.id, "error": str(e)})
-            jobs.append(_Job(status=status, directory=directory, spool=spool))
-        return jobs, unreadable
-
     @property
     def info(self) -> EngineInfo:
         sandbox = self._sandbox
@@ -327,7 +257,7 @@ class JobManager:
         cfg = self._config
         validation.check_spec(spec)
         limits = validation.effective_limits(spec.limits, self._default_limits, cfg.max_limits)
-        if self._running_jobs() >= cfg.max_running_jobs:
+        if self._table.running() >= cfg.max_running_jobs:
             raise CapacityError(f"the server already runs its maximum of {cfg.max_running_jobs} jobs")
         if not limits.is_empty() and not self._driver.supports_limits():
             raise LimitsUnsupportedError(
@@ -337,7 +267,7 @@ class JobManager:
         env = validation.job_environment(spec.env, home=JOB_WORKDIR if strict else None)
         cwd = validation.check_cwd(spec.cwd or cfg.default_cwd or (JOB_WORKDIR if strict else "/"))
         # Last of the checks, so a Start that fails them never makes room by deleting old output.
-        self._check_quota(spec.owner)
+        self._table.check_quota(spec.owner)
 
         job_id = str(uuid.uuid4())
         directory = records.job_dir(cfg.state_dir, job_id)
@@ -347,21 +277,19 @@ class JobManager:
             _raise_capacity(e)
             raise
         uid: int | None = None
-        self._launching[job_id] = spec.owner
-        try:
-            if self._sandbox is not None:
-                uid, gid = self._sandbox.acquire_uid()
-                sandbox_args = self._sandbox.shim_args(uid, gid)
-            else:
-                sandbox_args = ()
-            return await self._launch(job_id, directory, spec, limits, env, cwd, uid, sandbox_args)
-        except BaseException:
-            if uid is not None and self._sandbox is not None:
-                self._sandbox.release_uid(uid)
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
-        finally:
-            del self._launching[job_id]
+        with self._table.launching(job_id, spec.owner):
+            try:
+                if self._sandbox is not None:
+                    uid, gid = self._sandbox.acquire_uid()
+                    sandbox_args = self._sandbox.shim_args(uid, gid)
+                else:
+                    sandbox_args = ()
+                return await self._launch(job_id, directory, spec, limits, env, cwd, uid, sandbox_args)
+            except BaseException:
+                if uid is not None and self._sandbox is not None:
+                    self._sandbox.release_uid(uid)
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
 
     @property
     def _fork_server(self) -> ForkServer | None:
@@ -371,43 +299,6 @@ class JobManager:
     def _usable_fork_server(self) -> ForkServer | None:
         # Restarting one takes a few milliseconds of Popen, like the direct path it replaces.
         return self._fork_servers.get() if self._fork_servers is not None else None
-
-    def _running_jobs(self) -> int:
-        """Jobs running or being started, counted from the job table (never kept by hand)."""
-        return len(self._launching) + sum(1 for job in self._jobs.values() if job.supervisor is not None)
-
-    def usage_of(self, owner: str) -> OwnerUsage:
-        """What `owner` holds now: running jobs, stored output bytes, ended jobs kept."""
-        running = sum(1 for o in self._launching.values() if o == owner)
-        output = retained = 0
-        for job in self._jobs.values():
-            if job.status.owner != owner:
-                continue
-            output += _stored_bytes(job)
-            if job.supervisor is None:
-                retained += 1
-            else:
-                running += 1
-        return OwnerUsage(running_jobs=running, output_bytes=output, retained_jobs=retained)
-
-    def _check_quota(self, owner: str) -> None:
-        cfg = self._config
-        use = self.usage_of(owner)
-        jobs_quota = cfg.max_running_jobs_per_owner
-        if jobs_quota is not None and use.running_jobs >= jobs_quota:
-            raise QuotaError(
-                f"quota reached: {owner} runs {use.running_jobs} jobs, max-jobs-per-owner is {jobs_quota}"
-            )
-        output_quota = cfg.max_output_bytes_per_owner
-        if output_quota is not None and use.output_bytes >= output_quota:
-            # The owner's own oldest ended jobs make room; what running jobs hold cannot be deleted.
-            self._make_room(owner, use.output_bytes, output_quota)
-            use = self.usage_of(owner)
-        if output_quota is not None and use.output_bytes >= output_quota:
-            raise QuotaError(
-                f"quota reached: running jobs of {owner} store {use.output_bytes} bytes of output, "
-                f"max-output-per-owner is {output_quota} bytes"
-            )
 
     async def _launch(
         self,
@@ -453,7 +344,7 @@ class JobManager:
             raise StartError(f"cannot start {spec.command!r}: {e.strerror or e}") from None
 
         status = dataclasses.replace(status, pid=launched.status.pid, started_at=time.time())
-        job = _Job(status=status, directory=directory, spool=spool, uid=uid)
+        job = JobRow(status=status, directory=directory, spool=spool, uid=uid)
         job.supervisor = JobSupervisor(
             launched,
             cgroup,
@@ -461,13 +352,13 @@ class JobManager:
             namespaces=self._namespaces,
             on_end=lambda s: self._ended(job, s),
         )
-        self._jobs[job_id] = job
-        self._save(job)
+        self._table.add(job)
+        self._table.save(job)
         log.info("job started", extra={"job_id": job_id, "owner": spec.owner, "pid": status.pid})
         return status
 
-    def _ended(self, job: _Job, sup: JobSupervisor) -> None:
-        job.status = _with_output(
+    def _ended(self, job: JobRow, sup: JobSupervisor) -> None:
+        job.status = with_output(
             dataclasses.replace(
                 job.status,
                 state=sup.state,
@@ -484,7 +375,7 @@ class JobManager:
         if job.uid is not None and self._sandbox is not None:
             self._sandbox.release_uid(job.uid)
             job.uid = None
-        self._save(job, ended=True)
+        self._table.save(job, ended=True)
         log.info(
             "job ended",
             extra={
@@ -495,142 +386,33 @@ class JobManager:
             },
         )
 
-    def _save(self, job: _Job, *, ended: bool = False) -> None:
-        """Write the job's current status to its record in a thread, after any earlier write of it.
-
-        Once the end record is written (or failed to be) the job counts as ended: waiters wake and
-        retention may delete it, never while its record is still being written.
-        """
-        previous, status = job.saving, job.status
-
-        async def save() -> None:
-            if previous is not None:
-                await asyncio.wait((previous,))
-            try:
-                await asyncio.to_thread(records.save, job.directory, status)
-            except Exception as e:  # a record that cannot be written must never keep a job from ending
-                log.error("cannot save job record", extra={"job_id": status.id, "error": str(e)})
-            finally:
-                if ended:
-                    job.done.set()
-                    self._ended_ids.append(status.id)
-                    self._apply_retention()
-
-        task = asyncio.create_task(save(), name=f"job-record-{status.id}")
-        job.saving = task
-        self._saves.add(task)
-        task.add_done_callback(self._saves.discard)
-
-    def _apply_retention(self) -> None:
-        """Delete the oldest ended jobs beyond the configured numbers, records and output alike.
-
-        Per owner first, then server-wide; server-wide, the owner that keeps the most ended jobs gives
-        up its oldest, so that one owner's churn does not evict another's history.
-        """
-        doomed = self._over_owner_retention()
-        keep = self._config.retained_jobs
-        if keep is not None and len(self._ended_ids) - len(doomed) > keep:
-            gone = set(doomed)
-            by_owner: dict[str, collections.deque[str]] = {}
-            for job_id in self._ended_ids:
-                if job_id not in gone:
-                    by_owner.setdefault(self._jobs[job_id].status.owner, collections.deque()).append(job_id)
-            for _ in range(len(self._ended_ids) - len(doomed) - keep):
-                # Ties go to the owner with the oldest job (dict order is order of first appearance).
-                owner = max(by_owner, key=lambda o: len(by_owner[o]))
-                doomed.append(by_owner[owner].popleft())
-        if doomed:
-            gone = set(doomed)
-            self._ended_ids = collections.deque(i for i in self._ended_ids if i not in gone)
-            self._delete(doomed)
-        # Directories without a usable record hold no job anyone can read.
-        unreadable, self._unreadable = self._unreadable, []
-        for directory in unreadable:
-            log.warning("removing unreadable job directory", extra={"path": str(directory)})
-            self._remove_dir(directory)
-
-    def _over_owner_retention(self) -> list[str]:
-        """Ended jobs with more than retained_jobs_per_owner newer ended jobs of the same owner."""
-        keep = self._config.retained_jobs_per_owner
-        if keep is None:
-            return []
-        kept: dict[str, int] = {}
-        doomed: list[str] = []
-        for job_id in reversed(self._ended_ids):
-            owner = self._jobs[job_id].status.owner
-            kept[owner] = kept.get(owner, 0) + 1
-            if kept[owner] > keep:
-                doomed.append(job_id)
-        return doomed
-
-    def _make_room(self, owner: str, stored: int, quota: int) -> None:
-        """Delete `owner`'s oldest ended jobs until the output it stores is under `quota`."""
-        doomed: list[str] = []
-        for job_id in self._ended_ids:
-            if stored < quota:
-                break
-            job = self._jobs[job_id]
-            if job.status.owner == owner and _stored_bytes(job) > 0:
-                doomed.append(job_id)
-                stored -= _stored_bytes(job)
-        if doomed:
-            gone = set(doomed)
-            self._ended_ids = collections.deque(i for i in self._ended_ids if i not in gone)
-            self._delete(doomed)
-
-    def _delete(self, job_ids: list[str]) -> None:
-        for job_id in job_ids:
-            # Followers still reading keep their open file; unlinking does not cut them off.
-            self._remove_dir(self._jobs.pop(job_id).directory)
-
-    def _remove_dir(self, directory: Path) -> None:
-        deletion = asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, directory, True)
-        self._deletions.add(deletion)
-        deletion.add_done_callback(self._deletions.discard)
-
-    def _get(self, job_id: str) -> _Job:
-        job = self._jobs.get(job_id)
-        if job is None:
-            raise JobNotFoundError(job_id)
-        return job
+    def usage_of(self, owner: str) -> OwnerUsage:
+        """What `owner` holds now: running jobs, stored output bytes, ended jobs kept."""
+        return self._table.usage_of(owner)
 
     def owner(self, job_id: str) -> str:
         """Who started the job (cheap: no usage is read, unlike status())."""
-        return self._get(job_id).status.owner
+        return self._table.get(job_id).status.owner
 
     def status(self, job_id: str) -> JobStatus:
         """A snapshot of one job (usage and output counters are live while it runs)."""
-        return self._snapshot(self._get(job_id))
-
-    def _snapshot(self, job: _Job) -> JobStatus:
-        sup = job.supervisor
-        if sup is None:
-            return job.status
-        live = dataclasses.replace(job.status, pid=sup.pid or job.status.pid, usage=sup.usage())
-        return _with_output(live, job.spool)
+        return self._table.snapshot(self._table.get(job_id))
 
     def list(
         self, *, states: Collection[JobState] | None = None, owner: str | None = None
     ) -> list[JobStatus]:
         """Jobs in start order, optionally only those in states and of owner."""
-        out = []
-        for job in self._jobs.values():
-            if states and job.status.state not in states:
-                continue
-            if owner is not None and job.status.owner != owner:
-                continue
-            out.append(self._snapshot(job))
-        return out
+        return self._table.statuses(states=states, owner=owner)
 
     async def wait(self, job_id: str) -> JobStatus:
         """Return the final status once the job has ended."""
-        job = self._get(job_id)
+        job = self._table.get(job_id)
         await job.done.wait()
         return job.status
 
     async def stop(self, job_id: str, grace_seconds: float | None = None) -> JobStatus:
         """SIGTERM the whole job, SIGKILL after the grace period; returns the final status."""
-        job = self._get(job_id)
+        job = self._table.get(job_id)
         sup = job.supervisor
         if sup is None:
             raise JobNotRunningError(f"job {job_id} has already ended ({job.status.state.value})")
@@ -653,7 +435,7 @@ class JobManager:
 
         Close the generator (``aclose()``) when abandoning it early, so its file descriptor is freed at once.
         """
-        job = self._get(job_id)
+        job = self._table.get(job_id)
         if offset < 0:
             raise InvalidSpecError("offset must not be negative")
         assert job.spool is not None
@@ -663,11 +445,9 @@ class JobManager:
         """Refuse new jobs and stop every running one (SIGTERM, SIGKILL after the grace period)."""
         self._closed = True
         grace = self._config.default_grace_seconds if grace_seconds is None else grace_seconds
-        running = [job.supervisor for job in self._jobs.values() if job.supervisor is not None]
+        running = [job.supervisor for job in self._table if job.supervisor is not None]
         await asyncio.gather(*(sup.stop(grace) for sup in running), return_exceptions=True)
-        # Saves end with retention, which may start deletions: saves first.
-        await asyncio.gather(*self._saves)
-        await asyncio.gather(*self._deletions)
+        await self._table.close()
         if self._fork_servers is not None:
             await asyncio.to_thread(self._fork_servers.close)
         try:
@@ -716,27 +496,6 @@ def _raise_capacity(error: OSError) -> None:
         raise CapacityError(_OUT_OF_FDS_MESSAGE) from None
     if error.errno in _DISK_FULL:
         raise StorageFullError(_DISK_FULL_MESSAGE) from None
-
-
-def _stored_bytes(job: _Job) -> int:
-    """Output bytes the job keeps on disk (live from the spool while it runs)."""
-    if job.spool is not None:
-        return job.spool.stdout_bytes + job.spool.stderr_bytes
-    return job.status.stdout_bytes + job.status.stderr_bytes
-
-
-def _with_output(status: JobStatus, spool: OutputSpool | None) -> JobStatus:
-    """status with the spool's byte counters and truncation flag."""
-    if spool is None:
-        return status
-    return dataclasses.replace(
-        status,
-        stdout_bytes=spool.stdout_bytes,
-        stderr_bytes=spool.stderr_bytes,
-        output_truncated=spool.truncated,
-        truncation_reason=spool.truncation_reason,
-        output_dropped_bytes=spool.dropped_bytes,
-    )
 
 
 def _starting_status(job_id: str, spec: JobSpec, cwd: str, limits: Limits) -> JobStatus:

@@ -1,0 +1,310 @@
+"""The job table: every job of one engine, its records on disk, per-owner usage and quotas, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import shutil
+import time
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from jobworker.engine import records
+from jobworker.engine.errors import JobNotFoundError, QuotaError
+from jobworker.engine.job import JobState, JobStatus, OwnerUsage
+from jobworker.engine.output import OutputSpool
+from jobworker.engine.supervisor import JobSupervisor
+
+if TYPE_CHECKING:
+    from jobworker.engine.manager import EngineConfig
+
+log = logging.getLogger("jobworker.engine")
+
+
+@dataclass
+class JobRow:
+    """One row of the job table: the facts so far plus, while running, its supervisor."""
+
+    status: JobStatus
+    directory: Path
+    spool: OutputSpool | None = None
+    supervisor: JobSupervisor | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    # The host uid the job runs as under strict isolation, released when the job has ended.
+    uid: int | None = None
+    # The latest write of its record; each write waits for the one before, so the newest status wins.
+    saving: asyncio.Task[None] | None = None
+
+
+class JobTable:
+    """Every job of one engine: lookup and listing, per-owner usage and quotas, records, retention.
+
+    Reloaded from the state directory at start-up; the engine adds the jobs it starts and calls save()
+    whenever a job's status changes. Running counts are derived from the rows, never kept by hand.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self._config = config
+        self._jobs: dict[str, JobRow] = {}
+        # Ended jobs, oldest first: what retention deletes from.
+        self._ended_ids: collections.deque[str] = collections.deque()
+        # Jobs between the quota check and their row in the table, by id -> owner.
+        self._launching: dict[str, str] = {}
+        self._deletions: set[asyncio.Future[None]] = set()
+        self._saves: set[asyncio.Task[None]] = set()
+        # Job directories found without a usable record or spool: retention removes them.
+        self._unreadable: list[Path] = []
+
+    def __iter__(self) -> Iterator[JobRow]:
+        return iter(list(self._jobs.values()))
+
+    def add(self, job: JobRow) -> None:
+        """A job that has started."""
+        self._jobs[job.status.id] = job
+
+    @contextlib.contextmanager
+    def launching(self, job_id: str, owner: str) -> Iterator[None]:
+        """Count a job against its owner's quota and the server's maximum while it is being started."""
+        self._launching[job_id] = owner
+        try:
+            yield
+        finally:
+            del self._launching[job_id]
+
+    def get(self, job_id: str) -> JobRow:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise JobNotFoundError(job_id)
+        return job
+
+    def snapshot(self, job: JobRow) -> JobStatus:
+        """job's status now (usage and output counters are live while it runs)."""
+        sup = job.supervisor
+        if sup is None:
+            return job.status
+        live = dataclasses.replace(job.status, pid=sup.pid or job.status.pid, usage=sup.usage())
+        return with_output(live, job.spool)
+
+    def statuses(
+        self, *, states: Collection[JobState] | None = None, owner: str | None = None
+    ) -> list[JobStatus]:
+        """Jobs in start order, optionally only those in states and of owner."""
+        out = []
+        for job in self._jobs.values():
+            if states and job.status.state not in states:
+                continue
+            if owner is not None and job.status.owner != owner:
+                continue
+            out.append(self.snapshot(job))
+        return out
+
+    async def close(self) -> None:
+        """Wait for every record write, then for every deletion they led to."""
+        # Saves end with retention, which may start deletions: saves first.
+        await asyncio.gather(*self._saves)
+        await asyncio.gather(*self._deletions)
+
+    async def load(self) -> None:
+        """The past jobs in the state directory, each ended (a job running at the last stop is LOST)."""
+        jobs, self._unreadable = await asyncio.to_thread(self._scan, self._config.state_dir / "jobs")
+        for job in jobs:
+            job.done.set()
+            self._jobs[job.status.id] = job
+        ended = sorted(self._jobs.values(), key=lambda j: (j.status.ended_at or 0, j.status.started_at))
+        self._ended_ids.extend(j.status.id for j in ended)
+        self.apply_retention()
+
+    def _scan(self, jobs_dir: Path) -> tuple[list[JobRow], list[Path]]:
+        """Past jobs from their directories (in a thread); directories that cannot be read come second.
+
+        Nothing found here stops the server from starting: a broken directory is skipped with a warning,
+        and a record that cannot be rewritten (a full disk) keeps its new status in memory.
+        """
+        jobs: list[JobRow] = []
+        unreadable: list[Path] = []
+        for directory in sorted(jobs_dir.iterdir()):
+            try:
+                status = records.load(directory)
+                spool = OutputSpool(directory / records.SPOOL, self._config.output_cap_bytes, create=False)
+            except (OSError, ValueError, TypeError, KeyError) as e:
+                log.warning(
+                    "skipping unreadable job directory", extra={"path": str(directory), "error": str(e)}
+                )
+                unreadable.append(directory)
+                continue
+            spool.finish()
+            if status.truncation_reason is not None:
+                spool.mark_truncated(status.truncation_reason)
+            # The counts are what the spool holds, whatever the record last said.
+            status = dataclasses.replace(
+                status,
+                stdout_bytes=spool.stdout_bytes,
+                stderr_bytes=spool.stderr_bytes,
+                output_truncated=spool.truncated,
+                truncation_reason=spool.truncation_reason,
+            )
+            if status.state is JobState.RUNNING:
+                status = dataclasses.replace(status, state=JobState.LOST, ended_at=time.time())
+                try:
+                    records.save(directory, status)
+                except OSError as e:
+                    log.warning("cannot save job record", extra={"job_id": status.id, "error": str(e)})
+            jobs.append(JobRow(status=status, directory=directory, spool=spool))
+        return jobs, unreadable
+
+    def running(self) -> int:
+        """Jobs running or being started, counted from the job table (never kept by hand)."""
+        return len(self._launching) + sum(1 for job in self._jobs.values() if job.supervisor is not None)
+
+    def usage_of(self, owner: str) -> OwnerUsage:
+        """What `owner` holds now: running jobs, stored output bytes, ended jobs kept."""
+        running = sum(1 for o in self._launching.values() if o == owner)
+        output = retained = 0
+        for job in self._jobs.values():
+            if job.status.owner != owner:
+                continue
+            output += stored_bytes(job)
+            if job.supervisor is None:
+                retained += 1
+            else:
+                running += 1
+        return OwnerUsage(running_jobs=running, output_bytes=output, retained_jobs=retained)
+
+    def check_quota(self, owner: str) -> None:
+        """Raise QuotaError when owner may not start another job (its oldest output may make room)."""
+        cfg = self._config
+        use = self.usage_of(owner)
+        jobs_quota = cfg.max_running_jobs_per_owner
+        if jobs_quota is not None and use.running_jobs >= jobs_quota:
+            raise QuotaError(
+                f"quota reached: {owner} runs {use.running_jobs} jobs, max-jobs-per-owner is {jobs_quota}"
+            )
+        output_quota = cfg.max_output_bytes_per_owner
+        if output_quota is not None and use.output_bytes >= output_quota:
+            # The owner's own oldest ended jobs make room; what running jobs hold cannot be deleted.
+            self._make_room(owner, use.output_bytes, output_quota)
+            use = self.usage_of(owner)
+        if output_quota is not None and use.output_bytes >= output_quota:
+            raise QuotaError(
+                f"quota reached: running jobs of {owner} store {use.output_bytes} bytes of output, "
+                f"max-output-per-owner is {output_quota} bytes"
+            )
+
+    def save(self, job: JobRow, *, ended: bool = False) -> None:
+        """Write the job's current status to its record in a thread, after any earlier write of it.
+
+        Once the end record is written (or failed to be) the job counts as ended: waiters wake and
+        retention may delete it, never while its record is still being written.
+        """
+        previous, status = job.saving, job.status
+
+        async def save() -> None:
+            if previous is not None:
+                await asyncio.wait((previous,))
+            try:
+                await asyncio.to_thread(records.save, job.directory, status)
+            except Exception as e:  # a record that cannot be written must never keep a job from ending
+                log.error("cannot save job record", extra={"job_id": status.id, "error": str(e)})
+            finally:
+                if ended:
+                    job.done.set()
+                    self._ended_ids.append(status.id)
+                    self.apply_retention()
+
+        task = asyncio.create_task(save(), name=f"job-record-{status.id}")
+        job.saving = task
+        self._saves.add(task)
+        task.add_done_callback(self._saves.discard)
+
+    def apply_retention(self) -> None:
+        """Delete the oldest ended jobs beyond the configured numbers, records and output alike.
+
+        Per owner first, then server-wide; server-wide, the owner that keeps the most ended jobs gives
+        up its oldest, so that one owner's churn does not evict another's history.
+        """
+        doomed = self._over_owner_retention()
+        keep = self._config.retained_jobs
+        if keep is not None and len(self._ended_ids) - len(doomed) > keep:
+            gone = set(doomed)
+            by_owner: dict[str, collections.deque[str]] = {}
+            for job_id in self._ended_ids:
+                if job_id not in gone:
+                    by_owner.setdefault(self._jobs[job_id].status.owner, collections.deque()).append(job_id)
+            for _ in range(len(self._ended_ids) - len(doomed) - keep):
+                # Ties go to the owner with the oldest job (dict order is order of first appearance).
+                owner = max(by_owner, key=lambda o: len(by_owner[o]))
+                doomed.append(by_owner[owner].popleft())
+        if doomed:
+            gone = set(doomed)
+            self._ended_ids = collections.deque(i for i in self._ended_ids if i not in gone)
+            self._delete(doomed)
+        # Directories without a usable record hold no job anyone can read.
+        unreadable, self._unreadable = self._unreadable, []
+        for directory in unreadable:
+            log.warning("removing unreadable job directory", extra={"path": str(directory)})
+            self._remove_dir(directory)
+
+    def _over_owner_retention(self) -> list[str]:
+        """Ended jobs with more than retained_jobs_per_owner newer ended jobs of the same owner."""
+        keep = self._config.retained_jobs_per_owner
+        if keep is None:
+            return []
+        kept: dict[str, int] = {}
+        doomed: list[str] = []
+        for job_id in reversed(self._ended_ids):
+            owner = self._jobs[job_id].status.owner
+            kept[owner] = kept.get(owner, 0) + 1
+            if kept[owner] > keep:
+                doomed.append(job_id)
+        return doomed
+
+    def _make_room(self, owner: str, stored: int, quota: int) -> None:
+        """Delete `owner`'s oldest ended jobs until the output it stores is under `quota`."""
+        doomed: list[str] = []
+        for job_id in self._ended_ids:
+            if stored < quota:
+                break
+            job = self._jobs[job_id]
+            if job.status.owner == owner and stored_bytes(job) > 0:
+                doomed.append(job_id)
+                stored -= stored_bytes(job)
+        if doomed:
+            gone = set(doomed)
+            self._ended_ids = collections.deque(i for i in self._ended_ids if i not in gone)
+            self._delete(doomed)
+
+    def _delete(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            # Followers still reading keep their open file; unlinking does not cut them off.
+            self._remove_dir(self._jobs.pop(job_id).directory)
+
+    def _remove_dir(self, directory: Path) -> None:
+        deletion = asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, directory, True)
+        self._deletions.add(deletion)
+        deletion.add_done_callback(self._deletions.discard)
+
+
+def stored_bytes(job: JobRow) -> int:
+    """Output bytes the job keeps on disk (live from the spool while it runs)."""
+    if job.spool is not None:
+        return job.spool.stdout_bytes + job.spool.stderr_bytes
+    return job.status.stdout_bytes + job.status.stderr_bytes
+
+
+def with_output(status: JobStatus, spool: OutputSpool | None) -> JobStatus:
+    """status with the spool's byte counters and truncation flag."""
+    if spool is None:
+        return status
+    return dataclasses.replace(
+        status,
+        stdout_bytes=spool.stdout_bytes,
+        stderr_bytes=spool.stderr_bytes,
+        output_truncated=spool.truncated,
+        truncation_reason=spool.truncation_reason,
+        output_dropped_bytes=spool.dropped_bytes,
+    )
