@@ -148,6 +148,7 @@ def _bind_entry(host: str, new: str, name: str) -> None:
 
 
 def _make_dev(new: str) -> None:
+    """The device nodes every job shares: a read-only tmpfs (a job can open them, never add one)."""
     _tmpfs(new + "/dev", "mode=0755,size=64k", MS_NOSUID | MS_NOEXEC)
     for name, major, minor in DEVICES:
         path = f"{new}/dev/{name}"
@@ -163,6 +164,11 @@ def _make_dev(new: str) -> None:
         os.symlink(target, f"{new}/dev/{name}")
     os.mkdir(new + "/dev/pts", 0o755)
     os.mkdir(new + "/dev/shm", 0o755)
+    _mount(None, new + "/dev", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
+
+
+def _own_dev(new: str) -> None:
+    """What of /dev is a job's own: its terminals (a new devpts instance) and its shared memory."""
     _mount("devpts", new + "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
     _tmpfs(new + "/dev/shm", "mode=1777,size=64m")
 
@@ -218,15 +224,18 @@ def _host_view(plan: Plan, host: str, new: str) -> None:
     # sysfs without the mounts below it: no cgroupfs, nothing writable.
     _mount(host + "/sys", new + "/sys", None, MS_BIND)
     _mount(None, new + "/sys", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _make_dev(new)
+    # Empty and read-only: no host socket, nothing for a job to write.
+    _tmpfs(new + "/run", "mode=0755,size=4k", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for path in plan.masks:
         _mask(host, new, path)
 
 
 def _job_mounts(plan: Plan, host: str, new: str) -> None:
-    """The part of a job's root that is its own: /proc, /dev, /run, /tmp, its workdir, the job mounts."""
+    """The part of a job's root that is its own: /proc, /dev/pts and /dev/shm, /tmp, its workdir, the job
+    mounts."""
     _make_proc(host, new)
-    _make_dev(new)
-    _tmpfs(new + "/run", "mode=0755,size=64k", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _own_dev(new)
     _tmpfs(new + "/tmp", f"mode=1777,size={plan.scratch_bytes}")
     _tmpfs(new + plan.workdir, f"mode=0700,uid={plan.uid},gid={plan.gid},size={plan.scratch_bytes}")
     for source, target, writable in plan.binds:

@@ -367,7 +367,8 @@ class Sandbox:
             who = f"as one uid per job from {r.start}-{r.stop - 1}"
         return (
             f"jobs run {who}, no capabilities, no_new_privs, seccomp; read-only host root, "
-            f"private /tmp, {JOB_WORKDIR}, /dev, /proc; no cgroupfs; server credentials and state masked"
+            f"private /tmp, {JOB_WORKDIR}, /proc, /dev/pts, /dev/shm; no cgroupfs; "
+            "server credentials and state masked"
         )
 
     def acquire_uid(self) -> tuple[int, int]:
