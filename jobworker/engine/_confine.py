@@ -293,12 +293,27 @@ def build_root(plan: Plan) -> None:
     _enter("/newroot")
 
 
-def drop_privileges(uid: int, gid: int) -> None:
-    """Become uid:gid with no supplementary groups and every capability set empty, no_new_privs on."""
+_BOUNDING_EMPTY = False
+
+
+def empty_bounding_set() -> None:
+    """Drop every capability from this process's bounding set (its children inherit it).
+
+    The bounding set only limits what an execve can gain; this process keeps its effective capabilities.
+    The fork server does this once under strict isolation, so each job's command need not.
+    """
+    global _BOUNDING_EMPTY
     with open("/proc/sys/kernel/cap_last_cap") as f:
         last_cap = int(f.read())
     for cap in range(last_cap + 1):
         _check(_prctl(PR_CAPBSET_DROP, cap), "dropping the capability bounding set")
+    _BOUNDING_EMPTY = True
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become uid:gid with no supplementary groups and every capability set empty, no_new_privs on."""
+    if not _BOUNDING_EMPTY:
+        empty_bounding_set()
     _check(_prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL), "clearing ambient capabilities")
     os.setgroups([])
     os.setresgid(gid, gid, gid)

@@ -352,6 +352,8 @@ def prepare_template(args: list[str]) -> None:
         if plan is not None:
             _confine.build_template(plan, path)
             _TEMPLATE[path] = True
+            # Only strict isolation asks for a template, and this fork server serves one engine.
+            _confine.empty_bounding_set()
     except (OSError, SetupError) as e:
         sys.stderr.write(f"jobworker fork server: no sandbox template, jobs build their own root: {e}\n")
 
