@@ -11,13 +11,13 @@ import logging
 import os
 import resource
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from engine_helpers import collect
+from tmpfs_helpers import small_tmpfs
 
 from jobworker.engine import (
     EngineConfig,
@@ -66,16 +66,8 @@ def plain_config(state_dir: Path, **overrides: object) -> EngineConfig:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs as the state directory."""
-    if not IS_ROOT:
-        pytest.skip("mounting a tmpfs needs root")
-    path = tmp_path / "state"
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(path)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "state") as path:
         yield path
-    finally:
-        # Lazy: a test that failed may still hold a file open on it.
-        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 def fill(path: Path) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from server_helpers import (
     spawn_server,
     start_job,
 )
+from tmpfs_helpers import small_tmpfs
 
 from jobworker.api import jobworker_pb2 as pb
 from jobworker.api import jobworker_pb2_grpc as pb_grpc
@@ -33,16 +32,8 @@ from jobworker.api import jobworker_pb2_grpc as pb_grpc
 @pytest.fixture
 def small_state_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs where make_server puts its first server's state."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    path = tmp_path / "state0"
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(path)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "state0") as path:
         yield path
-    finally:
-        # Lazy: the server is shut down after this fixture's test, by make_server.
-        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 async def test_a_full_state_disk(small_state_disk: Path, make_server: MakeServer, clients: Clients) -> None:

@@ -31,6 +31,12 @@ from jobworker.api import jobworker_pb2 as pb
 from jobworker.server import ServerConfig, main
 
 
+def credential_args(certs: Pki) -> list[str]:
+    """The three options every jw-server needs."""
+    cert, key = str(certs.cert("server")), str(certs.key("server"))
+    return ["--cert", cert, "--key", key, "--ca", str(certs.ca_path)]
+
+
 @pytest.fixture
 def captured(monkeypatch: pytest.MonkeyPatch) -> list[ServerConfig]:
     """Configs main() would run, without running a server."""
@@ -78,14 +84,7 @@ def test_flags_map_to_the_engine_config(certs: Pki, tmp_path: Path, captured: li
 def test_without_flags_jobs_are_strictly_isolated_and_limited(
     certs: Pki, tmp_path: Path, captured: list[ServerConfig]
 ) -> None:
-    args = [
-        "--cert",
-        str(certs.cert("server")),
-        "--key",
-        str(certs.key("server")),
-        "--ca",
-        str(certs.ca_path),
-    ]
+    args = credential_args(certs)
     result = CliRunner().invoke(main.main, [*args, "--state-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     config = captured[0].engine_config()
@@ -134,14 +133,7 @@ def test_sandbox_flags_map_to_the_engine_config(
 def test_bad_sandbox_flags_are_usage_errors(
     certs: Pki, tmp_path: Path, captured: list[ServerConfig], flag: str, value: str, message: str
 ) -> None:
-    args = [
-        "--cert",
-        str(certs.cert("server")),
-        "--key",
-        str(certs.key("server")),
-        "--ca",
-        str(certs.ca_path),
-    ]
+    args = credential_args(certs)
     result = CliRunner().invoke(main.main, [*args, "--state-dir", str(tmp_path), flag, value])
     assert result.exit_code == 2
     assert message in result.output
@@ -173,8 +165,7 @@ def test_environment_variables_configure_the_server(
 
 @pytest.mark.parametrize("bad", ["lots", "-5M", "0"])
 def test_sizes_are_validated(certs: Pki, captured: list[ServerConfig], bad: str) -> None:
-    args = ["--cert", str(certs.cert("server")), "--key", str(certs.key("server"))]
-    args += ["--ca", str(certs.ca_path), "--output-cap", bad]
+    args = [*credential_args(certs), "--output-cap", bad]
     result = CliRunner().invoke(main.main, args)
     assert result.exit_code == 2
     assert captured == []
@@ -278,8 +269,7 @@ def test_policy_and_quota_flags_map_to_the_config(
 def test_quota_and_age_defaults_stop_one_owner_taking_everything(
     certs: Pki, tmp_path: Path, captured: list[ServerConfig]
 ) -> None:
-    args = ["--cert", str(certs.cert("server")), "--key", str(certs.key("server"))]
-    result = CliRunner().invoke(main.main, [*args, "--ca", str(certs.ca_path)])
+    result = CliRunner().invoke(main.main, credential_args(certs))
     assert result.exit_code == 0, result.output
     config = captured[0]
     assert config.revoked is None
@@ -331,8 +321,7 @@ def test_a_default_limit_the_kernel_refuses_is_a_clean_startup_error(certs: Pki,
 def test_a_lowered_ceiling_caps_the_built_in_default(
     certs: Pki, tmp_path: Path, captured: list[ServerConfig]
 ) -> None:
-    args = ["--cert", str(certs.cert("server")), "--key", str(certs.key("server"))]
-    args += ["--ca", str(certs.ca_path), "--state-dir", str(tmp_path), "--max-pids", "100"]
+    args = [*credential_args(certs), "--state-dir", str(tmp_path), "--max-pids", "100"]
     result = CliRunner().invoke(main.main, args)
     assert result.exit_code == 0, result.output
     config = captured[0].engine_config()
@@ -364,14 +353,7 @@ def test_durations_and_the_new_limits_take_the_shared_grammar(
 def test_bad_values_name_the_grammar(
     certs: Pki, captured: list[ServerConfig], flag: str, value: str, message: str
 ) -> None:
-    args = [
-        "--cert",
-        str(certs.cert("server")),
-        "--key",
-        str(certs.key("server")),
-        "--ca",
-        str(certs.ca_path),
-    ]
+    args = credential_args(certs)
     result = CliRunner().invoke(main.main, [*args, flag, value])
     assert result.exit_code == 2
     assert message in result.output
