@@ -434,3 +434,14 @@ async def test_the_callers_environment_never_reaches_the_root_launcher(tmp_path:
         await mgr.close(grace_seconds=1)
     assert b"LD_PRELOAD" not in environ
     assert b"GREETING" not in environ
+
+
+async def test_vsock_to_the_hypervisor_is_refused(jobs: Jobs) -> None:
+    """AF_VSOCK crosses every network namespace to the VM's host: a job never gets such a socket."""
+    code = (
+        "import errno, socket\n"
+        "try:\n    socket.socket(40, socket.SOCK_STREAM)\n    print('ok')\n"
+        "except OSError as e:\n    print(errno.errorcode[e.errno])\n"
+    )
+    _state, _code, out, err = await jobs.run("python3", "-c", code)
+    assert out.strip() == "EPERM", err
