@@ -64,6 +64,11 @@ class JobWorkerStub:
                 request_serializer=jobworker_dot_v1_dot_jobworker__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.GetServerInfoResponse.FromString,
                 _registered_method=True)
+        self.Wait = channel.unary_unary(
+                '/jobworker.v1.JobWorker/Wait',
+                request_serializer=jobworker_dot_v1_dot_jobworker__pb2.WaitRequest.SerializeToString,
+                response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.WaitResponse.FromString,
+                _registered_method=True)
 
 
 class JobWorkerServicer:
@@ -113,6 +118,14 @@ class JobWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Wait(self, request, context):
+        """Block until the job has ended and return its final status (at once for an ended job). Same scope as
+        GetStatus. UNAVAILABLE when the server shuts down before the job ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +158,11 @@ def add_JobWorkerServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.GetServerInfoRequest.FromString,
                     response_serializer=jobworker_dot_v1_dot_jobworker__pb2.GetServerInfoResponse.SerializeToString,
+            ),
+            'Wait': grpc.unary_unary_rpc_method_handler(
+                    servicer.Wait,
+                    request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.WaitRequest.FromString,
+                    response_serializer=jobworker_dot_v1_dot_jobworker__pb2.WaitResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +327,33 @@ class JobWorker:
             '/jobworker.v1.JobWorker/GetServerInfo',
             jobworker_dot_v1_dot_jobworker__pb2.GetServerInfoRequest.SerializeToString,
             jobworker_dot_v1_dot_jobworker__pb2.GetServerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Wait(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobworker.v1.JobWorker/Wait',
+            jobworker_dot_v1_dot_jobworker__pb2.WaitRequest.SerializeToString,
+            jobworker_dot_v1_dot_jobworker__pb2.WaitResponse.FromString,
             options,
             channel_credentials,
             insecure,

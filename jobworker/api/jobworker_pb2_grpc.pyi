@@ -51,6 +51,10 @@ class JobWorkerStub:
     """What this server enforces (isolation, resource defaults and ceilings) and who the caller is.
     Any role.
     """
+    Wait: _grpc.UnaryUnaryMultiCallable[_jobworker_pb2.WaitRequest, _jobworker_pb2.WaitResponse]
+    """Block until the job has ended and return its final status (at once for an ended job). Same scope as
+    GetStatus. UNAVAILABLE when the server shuts down before the job ends.
+    """
 
 @_typing.type_check_only
 class JobWorkerAsyncStub(JobWorkerStub):
@@ -70,6 +74,10 @@ class JobWorkerAsyncStub(JobWorkerStub):
     GetServerInfo: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.GetServerInfoRequest, _jobworker_pb2.GetServerInfoResponse]  # type: ignore[assignment]
     """What this server enforces (isolation, resource defaults and ceilings) and who the caller is.
     Any role.
+    """
+    Wait: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.WaitRequest, _jobworker_pb2.WaitResponse]  # type: ignore[assignment]
+    """Block until the job has ended and return its final status (at once for an ended job). Same scope as
+    GetStatus. UNAVAILABLE when the server shuts down before the job ends.
     """
 
 class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
@@ -123,6 +131,16 @@ class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_jobworker_pb2.GetServerInfoResponse, _abc.Awaitable[_jobworker_pb2.GetServerInfoResponse]]:
         """What this server enforces (isolation, resource defaults and ceilings) and who the caller is.
         Any role.
+        """
+
+    @_abc_1.abstractmethod
+    def Wait(
+        self,
+        request: _jobworker_pb2.WaitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobworker_pb2.WaitResponse, _abc.Awaitable[_jobworker_pb2.WaitResponse]]:
+        """Block until the job has ended and return its final status (at once for an ended job). Same scope as
+        GetStatus. UNAVAILABLE when the server shuts down before the job ends.
         """
 
 def add_JobWorkerServicer_to_server(servicer: JobWorkerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

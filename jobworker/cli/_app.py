@@ -356,6 +356,32 @@ def logs(
         ctx.exit(ExitCode.INTERRUPTED)
 
 
+def _job_ids_argument(f: F) -> F:
+    return click.argument(
+        "job_ids", metavar="ID...", nargs=-1, required=True, shell_complete=_complete_job_id
+    )(f)
+
+
+@jw.command()
+@_job_ids_argument
+@click.pass_context
+def wait(ctx: click.Context, job_ids: tuple[str, ...]) -> None:
+    """Wait until the jobs have ended; print each one's exit code and exit with the first non-zero.
+
+    The exit codes are those of jw run (128+N for signal N). Waits as long as the jobs run.
+    """
+    client = _connect(ctx)
+    first = ExitCode.OK.value
+    try:
+        for job_id in job_ids:
+            code = _job_exit_code(client.wait(job_id))
+            click.echo(code)
+            first = first or code
+    except KeyboardInterrupt:
+        ctx.exit(ExitCode.INTERRUPTED)
+    ctx.exit(first)
+
+
 @jw.command()
 @_job_id_argument
 @click.option(

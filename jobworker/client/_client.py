@@ -98,6 +98,23 @@ class Client:
             response = self._stub.GetStatus(request, timeout=self._conn.timeout)
         return _convert.job_from_proto(response.job)
 
+    def wait(self, job_id: str, max_wait: float | None = None) -> JobInfo:
+        """Block until the job has ended and return its final status.
+
+        No deadline unless `max_wait` (seconds) is given, like `docker wait`: a job may run for days. A call
+        cut because the server retired an old connection is made again on a new one.
+        """
+        request = _convert.wait_request(job_id)
+        self._conn.check_server(self._channel)
+        while True:
+            try:
+                response = self._stub.Wait(request, timeout=max_wait)
+            except grpc.RpcError as exc:
+                if connection_aged(exc):
+                    continue
+                raise self._conn.error(exc) from exc
+            return _convert.job_from_proto(response.job)
+
     def list(self, states: Iterable[JobState] = (), owner: str | None = None) -> builtins.list[JobInfo]:
         """Return the jobs visible to us, optionally only those in `states` or of `owner`."""
         request = _convert.list_request(states, owner)

@@ -179,6 +179,11 @@ def status_request(job_id: str) -> pb.GetStatusRequest:
     return pb.GetStatusRequest(job_id=job_id)
 
 
+def wait_request(job_id: str) -> pb.WaitRequest:
+    """Build a WaitRequest."""
+    return pb.WaitRequest(job_id=job_id)
+
+
 def stop_request(job_id: str, grace_seconds: float | None) -> pb.StopRequest:
     """Build a StopRequest; None leaves the grace period to the server."""
     request = pb.StopRequest(job_id=job_id)

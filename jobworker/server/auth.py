@@ -54,6 +54,8 @@ ACCESS: Mapping[str, Mapping[pki.Role, Scope]] = {
     "/jobworker.v1.JobWorker/List": _READ,
     "/jobworker.v1.JobWorker/StreamOutput": _READ,
     "/jobworker.v1.JobWorker/GetServerInfo": _ANY_ROLE,
+    # Waiting reveals no more than GetStatus does, so it has the same scope.
+    "/jobworker.v1.JobWorker/Wait": _READ,
 }
 """Method -> the roles allowed to call it and the jobs each one sees. Absent roles are refused."""
 
