@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 import click
 from click.shell_completion import CompletionItem
 
-from jobworker.cli._exit import ConnectionExit, ExitCode, exit_for
+from jobworker.cli._exit import ConnectionExit, ExitCode, JwError, exit_for
 from jobworker.cli._follow import OutputPump
-from jobworker.cli._params import DURATION, ENV_ENTRY, POSITIVE_DURATION, LimitType
+from jobworker.cli._params import DURATION, ENV_ENTRY, POINT_IN_TIME, POSITIVE_DURATION, LimitType
 from jobworker.cli._render import (
     job_details,
     job_json,
@@ -382,8 +382,35 @@ def wait(ctx: click.Context, job_ids: tuple[str, ...]) -> None:
     ctx.exit(first)
 
 
+def _each(ctx: click.Context, job_ids: tuple[str, ...], act: Callable[[str], JobInfo], as_json: bool) -> None:
+    """Apply `act` to every job in turn; one failing job does not keep the others from their turn.
+
+    Prints each id that succeeded (or the jobs as JSON), each failure as one `Error:` line, and exits
+    with the exit code of the first failure.
+    """
+    done: list[JobInfo] = []
+    failure: JwError | None = None
+    for job_id in job_ids:
+        try:
+            job = act(job_id)
+        except ClientError as exc:
+            error = exit_for(exc)
+            if len(job_ids) == 1:
+                raise error from exc
+            error.show()
+            failure = failure or error
+            continue
+        done.append(job)
+        if not as_json:
+            click.echo(job.id)
+    if as_json:
+        _echo_json([job_json(job) for job in done] if len(job_ids) > 1 else job_json(done[0]))
+    if failure is not None:
+        ctx.exit(failure.exit_code)
+
+
 @jw.command()
-@_job_id_argument
+@_job_ids_argument
 @click.option(
     "--grace",
     type=DURATION,
@@ -391,13 +418,64 @@ def wait(ctx: click.Context, job_ids: tuple[str, ...]) -> None:
 )
 @_json_option
 @click.pass_context
-def stop(ctx: click.Context, job_id: str, grace: float | None, as_json: bool) -> None:
-    """Stop a running job and print its id once it is gone."""
-    job = _connect(ctx).stop(job_id, grace_seconds=grace)
+def stop(ctx: click.Context, job_ids: tuple[str, ...], grace: float | None, as_json: bool) -> None:
+    """Stop running jobs and print each id once it is gone."""
+    client = _connect(ctx)
+    _each(ctx, job_ids, lambda job_id: client.stop(job_id, grace_seconds=grace), as_json)
+
+
+@jw.command()
+@_job_ids_argument
+@_json_option
+@click.pass_context
+def rm(ctx: click.Context, job_ids: tuple[str, ...], as_json: bool) -> None:
+    """Delete ended jobs and their output; print each id deleted.
+
+    Writers delete their own jobs, admins any. A running job is refused (exit 6): stop it first.
+    """
+    client = _connect(ctx)
+    _each(ctx, job_ids, client.delete, as_json)
+
+
+@jw.command()
+@click.option(
+    "--until",
+    type=POINT_IN_TIME,
+    help="Only jobs that ended before this time: RFC 3339 (2026-12-01T10:00:00Z) or a duration "
+    "ago (10m, 1h30m).  [default: now]",
+)
+@_json_option
+@click.pass_context
+def prune(ctx: click.Context, until: datetime | None, as_json: bool) -> None:
+    """Delete your ended jobs (an admin's: everyone's) and their output; print each id deleted."""
+    jobs = _connect(ctx).prune(until)
     if as_json:
-        _echo_json(job_json(job))
+        _echo_json([job_json(job) for job in jobs])
     else:
-        click.echo(job.id)
+        for job in jobs:
+            click.echo(job.id)
+
+
+@jw.command()
+@click.option(
+    "-s",
+    "--signal",
+    "signal_name",
+    default="TERM",
+    show_default=True,
+    metavar="SIGNAL",
+    help="Signal to send: HUP, INT, QUIT, KILL, USR1, USR2, TERM, CONT or WINCH (SIG prefix optional).",
+)
+@_job_ids_argument
+@_json_option
+@click.pass_context
+def kill(ctx: click.Context, signal_name: str, job_ids: tuple[str, ...], as_json: bool) -> None:
+    """Send a signal to running jobs' commands without stopping them; print each id signaled.
+
+    Unlike stop, there is no SIGKILL after a grace period: the job decides what the signal means.
+    """
+    client = _connect(ctx)
+    _each(ctx, job_ids, lambda job_id: client.signal(job_id, signal_name), as_json)
 
 
 @jw.command()

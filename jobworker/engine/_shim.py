@@ -52,7 +52,18 @@ SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 # What the launcher and init pass on to the job (a stop is SIGTERM).
-FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+# Also what a Signal call may send (validation.SIGNALS, less SIGKILL): init of a PID namespace drops a
+# signal it has no handler for, so each one needs a forwarding handler to reach the command.
+FORWARDED = {
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGCONT,
+    signal.SIGWINCH,
+}
 
 
 # The command's environment: exactly what the engine gave us, in the fork server's request or as --setenv
@@ -155,7 +166,7 @@ def exec_command(argv: list[str], cwd: str, plan: "_confine.Plan | None", err_w:
         kind = "cwd"
         os.chdir(cwd)
         kind = "setup"
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, *FORWARDED):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         if plan is not None:

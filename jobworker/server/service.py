@@ -122,6 +122,27 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
             await _finish(ended)
         return pb.WaitResponse(job=convert.status_to_proto(status))
 
+    async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.DeleteResponse:
+        caller = current_caller()
+        job_id = convert.job_id(request.job_id)
+        self._check_visible(caller, job_id)
+        status = self._manager.delete(job_id)
+        return pb.DeleteResponse(job=convert.status_to_proto(status))
+
+    async def Prune(self, request: pb.PruneRequest, context: Context) -> pb.PruneResponse:
+        caller = current_caller()
+        cutoff = convert.ended_before(request)
+        deleted = self._manager.prune(cutoff, owner=caller.owner_filter(""))
+        return pb.PruneResponse(jobs=[convert.status_to_proto(s) for s in deleted])
+
+    async def Signal(self, request: pb.SignalRequest, context: Context) -> pb.SignalResponse:
+        caller = current_caller()
+        job_id = convert.job_id(request.job_id)
+        number = convert.signal_from_proto(request.signal)
+        self._check_visible(caller, job_id)
+        status = self._manager.signal(job_id, number)
+        return pb.SignalResponse(job=convert.status_to_proto(status))
+
     async def List(self, request: pb.ListRequest, context: Context) -> pb.ListResponse:
         caller = current_caller()
         states = convert.states_from_proto(request.states)
