@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from typing import Any, TypeVar
 import click
 from click.shell_completion import CompletionItem
 
-from jobworker.cli._exit import ConnectionExit, ExitCode, JwError, exit_for
+from jobworker.cli._exit import ConnectionExit, ExitCode, JwError, exit_code_help, exit_for
 from jobworker.cli._follow import OutputPump
 from jobworker.cli._params import DURATION, ENV_ENTRY, POINT_IN_TIME, POSITIVE_DURATION, LimitType
 from jobworker.cli._render import (
@@ -43,19 +42,9 @@ from jobworker.client import (
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EPILOG = """\b
-Exit codes:
-  0    success
-  1    other error (server error, server at capacity, jw health: not serving)
-  2    usage or configuration error (bad option, unusable cert/key/CA file,
-       request rejected as invalid by the server)
-  3    connection or TLS error (unreachable, timed out, certificate refused)
-  4    job not found
-  5    permission denied (role not allowed, or identity not accepted)
-  6    failed precondition (e.g. stopping a job that has already ended)
-  130  interrupted by Ctrl-C (jw run: detached, the job keeps running)
-jw run exits with the job's own code instead: 128+N if signal N killed it
-(137 for an OOM kill).
+EPILOG = (
+    exit_code_help()
+    + """
 
 \b
 Connection settings, per setting: option > environment (JW_SERVER, JW_CA,
@@ -67,6 +56,7 @@ durations look like 500ms, 10s, 1m30s.
 Shell completion (bash; zsh_source and fish_source for other shells):
   eval "$(_JW_COMPLETE=bash_source jw)"
 """
+)
 
 # Options stop at the command: `jw run -- ls -la` and `jw run ls -la` both pass -la to ls.
 _JOB_CONTEXT = {"allow_interspersed_args": False}
@@ -117,6 +107,10 @@ class JwGroup(click.Group):
             return super().invoke(ctx)
         except ClientError as exc:
             raise exit_for(exc) from exc
+        except KeyboardInterrupt:
+            # click would print "Aborted!" and exit 1; a Ctrl-C is 130 like everywhere else (a second
+            # one during jw run's stop lands here too: the server finishes the stop on its own).
+            raise click.exceptions.Exit(ExitCode.INTERRUPTED) from None
 
 
 def _connect(ctx: click.Context) -> Client:
@@ -315,10 +309,16 @@ def run(ctx: click.Context, /, stop_on_interrupt: bool, **options: Any) -> None:
             click.echo(f"jw: reattach with: {_resume_hint(job.id, pump.offset, 'both')}", err=True)
             ctx.exit(ExitCode.INTERRUPTED)
         click.echo(f"jw: interrupted; stopping job {job.id}", err=True)
-        # It may have ended on its own meanwhile; then its own outcome is what we report.
-        with contextlib.suppress(FailedPreconditionError):
+        try:
             client.stop(job.id)
-        end = _follow(client, pump, "both", follow=True)
+        except FailedPreconditionError:
+            # It ended on its own meanwhile: then its own outcome is what we report.
+            end = _follow(client, pump, "both", follow=True)
+            ctx.exit(_job_exit_code(end.job or client.status(job.id)))
+        # Stopped because of the Ctrl-C: interrupted (130), as the exit-code table says, not the
+        # SIGTERM the stop delivered. The rest of its output is still printed.
+        _follow(client, pump, "both", follow=True)
+        ctx.exit(ExitCode.INTERRUPTED)
     ctx.exit(_job_exit_code(end.job or client.status(job.id)))
 
 
@@ -535,7 +535,7 @@ def info(ctx: click.Context, as_json: bool) -> None:
 @jw.command()
 @click.pass_context
 def health(ctx: click.Context) -> None:
-    """Exit 0 if the server is serving, else 1 (for health checks)."""
+    """Exit 0 if the server is serving, 1 if it answers not serving, 3 if it cannot be reached."""
     serving = _connect(ctx).health()
     click.echo("SERVING" if serving else "NOT_SERVING")
     if not serving:
