@@ -444,7 +444,7 @@ class JobManager:
         sup = job.supervisor
         if sup is None:
             raise JobNotRunningError(f"job {job_id} has already ended ({job.status.state.value})")
-        sup.signal_job(sig)
+        sup.signal_command(sig)
         log.info("job signaled", extra={"job_id": job_id, "signal": sig.name})
         return self._table.snapshot(job)
 

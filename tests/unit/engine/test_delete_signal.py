@@ -83,6 +83,10 @@ async def test_signal_reaches_the_command_and_it_keeps_running(manager: JobManag
         await asyncio.sleep(0.05)
         output = b"".join(c.data for c in await collect(manager, status.id, follow=False))
     assert b"got USR1" in output
+    # Only the command got it: the shell's `sleep` child would have died of it ("User defined signal 1").
+    await asyncio.sleep(0.3)
+    output = b"".join(c.data for c in await collect(manager, status.id, follow=False))
+    assert b"User defined signal" not in output
     assert manager.status(status.id).state is JobState.RUNNING
     await manager.stop(status.id, 0)
 
