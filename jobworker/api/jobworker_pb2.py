@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjobworker/v1/jobworker.proto\x12\x0cjobworker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x98\x02\n\x06Limits\x12\x11\n\x04\x63pus\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmemory_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x18\n\x0bio_read_bps\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x19\n\x0cio_write_bps\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x11\n\x04pids\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x13\n\x06\x63puset\x18\x06 \x01(\tH\x05\x88\x01\x01\x12\x1e\n\x11memory_swap_bytes\x18\x07 \x01(\x04H\x06\x88\x01\x01\x42\x07\n\x05_cpusB\x0f\n\r_memory_bytesB\x0e\n\x0c_io_read_bpsB\x0f\n\r_io_write_bpsB\x07\n\x05_pidsB\t\n\x07_cpusetB\x14\n\x12_memory_swap_bytes\"z\n\x05Usage\x12\x18\n\x0b\x63pu_seconds\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11memory_peak_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x11\n\toom_kills\x18\x03 \x01(\rB\x0e\n\x0c_cpu_secondsB\x14\n\x12_memory_peak_bytes\"\xf3\x03\n\tJobStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x04 \x03(\t\x12%\n\x05state\x18\x05 \x01(\x0e\x32\x16.jobworker.v1.JobState\x12\x16\n\texit_code\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06signal\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\x0b\n\x03pid\x18\x08 \x01(\x05\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06limits\x18\x0b \x01(\x0b\x32\x14.jobworker.v1.Limits\x12\"\n\x05usage\x18\x0c \x01(\x0b\x32\x13.jobworker.v1.Usage\x12\x14\n\x0cstdout_bytes\x18\r \x01(\x04\x12\x14\n\x0cstderr_bytes\x18\x0e \x01(\x04\x12\x18\n\x10output_truncated\x18\x0f \x01(\x08\x12\x0b\n\x03\x63wd\x18\x10 \x01(\t\x12\x19\n\x11truncation_reason\x18\x11 \x01(\t\x12\x1c\n\x14output_dropped_bytes\x18\x12 \x01(\x04\x42\x0c\n\n_exit_codeB\t\n\x07_signal\"\xbe\x01\n\x0cStartRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\x12\x30\n\x03\x65nv\x18\x03 \x03(\x0b\x32#.jobworker.v1.StartRequest.EnvEntry\x12\x0b\n\x03\x63wd\x18\x04 \x01(\t\x12$\n\x06limits\x18\x05 \x01(\x0b\x32\x14.jobworker.v1.Limits\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\rStartResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"K\n\x0bStopRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1a\n\rgrace_seconds\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_grace_seconds\"4\n\x0cStopResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"\"\n\x10GetStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"9\n\x11GetStatusResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"D\n\x0bListRequest\x12&\n\x06states\x18\x01 \x03(\x0e\x32\x16.jobworker.v1.JobState\x12\r\n\x05owner\x18\x02 \x01(\t\"5\n\x0cListResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.jobworker.v1.JobStatus\"u\n\x13StreamOutputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12.\n\x07streams\x18\x02 \x01(\x0e\x32\x1d.jobworker.v1.StreamSelection\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\"W\n\x0bOutputChunk\x12*\n\x06stream\x18\x01 \x01(\x0e\x32\x1a.jobworker.v1.OutputStream\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"1\n\x0fOutputTruncated\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"s\n\tStreamEnd\x12-\n\x06reason\x18\x01 \x01(\x0e\x32\x1d.jobworker.v1.StreamEndReason\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12$\n\x03job\x18\x03 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"\xa7\x01\n\x14StreamOutputResponse\x12*\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x19.jobworker.v1.OutputChunkH\x00\x12\x32\n\ttruncated\x18\x02 \x01(\x0b\x32\x1d.jobworker.v1.OutputTruncatedH\x00\x12&\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x17.jobworker.v1.StreamEndH\x00\x42\x07\n\x05\x65vent\"\x16\n\x14GetServerInfoRequest\"\x9a\x03\n\x15GetServerInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x15\n\rcgroup_driver\x18\x02 \x01(\t\x12\x15\n\rcgroup_reason\x18\x03 \x01(\t\x12\x18\n\x10limits_supported\x18\x04 \x01(\x08\x12\x12\n\nnamespaces\x18\x05 \x01(\x08\x12,\n\x0e\x64\x65\x66\x61ult_limits\x18\x06 \x01(\x0b\x32\x14.jobworker.v1.Limits\x12(\n\nmax_limits\x18\x07 \x01(\x0b\x32\x14.jobworker.v1.Limits\x12\x10\n\x08identity\x18\x08 \x01(\t\x12\x0c\n\x04role\x18\t \x01(\t\x12\'\n\x05quota\x18\n \x01(\x0b\x32\x18.jobworker.v1.OwnerQuota\x12\'\n\x05usage\x18\x0b \x01(\x0b\x32\x18.jobworker.v1.OwnerUsage\x12\x11\n\tisolation\x18\x0c \x01(\t\x12\x18\n\x10isolation_detail\x18\r \x01(\t\x12\x1d\n\x15\x64\x65\x66\x61ult_grace_seconds\x18\x0e \x01(\x01\"\xa2\x01\n\nOwnerQuota\x12\x1d\n\x10max_running_jobs\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x1d\n\x10max_output_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x1a\n\rretained_jobs\x18\x03 \x01(\x04H\x02\x88\x01\x01\x42\x13\n\x11_max_running_jobsB\x13\n\x11_max_output_bytesB\x10\n\x0e_retained_jobs\"O\n\nOwnerUsage\x12\x14\n\x0crunning_jobs\x18\x01 \x01(\x04\x12\x14\n\x0coutput_bytes\x18\x02 \x01(\x04\x12\x15\n\rretained_jobs\x18\x03 \x01(\x04*\xaf\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_RUNNING\x10\x01\x12\x14\n\x10JOB_STATE_EXITED\x10\x02\x12\x16\n\x12JOB_STATE_SIGNALED\x10\x03\x12\x15\n\x11JOB_STATE_STOPPED\x10\x04\x12\x18\n\x14JOB_STATE_OOM_KILLED\x10\x05\x12\x12\n\x0eJOB_STATE_LOST\x10\x06*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02*f\n\x0fStreamSelection\x12\x19\n\x15STREAM_SELECTION_BOTH\x10\x00\x12\x1b\n\x17STREAM_SELECTION_STDOUT\x10\x01\x12\x1b\n\x17STREAM_SELECTION_STDERR\x10\x02*\x9d\x01\n\x0fStreamEndReason\x12!\n\x1dSTREAM_END_REASON_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSTREAM_END_REASON_JOB_ENDED\x10\x01\x12\x1f\n\x1bSTREAM_END_REASON_CAUGHT_UP\x10\x02\x12%\n!STREAM_END_REASON_SERVER_SHUTDOWN\x10\x03\x32\xcc\x03\n\tJobWorker\x12@\n\x05Start\x12\x1a.jobworker.v1.StartRequest\x1a\x1b.jobworker.v1.StartResponse\x12=\n\x04Stop\x12\x19.jobworker.v1.StopRequest\x1a\x1a.jobworker.v1.StopResponse\x12L\n\tGetStatus\x12\x1e.jobworker.v1.GetStatusRequest\x1a\x1f.jobworker.v1.GetStatusResponse\x12=\n\x04List\x12\x19.jobworker.v1.ListRequest\x1a\x1a.jobworker.v1.ListResponse\x12W\n\x0cStreamOutput\x12!.jobworker.v1.StreamOutputRequest\x1a\".jobworker.v1.StreamOutputResponse0\x01\x12X\n\rGetServerInfo\x12\".jobworker.v1.GetServerInfoRequest\x1a#.jobworker.v1.GetServerInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjobworker/v1/jobworker.proto\x12\x0cjobworker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x98\x02\n\x06Limits\x12\x11\n\x04\x63pus\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmemory_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x18\n\x0bio_read_bps\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x19\n\x0cio_write_bps\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x11\n\x04pids\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x13\n\x06\x63puset\x18\x06 \x01(\tH\x05\x88\x01\x01\x12\x1e\n\x11memory_swap_bytes\x18\x07 \x01(\x04H\x06\x88\x01\x01\x42\x07\n\x05_cpusB\x0f\n\r_memory_bytesB\x0e\n\x0c_io_read_bpsB\x0f\n\r_io_write_bpsB\x07\n\x05_pidsB\t\n\x07_cpusetB\x14\n\x12_memory_swap_bytes\"z\n\x05Usage\x12\x18\n\x0b\x63pu_seconds\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11memory_peak_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x11\n\toom_kills\x18\x03 \x01(\rB\x0e\n\x0c_cpu_secondsB\x14\n\x12_memory_peak_bytes\"\xf3\x03\n\tJobStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x04 \x03(\t\x12%\n\x05state\x18\x05 \x01(\x0e\x32\x16.jobworker.v1.JobState\x12\x16\n\texit_code\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06signal\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\x0b\n\x03pid\x18\x08 \x01(\x05\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06limits\x18\x0b \x01(\x0b\x32\x14.jobworker.v1.Limits\x12\"\n\x05usage\x18\x0c \x01(\x0b\x32\x13.jobworker.v1.Usage\x12\x14\n\x0cstdout_bytes\x18\r \x01(\x04\x12\x14\n\x0cstderr_bytes\x18\x0e \x01(\x04\x12\x18\n\x10output_truncated\x18\x0f \x01(\x08\x12\x0b\n\x03\x63wd\x18\x10 \x01(\t\x12\x19\n\x11truncation_reason\x18\x11 \x01(\t\x12\x1c\n\x14output_dropped_bytes\x18\x12 \x01(\x04\x42\x0c\n\n_exit_codeB\t\n\x07_signal\"\xbe\x01\n\x0cStartRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\x12\x30\n\x03\x65nv\x18\x03 \x03(\x0b\x32#.jobworker.v1.StartRequest.EnvEntry\x12\x0b\n\x03\x63wd\x18\x04 \x01(\t\x12$\n\x06limits\x18\x05 \x01(\x0b\x32\x14.jobworker.v1.Limits\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\rStartResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"K\n\x0bStopRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1a\n\rgrace_seconds\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_grace_seconds\"4\n\x0cStopResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"\"\n\x10GetStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"9\n\x11GetStatusResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"\x1d\n\x0bWaitRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x0cWaitResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"\x1f\n\rDeleteRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"6\n\x0e\x44\x65leteResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"@\n\x0cPruneRequest\x12\x30\n\x0c\x65nded_before\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"6\n\rPruneResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.jobworker.v1.JobStatus\"/\n\rSignalRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06signal\x18\x02 \x01(\t\"6\n\x0eSignalResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"D\n\x0bListRequest\x12&\n\x06states\x18\x01 \x03(\x0e\x32\x16.jobworker.v1.JobState\x12\r\n\x05owner\x18\x02 \x01(\t\"5\n\x0cListResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.jobworker.v1.JobStatus\"u\n\x13StreamOutputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12.\n\x07streams\x18\x02 \x01(\x0e\x32\x1d.jobworker.v1.StreamSelection\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\"W\n\x0bOutputChunk\x12*\n\x06stream\x18\x01 \x01(\x0e\x32\x1a.jobworker.v1.OutputStream\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"1\n\x0fOutputTruncated\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"s\n\tStreamEnd\x12-\n\x06reason\x18\x01 \x01(\x0e\x32\x1d.jobworker.v1.StreamEndReason\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12$\n\x03job\x18\x03 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"\xa7\x01\n\x14StreamOutputResponse\x12*\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x19.jobworker.v1.OutputChunkH\x00\x12\x32\n\ttruncated\x18\x02 \x01(\x0b\x32\x1d.jobworker.v1.OutputTruncatedH\x00\x12&\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x17.jobworker.v1.StreamEndH\x00\x42\x07\n\x05\x65vent\"\x16\n\x14GetServerInfoRequest\"\x9a\x03\n\x15GetServerInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x15\n\rcgroup_driver\x18\x02 \x01(\t\x12\x15\n\rcgroup_reason\x18\x03 \x01(\t\x12\x18\n\x10limits_supported\x18\x04 \x01(\x08\x12\x12\n\nnamespaces\x18\x05 \x01(\x08\x12,\n\x0e\x64\x65\x66\x61ult_limits\x18\x06 \x01(\x0b\x32\x14.jobworker.v1.Limits\x12(\n\nmax_limits\x18\x07 \x01(\x0b\x32\x14.jobworker.v1.Limits\x12\x10\n\x08identity\x18\x08 \x01(\t\x12\x0c\n\x04role\x18\t \x01(\t\x12\'\n\x05quota\x18\n \x01(\x0b\x32\x18.jobworker.v1.OwnerQuota\x12\'\n\x05usage\x18\x0b \x01(\x0b\x32\x18.jobworker.v1.OwnerUsage\x12\x11\n\tisolation\x18\x0c \x01(\t\x12\x18\n\x10isolation_detail\x18\r \x01(\t\x12\x1d\n\x15\x64\x65\x66\x61ult_grace_seconds\x18\x0e \x01(\x01\"\xa2\x01\n\nOwnerQuota\x12\x1d\n\x10max_running_jobs\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x1d\n\x10max_output_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x1a\n\rretained_jobs\x18\x03 \x01(\x04H\x02\x88\x01\x01\x42\x13\n\x11_max_running_jobsB\x13\n\x11_max_output_bytesB\x10\n\x0e_retained_jobs\"O\n\nOwnerUsage\x12\x14\n\x0crunning_jobs\x18\x01 \x01(\x04\x12\x14\n\x0coutput_bytes\x18\x02 \x01(\x04\x12\x15\n\rretained_jobs\x18\x03 \x01(\x04*\xaf\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_RUNNING\x10\x01\x12\x14\n\x10JOB_STATE_EXITED\x10\x02\x12\x16\n\x12JOB_STATE_SIGNALED\x10\x03\x12\x15\n\x11JOB_STATE_STOPPED\x10\x04\x12\x18\n\x14JOB_STATE_OOM_KILLED\x10\x05\x12\x12\n\x0eJOB_STATE_LOST\x10\x06*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02*f\n\x0fStreamSelection\x12\x19\n\x15STREAM_SELECTION_BOTH\x10\x00\x12\x1b\n\x17STREAM_SELECTION_STDOUT\x10\x01\x12\x1b\n\x17STREAM_SELECTION_STDERR\x10\x02*\x9d\x01\n\x0fStreamEndReason\x12!\n\x1dSTREAM_END_REASON_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSTREAM_END_REASON_JOB_ENDED\x10\x01\x12\x1f\n\x1bSTREAM_END_REASON_CAUGHT_UP\x10\x02\x12%\n!STREAM_END_REASON_SERVER_SHUTDOWN\x10\x03\x32\xd7\x05\n\tJobWorker\x12@\n\x05Start\x12\x1a.jobworker.v1.StartRequest\x1a\x1b.jobworker.v1.StartResponse\x12=\n\x04Stop\x12\x19.jobworker.v1.StopRequest\x1a\x1a.jobworker.v1.StopResponse\x12L\n\tGetStatus\x12\x1e.jobworker.v1.GetStatusRequest\x1a\x1f.jobworker.v1.GetStatusResponse\x12=\n\x04List\x12\x19.jobworker.v1.ListRequest\x1a\x1a.jobworker.v1.ListResponse\x12W\n\x0cStreamOutput\x12!.jobworker.v1.StreamOutputRequest\x1a\".jobworker.v1.StreamOutputResponse0\x01\x12X\n\rGetServerInfo\x12\".jobworker.v1.GetServerInfoRequest\x1a#.jobworker.v1.GetServerInfoResponse\x12=\n\x04Wait\x12\x19.jobworker.v1.WaitRequest\x1a\x1a.jobworker.v1.WaitResponse\x12\x43\n\x06\x44\x65lete\x12\x1b.jobworker.v1.DeleteRequest\x1a\x1c.jobworker.v1.DeleteResponse\x12@\n\x05Prune\x12\x1a.jobworker.v1.PruneRequest\x1a\x1b.jobworker.v1.PruneResponse\x12\x43\n\x06Signal\x12\x1b.jobworker.v1.SignalRequest\x1a\x1c.jobworker.v1.SignalResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,14 +34,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STARTREQUEST_ENVENTRY']._loaded_options = None
   _globals['_STARTREQUEST_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=2817
-  _globals['_JOBSTATE']._serialized_end=2992
-  _globals['_OUTPUTSTREAM']._serialized_start=2994
-  _globals['_OUTPUTSTREAM']._serialized_end=3091
-  _globals['_STREAMSELECTION']._serialized_start=3093
-  _globals['_STREAMSELECTION']._serialized_end=3195
-  _globals['_STREAMENDREASON']._serialized_start=3198
-  _globals['_STREAMENDREASON']._serialized_end=3355
+  _globals['_JOBSTATE']._serialized_start=3218
+  _globals['_JOBSTATE']._serialized_end=3393
+  _globals['_OUTPUTSTREAM']._serialized_start=3395
+  _globals['_OUTPUTSTREAM']._serialized_end=3492
+  _globals['_STREAMSELECTION']._serialized_start=3494
+  _globals['_STREAMSELECTION']._serialized_end=3596
+  _globals['_STREAMENDREASON']._serialized_start=3599
+  _globals['_STREAMENDREASON']._serialized_end=3756
   _globals['_LIMITS']._serialized_start=80
   _globals['_LIMITS']._serialized_end=360
   _globals['_USAGE']._serialized_start=362
@@ -62,28 +62,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSREQUEST']._serialized_end=1401
   _globals['_GETSTATUSRESPONSE']._serialized_start=1403
   _globals['_GETSTATUSRESPONSE']._serialized_end=1460
-  _globals['_LISTREQUEST']._serialized_start=1462
-  _globals['_LISTREQUEST']._serialized_end=1530
-  _globals['_LISTRESPONSE']._serialized_start=1532
-  _globals['_LISTRESPONSE']._serialized_end=1585
-  _globals['_STREAMOUTPUTREQUEST']._serialized_start=1587
-  _globals['_STREAMOUTPUTREQUEST']._serialized_end=1704
-  _globals['_OUTPUTCHUNK']._serialized_start=1706
-  _globals['_OUTPUTCHUNK']._serialized_end=1793
-  _globals['_OUTPUTTRUNCATED']._serialized_start=1795
-  _globals['_OUTPUTTRUNCATED']._serialized_end=1844
-  _globals['_STREAMEND']._serialized_start=1846
-  _globals['_STREAMEND']._serialized_end=1961
-  _globals['_STREAMOUTPUTRESPONSE']._serialized_start=1964
-  _globals['_STREAMOUTPUTRESPONSE']._serialized_end=2131
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=2133
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=2155
-  _globals['_GETSERVERINFORESPONSE']._serialized_start=2158
-  _globals['_GETSERVERINFORESPONSE']._serialized_end=2568
-  _globals['_OWNERQUOTA']._serialized_start=2571
-  _globals['_OWNERQUOTA']._serialized_end=2733
-  _globals['_OWNERUSAGE']._serialized_start=2735
-  _globals['_OWNERUSAGE']._serialized_end=2814
-  _globals['_JOBWORKER']._serialized_start=3358
-  _globals['_JOBWORKER']._serialized_end=3818
+  _globals['_WAITREQUEST']._serialized_start=1462
+  _globals['_WAITREQUEST']._serialized_end=1491
+  _globals['_WAITRESPONSE']._serialized_start=1493
+  _globals['_WAITRESPONSE']._serialized_end=1545
+  _globals['_DELETEREQUEST']._serialized_start=1547
+  _globals['_DELETEREQUEST']._serialized_end=1578
+  _globals['_DELETERESPONSE']._serialized_start=1580
+  _globals['_DELETERESPONSE']._serialized_end=1634
+  _globals['_PRUNEREQUEST']._serialized_start=1636
+  _globals['_PRUNEREQUEST']._serialized_end=1700
+  _globals['_PRUNERESPONSE']._serialized_start=1702
+  _globals['_PRUNERESPONSE']._serialized_end=1756
+  _globals['_SIGNALREQUEST']._serialized_start=1758
+  _globals['_SIGNALREQUEST']._serialized_end=1805
+  _globals['_SIGNALRESPONSE']._serialized_start=1807
+  _globals['_SIGNALRESPONSE']._serialized_end=1861
+  _globals['_LISTREQUEST']._serialized_start=1863
+  _globals['_LISTREQUEST']._serialized_end=1931
+  _globals['_LISTRESPONSE']._serialized_start=1933
+  _globals['_LISTRESPONSE']._serialized_end=1986
+  _globals['_STREAMOUTPUTREQUEST']._serialized_start=1988
+  _globals['_STREAMOUTPUTREQUEST']._serialized_end=2105
+  _globals['_OUTPUTCHUNK']._serialized_start=2107
+  _globals['_OUTPUTCHUNK']._serialized_end=2194
+  _globals['_OUTPUTTRUNCATED']._serialized_start=2196
+  _globals['_OUTPUTTRUNCATED']._serialized_end=2245
+  _globals['_STREAMEND']._serialized_start=2247
+  _globals['_STREAMEND']._serialized_end=2362
+  _globals['_STREAMOUTPUTRESPONSE']._serialized_start=2365
+  _globals['_STREAMOUTPUTRESPONSE']._serialized_end=2532
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=2534
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=2556
+  _globals['_GETSERVERINFORESPONSE']._serialized_start=2559
+  _globals['_GETSERVERINFORESPONSE']._serialized_end=2969
+  _globals['_OWNERQUOTA']._serialized_start=2972
+  _globals['_OWNERQUOTA']._serialized_end=3134
+  _globals['_OWNERUSAGE']._serialized_start=3136
+  _globals['_OWNERUSAGE']._serialized_end=3215
+  _globals['_JOBWORKER']._serialized_start=3759
+  _globals['_JOBWORKER']._serialized_end=4486
 # @@protoc_insertion_point(module_scope)

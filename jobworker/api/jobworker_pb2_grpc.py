@@ -64,6 +64,26 @@ class JobWorkerStub:
                 request_serializer=jobworker_dot_v1_dot_jobworker__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.GetServerInfoResponse.FromString,
                 _registered_method=True)
+        self.Wait = channel.unary_unary(
+                '/jobworker.v1.JobWorker/Wait',
+                request_serializer=jobworker_dot_v1_dot_jobworker__pb2.WaitRequest.SerializeToString,
+                response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.WaitResponse.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/jobworker.v1.JobWorker/Delete',
+                request_serializer=jobworker_dot_v1_dot_jobworker__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.Prune = channel.unary_unary(
+                '/jobworker.v1.JobWorker/Prune',
+                request_serializer=jobworker_dot_v1_dot_jobworker__pb2.PruneRequest.SerializeToString,
+                response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.PruneResponse.FromString,
+                _registered_method=True)
+        self.Signal = channel.unary_unary(
+                '/jobworker.v1.JobWorker/Signal',
+                request_serializer=jobworker_dot_v1_dot_jobworker__pb2.SignalRequest.SerializeToString,
+                response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.SignalResponse.FromString,
+                _registered_method=True)
 
 
 class JobWorkerServicer:
@@ -113,6 +133,37 @@ class JobWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Wait(self, request, context):
+        """Block until the job has ended and return its final status (at once for an ended job). Same scope as
+        GetStatus. UNAVAILABLE when the server shuts down before the job ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Delete an ended job: its record and its output. Streams already open keep reading to the end.
+        FAILED_PRECONDITION while the job runs. Writers their own jobs, admins any.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Prune(self, request, context):
+        """Delete the caller's ended jobs (an admin's: every owner's) that ended before a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Signal(self, request, context):
+        """Send a signal to a running job's command without stopping it (INVALID_ARGUMENT for a signal
+        outside the allowed set; FAILED_PRECONDITION when the job has ended). Writers their own jobs, admins any.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +196,26 @@ def add_JobWorkerServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.GetServerInfoRequest.FromString,
                     response_serializer=jobworker_dot_v1_dot_jobworker__pb2.GetServerInfoResponse.SerializeToString,
+            ),
+            'Wait': grpc.unary_unary_rpc_method_handler(
+                    servicer.Wait,
+                    request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.WaitRequest.FromString,
+                    response_serializer=jobworker_dot_v1_dot_jobworker__pb2.WaitResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.DeleteRequest.FromString,
+                    response_serializer=jobworker_dot_v1_dot_jobworker__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Prune': grpc.unary_unary_rpc_method_handler(
+                    servicer.Prune,
+                    request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.PruneRequest.FromString,
+                    response_serializer=jobworker_dot_v1_dot_jobworker__pb2.PruneResponse.SerializeToString,
+            ),
+            'Signal': grpc.unary_unary_rpc_method_handler(
+                    servicer.Signal,
+                    request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.SignalRequest.FromString,
+                    response_serializer=jobworker_dot_v1_dot_jobworker__pb2.SignalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +380,114 @@ class JobWorker:
             '/jobworker.v1.JobWorker/GetServerInfo',
             jobworker_dot_v1_dot_jobworker__pb2.GetServerInfoRequest.SerializeToString,
             jobworker_dot_v1_dot_jobworker__pb2.GetServerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Wait(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobworker.v1.JobWorker/Wait',
+            jobworker_dot_v1_dot_jobworker__pb2.WaitRequest.SerializeToString,
+            jobworker_dot_v1_dot_jobworker__pb2.WaitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobworker.v1.JobWorker/Delete',
+            jobworker_dot_v1_dot_jobworker__pb2.DeleteRequest.SerializeToString,
+            jobworker_dot_v1_dot_jobworker__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Prune(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobworker.v1.JobWorker/Prune',
+            jobworker_dot_v1_dot_jobworker__pb2.PruneRequest.SerializeToString,
+            jobworker_dot_v1_dot_jobworker__pb2.PruneResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Signal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobworker.v1.JobWorker/Signal',
+            jobworker_dot_v1_dot_jobworker__pb2.SignalRequest.SerializeToString,
+            jobworker_dot_v1_dot_jobworker__pb2.SignalResponse.FromString,
             options,
             channel_credentials,
             insecure,

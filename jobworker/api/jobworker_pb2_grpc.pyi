@@ -51,6 +51,20 @@ class JobWorkerStub:
     """What this server enforces (isolation, resource defaults and ceilings) and who the caller is.
     Any role.
     """
+    Wait: _grpc.UnaryUnaryMultiCallable[_jobworker_pb2.WaitRequest, _jobworker_pb2.WaitResponse]
+    """Block until the job has ended and return its final status (at once for an ended job). Same scope as
+    GetStatus. UNAVAILABLE when the server shuts down before the job ends.
+    """
+    Delete: _grpc.UnaryUnaryMultiCallable[_jobworker_pb2.DeleteRequest, _jobworker_pb2.DeleteResponse]
+    """Delete an ended job: its record and its output. Streams already open keep reading to the end.
+    FAILED_PRECONDITION while the job runs. Writers their own jobs, admins any.
+    """
+    Prune: _grpc.UnaryUnaryMultiCallable[_jobworker_pb2.PruneRequest, _jobworker_pb2.PruneResponse]
+    """Delete the caller's ended jobs (an admin's: every owner's) that ended before a time."""
+    Signal: _grpc.UnaryUnaryMultiCallable[_jobworker_pb2.SignalRequest, _jobworker_pb2.SignalResponse]
+    """Send a signal to a running job's command without stopping it (INVALID_ARGUMENT for a signal
+    outside the allowed set; FAILED_PRECONDITION when the job has ended). Writers their own jobs, admins any.
+    """
 
 @_typing.type_check_only
 class JobWorkerAsyncStub(JobWorkerStub):
@@ -70,6 +84,20 @@ class JobWorkerAsyncStub(JobWorkerStub):
     GetServerInfo: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.GetServerInfoRequest, _jobworker_pb2.GetServerInfoResponse]  # type: ignore[assignment]
     """What this server enforces (isolation, resource defaults and ceilings) and who the caller is.
     Any role.
+    """
+    Wait: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.WaitRequest, _jobworker_pb2.WaitResponse]  # type: ignore[assignment]
+    """Block until the job has ended and return its final status (at once for an ended job). Same scope as
+    GetStatus. UNAVAILABLE when the server shuts down before the job ends.
+    """
+    Delete: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.DeleteRequest, _jobworker_pb2.DeleteResponse]  # type: ignore[assignment]
+    """Delete an ended job: its record and its output. Streams already open keep reading to the end.
+    FAILED_PRECONDITION while the job runs. Writers their own jobs, admins any.
+    """
+    Prune: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.PruneRequest, _jobworker_pb2.PruneResponse]  # type: ignore[assignment]
+    """Delete the caller's ended jobs (an admin's: every owner's) that ended before a time."""
+    Signal: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.SignalRequest, _jobworker_pb2.SignalResponse]  # type: ignore[assignment]
+    """Send a signal to a running job's command without stopping it (INVALID_ARGUMENT for a signal
+    outside the allowed set; FAILED_PRECONDITION when the job has ended). Writers their own jobs, admins any.
     """
 
 class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
@@ -123,6 +151,44 @@ class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_jobworker_pb2.GetServerInfoResponse, _abc.Awaitable[_jobworker_pb2.GetServerInfoResponse]]:
         """What this server enforces (isolation, resource defaults and ceilings) and who the caller is.
         Any role.
+        """
+
+    @_abc_1.abstractmethod
+    def Wait(
+        self,
+        request: _jobworker_pb2.WaitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobworker_pb2.WaitResponse, _abc.Awaitable[_jobworker_pb2.WaitResponse]]:
+        """Block until the job has ended and return its final status (at once for an ended job). Same scope as
+        GetStatus. UNAVAILABLE when the server shuts down before the job ends.
+        """
+
+    @_abc_1.abstractmethod
+    def Delete(
+        self,
+        request: _jobworker_pb2.DeleteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobworker_pb2.DeleteResponse, _abc.Awaitable[_jobworker_pb2.DeleteResponse]]:
+        """Delete an ended job: its record and its output. Streams already open keep reading to the end.
+        FAILED_PRECONDITION while the job runs. Writers their own jobs, admins any.
+        """
+
+    @_abc_1.abstractmethod
+    def Prune(
+        self,
+        request: _jobworker_pb2.PruneRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobworker_pb2.PruneResponse, _abc.Awaitable[_jobworker_pb2.PruneResponse]]:
+        """Delete the caller's ended jobs (an admin's: every owner's) that ended before a time."""
+
+    @_abc_1.abstractmethod
+    def Signal(
+        self,
+        request: _jobworker_pb2.SignalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobworker_pb2.SignalResponse, _abc.Awaitable[_jobworker_pb2.SignalResponse]]:
+        """Send a signal to a running job's command without stopping it (INVALID_ARGUMENT for a signal
+        outside the allowed set; FAILED_PRECONDITION when the job has ended). Writers their own jobs, admins any.
         """
 
 def add_JobWorkerServicer_to_server(servicer: JobWorkerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,17 +1,6 @@
 """`jw`: the command line client of jobworker.
 
-Exit codes (also in `jw --help`):
-
-    0    success
-    1    other error (server error, server at capacity, `jw health`: not serving)
-    2    usage or configuration error (bad option, unusable cert/key/CA file, invalid request)
-    3    connection or TLS error (unreachable, timed out, certificate refused)
-    4    job not found
-    5    permission denied (PERMISSION_DENIED or UNAUTHENTICATED)
-    6    failed precondition (e.g. stopping a job that has already ended)
-    130  interrupted by Ctrl-C (`jw run`: detached, the job keeps running)
-
-`jw run` exits with the job's own code: 128+N when signal N killed it (137 for an OOM kill).
+Exit codes: `_exit.EXIT_CODE_TABLE`, the one table `jw --help` prints and the README repeats.
 """
 
 import os

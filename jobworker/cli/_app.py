@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,9 +12,9 @@ from typing import Any, TypeVar
 import click
 from click.shell_completion import CompletionItem
 
-from jobworker.cli._exit import ConnectionExit, ExitCode, exit_for
+from jobworker.cli._exit import ConnectionExit, ExitCode, JwError, exit_code_help, exit_for
 from jobworker.cli._follow import OutputPump
-from jobworker.cli._params import DURATION, ENV_ENTRY, POSITIVE_DURATION, LimitType
+from jobworker.cli._params import DURATION, ENV_ENTRY, POINT_IN_TIME, POSITIVE_DURATION, LimitType
 from jobworker.cli._render import (
     job_details,
     job_json,
@@ -43,19 +42,9 @@ from jobworker.client import (
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EPILOG = """\b
-Exit codes:
-  0    success
-  1    other error (server error, server at capacity, jw health: not serving)
-  2    usage or configuration error (bad option, unusable cert/key/CA file,
-       request rejected as invalid by the server)
-  3    connection or TLS error (unreachable, timed out, certificate refused)
-  4    job not found
-  5    permission denied (role not allowed, or identity not accepted)
-  6    failed precondition (e.g. stopping a job that has already ended)
-  130  interrupted by Ctrl-C (jw run: detached, the job keeps running)
-jw run exits with the job's own code instead: 128+N if signal N killed it
-(137 for an OOM kill).
+EPILOG = (
+    exit_code_help()
+    + """
 
 \b
 Connection settings, per setting: option > environment (JW_SERVER, JW_CA,
@@ -67,6 +56,7 @@ durations look like 500ms, 10s, 1m30s.
 Shell completion (bash; zsh_source and fish_source for other shells):
   eval "$(_JW_COMPLETE=bash_source jw)"
 """
+)
 
 # Options stop at the command: `jw run -- ls -la` and `jw run ls -la` both pass -la to ls.
 _JOB_CONTEXT = {"allow_interspersed_args": False}
@@ -117,6 +107,10 @@ class JwGroup(click.Group):
             return super().invoke(ctx)
         except ClientError as exc:
             raise exit_for(exc) from exc
+        except KeyboardInterrupt:
+            # click would print "Aborted!" and exit 1; a Ctrl-C is 130 like everywhere else (a second
+            # one during jw run's stop lands here too: the server finishes the stop on its own).
+            raise click.exceptions.Exit(ExitCode.INTERRUPTED) from None
 
 
 def _connect(ctx: click.Context) -> Client:
@@ -315,10 +309,16 @@ def run(ctx: click.Context, /, stop_on_interrupt: bool, **options: Any) -> None:
             click.echo(f"jw: reattach with: {_resume_hint(job.id, pump.offset, 'both')}", err=True)
             ctx.exit(ExitCode.INTERRUPTED)
         click.echo(f"jw: interrupted; stopping job {job.id}", err=True)
-        # It may have ended on its own meanwhile; then its own outcome is what we report.
-        with contextlib.suppress(FailedPreconditionError):
+        try:
             client.stop(job.id)
-        end = _follow(client, pump, "both", follow=True)
+        except FailedPreconditionError:
+            # It ended on its own meanwhile: then its own outcome is what we report.
+            end = _follow(client, pump, "both", follow=True)
+            ctx.exit(_job_exit_code(end.job or client.status(job.id)))
+        # Stopped because of the Ctrl-C: interrupted (130), as the exit-code table says, not the
+        # SIGTERM the stop delivered. The rest of its output is still printed.
+        _follow(client, pump, "both", follow=True)
+        ctx.exit(ExitCode.INTERRUPTED)
     ctx.exit(_job_exit_code(end.job or client.status(job.id)))
 
 
@@ -356,8 +356,61 @@ def logs(
         ctx.exit(ExitCode.INTERRUPTED)
 
 
+def _job_ids_argument(f: F) -> F:
+    return click.argument(
+        "job_ids", metavar="ID...", nargs=-1, required=True, shell_complete=_complete_job_id
+    )(f)
+
+
 @jw.command()
-@_job_id_argument
+@_job_ids_argument
+@click.pass_context
+def wait(ctx: click.Context, job_ids: tuple[str, ...]) -> None:
+    """Wait until the jobs have ended; print each one's exit code and exit with the first non-zero.
+
+    The exit codes are those of jw run (128+N for signal N). Waits as long as the jobs run.
+    """
+    client = _connect(ctx)
+    first = ExitCode.OK.value
+    try:
+        for job_id in job_ids:
+            code = _job_exit_code(client.wait(job_id))
+            click.echo(code)
+            first = first or code
+    except KeyboardInterrupt:
+        ctx.exit(ExitCode.INTERRUPTED)
+    ctx.exit(first)
+
+
+def _each(ctx: click.Context, job_ids: tuple[str, ...], act: Callable[[str], JobInfo], as_json: bool) -> None:
+    """Apply `act` to every job in turn; one failing job does not keep the others from their turn.
+
+    Prints each id that succeeded (or the jobs as JSON), each failure as one `Error:` line, and exits
+    with the exit code of the first failure.
+    """
+    done: list[JobInfo] = []
+    failure: JwError | None = None
+    for job_id in job_ids:
+        try:
+            job = act(job_id)
+        except ClientError as exc:
+            error = exit_for(exc)
+            if len(job_ids) == 1:
+                raise error from exc
+            error.show()
+            failure = failure or error
+            continue
+        done.append(job)
+        if not as_json:
+            click.echo(job.id)
+    if as_json:
+        _echo_json([job_json(job) for job in done] if len(job_ids) > 1 else job_json(done[0]))
+    if failure is not None:
+        ctx.exit(failure.exit_code)
+
+
+@jw.command()
+@_job_ids_argument
 @click.option(
     "--grace",
     type=DURATION,
@@ -365,13 +418,64 @@ def logs(
 )
 @_json_option
 @click.pass_context
-def stop(ctx: click.Context, job_id: str, grace: float | None, as_json: bool) -> None:
-    """Stop a running job and print its id once it is gone."""
-    job = _connect(ctx).stop(job_id, grace_seconds=grace)
+def stop(ctx: click.Context, job_ids: tuple[str, ...], grace: float | None, as_json: bool) -> None:
+    """Stop running jobs and print each id once it is gone."""
+    client = _connect(ctx)
+    _each(ctx, job_ids, lambda job_id: client.stop(job_id, grace_seconds=grace), as_json)
+
+
+@jw.command()
+@_job_ids_argument
+@_json_option
+@click.pass_context
+def rm(ctx: click.Context, job_ids: tuple[str, ...], as_json: bool) -> None:
+    """Delete ended jobs and their output; print each id deleted.
+
+    Writers delete their own jobs, admins any. A running job is refused (exit 6): stop it first.
+    """
+    client = _connect(ctx)
+    _each(ctx, job_ids, client.delete, as_json)
+
+
+@jw.command()
+@click.option(
+    "--until",
+    type=POINT_IN_TIME,
+    help="Only jobs that ended before this time: RFC 3339 (2026-12-01T10:00:00Z) or a duration "
+    "ago (10m, 1h30m).  [default: now]",
+)
+@_json_option
+@click.pass_context
+def prune(ctx: click.Context, until: datetime | None, as_json: bool) -> None:
+    """Delete your ended jobs (an admin's: everyone's) and their output; print each id deleted."""
+    jobs = _connect(ctx).prune(until)
     if as_json:
-        _echo_json(job_json(job))
+        _echo_json([job_json(job) for job in jobs])
     else:
-        click.echo(job.id)
+        for job in jobs:
+            click.echo(job.id)
+
+
+@jw.command()
+@click.option(
+    "-s",
+    "--signal",
+    "signal_name",
+    default="TERM",
+    show_default=True,
+    metavar="SIGNAL",
+    help="Signal to send: HUP, INT, QUIT, KILL, USR1, USR2, TERM, CONT or WINCH (SIG prefix optional).",
+)
+@_job_ids_argument
+@_json_option
+@click.pass_context
+def kill(ctx: click.Context, signal_name: str, job_ids: tuple[str, ...], as_json: bool) -> None:
+    """Send a signal to running jobs' commands without stopping them; print each id signaled.
+
+    Unlike stop, there is no SIGKILL after a grace period: the job decides what the signal means.
+    """
+    client = _connect(ctx)
+    _each(ctx, job_ids, lambda job_id: client.signal(job_id, signal_name), as_json)
 
 
 @jw.command()
@@ -431,7 +535,7 @@ def info(ctx: click.Context, as_json: bool) -> None:
 @jw.command()
 @click.pass_context
 def health(ctx: click.Context) -> None:
-    """Exit 0 if the server is serving, else 1 (for health checks)."""
+    """Exit 0 if the server is serving, 1 if it answers not serving, 3 if it cannot be reached."""
     serving = _connect(ctx).health()
     click.echo("SERVING" if serving else "NOT_SERVING")
     if not serving:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import textwrap
 from typing import IO, Any
 
 import click
@@ -31,6 +32,38 @@ class ExitCode(enum.IntEnum):
     PRECONDITION = 6
     # What a shell reports for a process ended by Ctrl-C (128 + SIGINT).
     INTERRUPTED = 130
+
+
+EXIT_CODE_TABLE: tuple[tuple[ExitCode, str], ...] = (
+    (ExitCode.OK, "success"),
+    (ExitCode.ERROR, "other error (server error, server at capacity, jw health: not serving)"),
+    (
+        ExitCode.USAGE,
+        "usage or configuration error (bad option, unusable cert/key/CA file, request rejected as invalid)",
+    ),
+    (ExitCode.CONNECTION, "connection or TLS error (unreachable, timed out, certificate refused)"),
+    (ExitCode.NOT_FOUND, "job not found"),
+    (ExitCode.PERMISSION, "permission denied (role not allowed, or identity not accepted)"),
+    (ExitCode.PRECONDITION, "failed precondition (e.g. stopping a job that has already ended)"),
+    (ExitCode.INTERRUPTED, "interrupted by Ctrl-C (jw run: detached, or the job stopped)"),
+)
+"""The one table of exit codes: `jw --help` prints it and the README's table must match it (a test)."""
+
+JOB_EXIT_NOTE = (
+    "jw run and jw wait exit with the job's own code instead: 128+N if signal N killed it "
+    "(137 for an OOM kill); jw wait with several jobs, the first non-zero in the order given."
+)
+
+
+def exit_code_help(width: int = 78) -> str:
+    """The exit-code table as `--help` text (click's no-rewrap block)."""
+    lines = ["\b", "Exit codes:"]
+    for code, text in EXIT_CODE_TABLE:
+        wrapped = textwrap.wrap(text, width - 7)
+        lines.append(f"  {int(code):<4} {wrapped[0]}")
+        lines.extend(f"       {more}" for more in wrapped[1:])
+    lines.extend(textwrap.wrap(JOB_EXIT_NOTE, width))
+    return "\n".join(lines)
 
 
 class JwError(click.ClickException):

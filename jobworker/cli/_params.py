@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -16,9 +17,10 @@ if TYPE_CHECKING:
     _FloatParam = click.ParamType[float]
     _EnvParam = click.ParamType[tuple[str, str]]
     _AnyParam = click.ParamType[Any]
+    _TimeParam = click.ParamType[datetime]
 else:
     # click made ParamType generic only in 8.4; subscripting it at runtime would break older ones.
-    _IntParam = _FloatParam = _EnvParam = _AnyParam = click.ParamType
+    _IntParam = _FloatParam = _EnvParam = _AnyParam = _TimeParam = click.ParamType
 
 _ENV_NAME = re.compile(r"[^=\x00]+")
 
@@ -83,6 +85,28 @@ class LimitType(_AnyParam):
         return parsed
 
 
+class PointInTimeType(_TimeParam):
+    """An RFC 3339 time (2026-12-01T10:00:00Z) or a duration ago (10m, 1h30m: jobworker.units)."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        try:
+            return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+        except ValueError:
+            pass
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(f"{text!r} is neither an RFC 3339 time nor a duration like 10m", param, ctx)
+        if moment.tzinfo is None:
+            self.fail(f"{text!r} needs a time zone (Z or +01:00)", param, ctx)
+        return moment
+
+
 class EnvEntryType(_EnvParam):
     """`KEY=VALUE`, or `KEY` alone to pass this shell's value of KEY."""
 
@@ -110,15 +134,18 @@ SIZE = SizeType()
 DURATION = DurationType()
 POSITIVE_DURATION = DurationType(allow_zero=False)
 ENV_ENTRY = EnvEntryType()
+POINT_IN_TIME = PointInTimeType()
 
 __all__ = [
     "DURATION",
     "ENV_ENTRY",
+    "POINT_IN_TIME",
     "POSITIVE_DURATION",
     "SIZE",
     "DurationType",
     "EnvEntryType",
     "LimitType",
+    "PointInTimeType",
     "SizeType",
     "parse_duration",
     "parse_size",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -102,6 +103,46 @@ class AsyncClient:
         with self._conn.translating():
             response = await self._stub.GetStatus(request, timeout=self._conn.timeout)
         return _convert.job_from_proto(response.job)
+
+    async def delete(self, job_id: str) -> JobInfo:
+        """Delete an ended job and its output; return its last status."""
+        await self._conn.check_server_async(self._channel)
+        with self._conn.translating():
+            response = await self._stub.Delete(_convert.delete_request(job_id), timeout=self._conn.timeout)
+        return _convert.job_from_proto(response.job)
+
+    async def prune(self, ended_before: datetime | None = None) -> builtins.list[JobInfo]:
+        """Delete our ended jobs (an admin's: everyone's) that ended before `ended_before` (None: now)."""
+        request = _convert.prune_request(ended_before)
+        await self._conn.check_server_async(self._channel)
+        with self._conn.translating():
+            response = await self._stub.Prune(request, timeout=self._conn.timeout)
+        return [_convert.job_from_proto(job) for job in response.jobs]
+
+    async def signal(self, job_id: str, signal: str) -> JobInfo:
+        """Send the signal named `signal` ("USR1", "SIGTERM") to a running job without stopping it."""
+        request = _convert.signal_request(job_id, signal)
+        await self._conn.check_server_async(self._channel)
+        with self._conn.translating():
+            response = await self._stub.Signal(request, timeout=self._conn.timeout)
+        return _convert.job_from_proto(response.job)
+
+    async def wait(self, job_id: str, max_wait: float | None = None) -> JobInfo:
+        """Block until the job has ended and return its final status.
+
+        No deadline unless `max_wait` (seconds) is given, like `docker wait`: a job may run for days. A call
+        cut because the server retired an old connection is made again on a new one.
+        """
+        request = _convert.wait_request(job_id)
+        await self._conn.check_server_async(self._channel)
+        while True:
+            try:
+                response = await self._stub.Wait(request, timeout=max_wait)
+            except grpc.RpcError as exc:
+                if connection_aged(exc):
+                    continue
+                raise self._conn.error(exc) from exc
+            return _convert.job_from_proto(response.job)
 
     async def list(self, states: Iterable[JobState] = (), owner: str | None = None) -> builtins.list[JobInfo]:
         """Return the jobs visible to us, optionally only those in `states` or of `owner`."""

@@ -179,6 +179,31 @@ def status_request(job_id: str) -> pb.GetStatusRequest:
     return pb.GetStatusRequest(job_id=job_id)
 
 
+def wait_request(job_id: str) -> pb.WaitRequest:
+    """Build a WaitRequest."""
+    return pb.WaitRequest(job_id=job_id)
+
+
+def delete_request(job_id: str) -> pb.DeleteRequest:
+    """Build a DeleteRequest."""
+    return pb.DeleteRequest(job_id=job_id)
+
+
+def prune_request(ended_before: datetime | None) -> pb.PruneRequest:
+    """Build a PruneRequest; None prunes every ended job (the server's now)."""
+    request = pb.PruneRequest()
+    if ended_before is not None:
+        if ended_before.tzinfo is None:
+            raise ValueError("ended_before must be timezone-aware")
+        request.ended_before.FromDatetime(ended_before.astimezone(UTC))
+    return request
+
+
+def signal_request(job_id: str, signal: str) -> pb.SignalRequest:
+    """Build a SignalRequest; the server checks the name."""
+    return pb.SignalRequest(job_id=job_id, signal=signal)
+
+
 def stop_request(job_id: str, grace_seconds: float | None) -> pb.StopRequest:
     """Build a StopRequest; None leaves the grace period to the server."""
     request = pb.StopRequest(job_id=job_id)

@@ -10,6 +10,7 @@ from jobworker.engine.errors import (
     JobError,
     JobNotFoundError,
     JobNotRunningError,
+    JobRunningError,
     JobStuckError,
     LimitsUnsupportedError,
     QuotaError,
@@ -41,11 +42,13 @@ from jobworker.engine.sandbox import (
     SandboxConfig,
     SandboxUnavailableError,
 )
+from jobworker.engine.validation import SIGNALS
 
 __all__ = [
     "DEFAULT_SCRATCH_BYTES",
     "DEFAULT_UID_RANGE",
     "LIMIT_KINDS",
+    "SIGNALS",
     "CapacityError",
     "EngineClosedError",
     "EngineConfig",
@@ -57,6 +60,7 @@ __all__ = [
     "JobMount",
     "JobNotFoundError",
     "JobNotRunningError",
+    "JobRunningError",
     "JobSpec",
     "JobState",
     "JobStatus",

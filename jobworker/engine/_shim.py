@@ -52,7 +52,20 @@ SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 # What the launcher and init pass on to the job (a stop is SIGTERM).
-FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+# A stop's signals: init passes them to every process of the job. The others reach the command only.
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+# Also what a Signal call may send (validation.SIGNALS, less SIGKILL): init of a PID namespace drops a
+# signal it has no handler for, so each one needs a forwarding handler to reach the command.
+FORWARDED = {
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGCONT,
+    signal.SIGWINCH,
+}
 
 
 # The command's environment: exactly what the engine gave us, in the fork server's request or as --setenv
@@ -155,7 +168,7 @@ def exec_command(argv: list[str], cwd: str, plan: "_confine.Plan | None", err_w:
         kind = "cwd"
         os.chdir(cwd)
         kind = "setup"
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, *FORWARDED):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         if plan is not None:
@@ -194,8 +207,9 @@ def supervise(
     def forward(signum: int, _frame: object) -> None:
         try:
             # As PID 1 of the job, -1 reaches every process of the job, including ones that left the
-            # process group; without a PID namespace only the command itself.
-            os.kill(-1 if pid_namespace else child, signum)
+            # process group: what a stop needs. Any other signal (jw kill) is for the command alone, as
+            # docker kill signals a container's main process (a USR1 must not kill the shell's `sleep`).
+            os.kill(-1 if pid_namespace and signum in STOP_SIGNALS else child, signum)
         except ProcessLookupError:
             pass
 

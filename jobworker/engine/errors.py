@@ -40,6 +40,10 @@ class JobNotRunningError(JobError):
     """The job has already ended."""
 
 
+class JobRunningError(JobError):
+    """The job is still running, and the operation needs it ended (e.g. deleting it)."""
+
+
 class CapacityError(JobError):
     """The engine runs as many jobs as it is configured to allow."""
 

@@ -5,6 +5,7 @@ The table of jobs (records, usage, quotas, retention) is `table.JobTable`; start
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import dataclasses
 import errno
@@ -422,6 +423,30 @@ class JobManager:
         await sup.stop(grace)
         await job.done.wait()
         return job.status
+
+    def delete(self, job_id: str) -> JobStatus:
+        """Delete an ended job and its output; returns its last status. JobRunningError while it runs.
+
+        Followers still reading keep their open spool file to its end.
+        """
+        status = self._table.remove(job_id)
+        log.info("job deleted", extra={"job_id": job_id})
+        return status
+
+    def prune(self, ended_before: float, owner: str | None = None) -> builtins.list[JobStatus]:
+        """Delete the ended jobs (of `owner`, or every owner's) that ended before `ended_before`."""
+        return [self.delete(job_id) for job_id in self._table.ended_before(ended_before, owner)]
+
+    def signal(self, job_id: str, number: int) -> JobStatus:
+        """Send one of SIGNALS to a running job's command, without stopping it; returns its status."""
+        sig = validation.check_signal(number)
+        job = self._table.get(job_id)
+        sup = job.supervisor
+        if sup is None:
+            raise JobNotRunningError(f"job {job_id} has already ended ({job.status.state.value})")
+        sup.signal_command(sig)
+        log.info("job signaled", extra={"job_id": job_id, "signal": sig.name})
+        return self._table.snapshot(job)
 
     def follow(
         self,

@@ -107,6 +107,13 @@ class JobSupervisor:
             else:
                 os.killpg(self._launched.pgid, sig)
 
+    def signal_command(self, sig: int) -> None:
+        """Deliver sig to the job's command only: through init, which forwards it, under a PID namespace;
+        straight to it otherwise (the pid is the command's then). The stop signals reach the whole job."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if self.pid:
+                os.kill(self.pid, sig)
+
     async def kill(self) -> None:
         """SIGKILL every process of the job, including those that left its process group."""
         self.signal_job(signal.SIGKILL)

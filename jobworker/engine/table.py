@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jobworker.engine import records
-from jobworker.engine.errors import JobNotFoundError, QuotaError
+from jobworker.engine.errors import JobNotFoundError, JobRunningError, QuotaError
 from jobworker.engine.job import JobState, JobStatus, OwnerUsage
 from jobworker.engine.output import OutputSpool
 from jobworker.engine.supervisor import JobSupervisor
@@ -262,6 +262,25 @@ class JobTable:
             if kept[owner] > keep:
                 doomed.append(job_id)
         return doomed
+
+    def remove(self, job_id: str) -> JobStatus:
+        """Delete one ended job, record and output alike; JobRunningError while it runs."""
+        job = self.get(job_id)
+        # Not ended until its end record is written (done): deleting earlier would race that write.
+        if not job.done.is_set():
+            raise JobRunningError(f"job {job_id} is still running; stop it first")
+        self._ended_ids.remove(job_id)
+        self._delete([job_id])
+        return job.status
+
+    def ended_before(self, cutoff: float, owner: str | None) -> list[str]:
+        """Ended jobs (of `owner`, or all) that ended before `cutoff` (seconds since the epoch)."""
+        return [
+            job_id
+            for job_id in self._ended_ids
+            if (owner is None or self._jobs[job_id].status.owner == owner)
+            and (self._jobs[job_id].status.ended_at or 0) < cutoff
+        ]
 
     def _make_room(self, owner: str, stored: int, quota: int) -> None:
         """Delete `owner`'s oldest ended jobs until the output it stores is under `quota`."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +12,31 @@ from jobworker.engine.job import JobSpec, Limits
 from jobworker.engine.limits import KINDS, LimitError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Signals a caller may send a running job. The job's init forwards each to the command (see
+# _shim.FORWARDED); SIGKILL needs no forwarding (it ends init, and the PID namespace with it). SIGSTOP is
+# left out: it would stop init, which cannot pass it on, and leave the command running.
+SIGNALS: frozenset[signal.Signals] = frozenset(
+    {
+        signal.SIGHUP,
+        signal.SIGINT,
+        signal.SIGQUIT,
+        signal.SIGKILL,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGTERM,
+        signal.SIGCONT,
+        signal.SIGWINCH,
+    }
+)
+
+
+def check_signal(number: int) -> signal.Signals:
+    """The signal `number` names if a job may be sent it; InvalidSpecError naming the allowed ones."""
+    if number not in {int(s) for s in SIGNALS}:
+        allowed = ", ".join(s.name.removeprefix("SIG") for s in sorted(SIGNALS))
+        raise InvalidSpecError(f"signal {number} may not be sent to a job; allowed: {allowed}")
+    return signal.Signals(number)
 
 
 def check_spec(spec: JobSpec) -> None:

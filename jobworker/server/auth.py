@@ -54,6 +54,12 @@ ACCESS: Mapping[str, Mapping[pki.Role, Scope]] = {
     "/jobworker.v1.JobWorker/List": _READ,
     "/jobworker.v1.JobWorker/StreamOutput": _READ,
     "/jobworker.v1.JobWorker/GetServerInfo": _ANY_ROLE,
+    # Waiting reveals no more than GetStatus does, so it has the same scope.
+    "/jobworker.v1.JobWorker/Wait": _READ,
+    # Changing a job is writing: writers their own, admins any, readers none.
+    "/jobworker.v1.JobWorker/Delete": _WRITE,
+    "/jobworker.v1.JobWorker/Prune": _WRITE,
+    "/jobworker.v1.JobWorker/Signal": _WRITE,
 }
 """Method -> the roles allowed to call it and the jobs each one sees. Absent roles are refused."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -107,6 +108,32 @@ def grace_seconds(request: pb.StopRequest) -> float | None:
     if not math.isfinite(grace) or not 0 <= grace <= MAX_GRACE_SECONDS:
         raise invalid_argument(f"grace_seconds must be between 0 and {MAX_GRACE_SECONDS:g}")
     return grace
+
+
+def signal_from_proto(name: str) -> int:
+    """The number of a signal named "USR1" or "SIGUSR1"; INVALID_ARGUMENT naming the allowed ones.
+
+    Only names cross the wire (numbers differ between architectures); which signals a job may be sent is
+    the engine's rule.
+    """
+    wanted = name.strip().upper()
+    wanted = wanted if wanted.startswith("SIG") else "SIG" + wanted
+    for sig in engine.SIGNALS:
+        if sig.name == wanted:
+            return int(sig)
+    allowed = ", ".join(s.name.removeprefix("SIG") for s in sorted(engine.SIGNALS))
+    shown = name[:32] or "(empty)"
+    raise invalid_argument(f"signal {shown} may not be sent to a job; allowed: {allowed}")
+
+
+def ended_before(request: pb.PruneRequest) -> float:
+    """The cutoff of a Prune call in seconds since the epoch; now when unset."""
+    if not request.HasField("ended_before"):
+        return time.time()
+    stamp = request.ended_before
+    if not 0 <= stamp.nanos < 1_000_000_000:
+        raise invalid_argument("ended_before has invalid nanos")
+    return stamp.seconds + stamp.nanos / 1e9
 
 
 def states_from_proto(values: Iterable[int]) -> set[engine.JobState] | None:

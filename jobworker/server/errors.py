@@ -18,6 +18,7 @@ from jobworker.engine import (
     JobError,
     JobNotFoundError,
     JobNotRunningError,
+    JobRunningError,
     JobStuckError,
     LimitsUnsupportedError,
     QuotaError,
@@ -33,6 +34,7 @@ ENGINE_ERROR_CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     StartError: grpc.StatusCode.INVALID_ARGUMENT,
     JobNotFoundError: grpc.StatusCode.NOT_FOUND,
     JobNotRunningError: grpc.StatusCode.FAILED_PRECONDITION,
+    JobRunningError: grpc.StatusCode.FAILED_PRECONDITION,
     CapacityError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     QuotaError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     # The state disk has no room for another job: capacity, like the job limit, not a server fault.

@@ -20,6 +20,7 @@ from jobworker.api import jobworker_pb2_grpc as pb_grpc
 from jobworker.server import convert
 from jobworker.server.auth import Caller
 from jobworker.server.calls import current_caller, note_job_id
+from jobworker.server.errors import ServiceError
 
 _T = TypeVar("_T")
 
@@ -103,6 +104,44 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         self._check_visible(caller, job_id)
         status = self._manager.status(job_id)
         return pb.GetStatusResponse(job=convert.status_to_proto(status))
+
+    async def Wait(self, request: pb.WaitRequest, context: Context) -> pb.WaitResponse:
+        caller = current_caller()
+        job_id = convert.job_id(request.job_id)
+        self._check_visible(caller, job_id)
+        ended = asyncio.ensure_future(self._manager.wait(job_id))
+        try:
+            # A waiter must not hold up shutdown, nor be left hanging by it: it ends with UNAVAILABLE.
+            await asyncio.wait((ended, self._shutdown_future()), return_when=asyncio.FIRST_COMPLETED)
+            if not ended.done():
+                raise ServiceError(
+                    grpc.StatusCode.UNAVAILABLE, f"the server is shutting down; job {job_id} has not ended"
+                )
+            status = ended.result()
+        finally:
+            await _finish(ended)
+        return pb.WaitResponse(job=convert.status_to_proto(status))
+
+    async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.DeleteResponse:
+        caller = current_caller()
+        job_id = convert.job_id(request.job_id)
+        self._check_visible(caller, job_id)
+        status = self._manager.delete(job_id)
+        return pb.DeleteResponse(job=convert.status_to_proto(status))
+
+    async def Prune(self, request: pb.PruneRequest, context: Context) -> pb.PruneResponse:
+        caller = current_caller()
+        cutoff = convert.ended_before(request)
+        deleted = self._manager.prune(cutoff, owner=caller.owner_filter(""))
+        return pb.PruneResponse(jobs=[convert.status_to_proto(s) for s in deleted])
+
+    async def Signal(self, request: pb.SignalRequest, context: Context) -> pb.SignalResponse:
+        caller = current_caller()
+        job_id = convert.job_id(request.job_id)
+        number = convert.signal_from_proto(request.signal)
+        self._check_visible(caller, job_id)
+        status = self._manager.signal(job_id, number)
+        return pb.SignalResponse(job=convert.status_to_proto(status))
 
     async def List(self, request: pb.ListRequest, context: Context) -> pb.ListResponse:
         caller = current_caller()

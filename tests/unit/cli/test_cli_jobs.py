@@ -133,6 +133,18 @@ def test_stop_prints_the_id_and_the_job_is_stopped(jw: Jw) -> None:
     assert data["signal"] == 15
 
 
+def test_stop_takes_several_ids_and_goes_on_past_a_failure(jw: Jw) -> None:
+    first, second = jw.start("sleep", "300"), jw.start("sleep", "300")
+    ended = jw.start("true")
+    jw("wait", ended)
+    result = jw("stop", "--grace", "0s", first, ended, second)
+    assert result.exit_code == 6
+    assert result.stdout.split() == [first, second]
+    assert "already ended" in result.stderr
+    for job_id in (first, second):
+        assert json.loads(jw("status", "--json", job_id).stdout)["state"] == "stopped"
+
+
 def test_stop_json(jw: Jw) -> None:
     job_id = jw.start("sleep", "300")
     data = json.loads(jw("stop", "--json", "--grace", "0s", job_id).stdout)

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -115,11 +116,36 @@ def test_stop_on_interrupt_stops_the_job(jw: Jw, spawn: Spawn) -> None:
     code, _, err = proc.interrupt()
     stderr = err.decode()
     job_id = job_of(stderr)
-    assert code == 128 + signal.SIGTERM
+    # Interrupted, as the exit-code table says, not the SIGTERM the stop delivered.
+    assert code == 130
     assert "stopping job" in stderr
     assert "Traceback" not in stderr
     data = json.loads(jw("status", "--json", job_id).stdout)
     assert (data["state"], data["signal"]) == ("stopped", signal.SIGTERM)
+
+
+def test_a_second_ctrl_c_while_stopping_exits_130_quietly(jw: Jw, spawn: Spawn) -> None:
+    # Shrugs off SIGTERM, so the stop lasts the server's grace period: time for the second Ctrl-C.
+    script = "trap 'echo got TERM' TERM; echo ready; while :; do sleep 0.1; done"
+    proc = spawn("run", "--stop-on-interrupt", "--", "sh", "-c", script)
+    assert proc.wait_for_line() == b"ready\n"
+    proc.process.send_signal(signal.SIGINT)
+    stderr = proc.process.stderr
+    assert stderr is not None
+    first = stderr.readline().decode()
+    assert "stopping job" in first
+    job_id = job_of(first)
+    # The second Ctrl-C once the server has begun the stop (it finishes it on its own).
+    deadline = time.monotonic() + 20
+    while "got TERM" not in jw("logs", job_id).stdout:
+        assert time.monotonic() < deadline, "the stop never reached the job"
+        time.sleep(0.1)
+    code, _, err = proc.interrupt()
+    assert code == 130
+    assert b"Aborted" not in err
+    assert b"Traceback" not in err
+    assert jw("wait", job_id).exit_code == 128 + signal.SIGKILL
+    assert json.loads(jw("status", "--json", job_id).stdout)["state"] == "stopped"
 
 
 def test_ctrl_c_ends_logs_follow_quietly(jw: Jw, spawn: Spawn) -> None:

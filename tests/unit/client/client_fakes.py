@@ -58,6 +58,8 @@ class FakeJobWorker(pb_grpc.JobWorkerServicer):
     # The default grace period GetServerInfo reports, and the time left of each Stop call.
     server_grace: float = 45.0
     stop_time_left: list[float] = field(default_factory=list)
+    # The time left of each Wait call (None: no deadline).
+    wait_time_left: list[float | None] = field(default_factory=list)
 
     def reset(self) -> None:
         self.requests.clear()
@@ -68,6 +70,7 @@ class FakeJobWorker(pb_grpc.JobWorkerServicer):
         self.stream_cancelled = threading.Event()
         self.server_grace = 45.0
         self.stop_time_left.clear()
+        self.wait_time_left.clear()
 
     def _enter(self, method: str, request: Any, context: grpc.ServicerContext) -> None:
         self.requests.append((method, request))
@@ -114,6 +117,25 @@ class FakeJobWorker(pb_grpc.JobWorkerServicer):
         job.signal = 15
         job.ended_at.CopyFrom(_now())
         return pb.StopResponse(job=job)
+
+    def Wait(self, request: pb.WaitRequest, context: grpc.ServicerContext) -> pb.WaitResponse:
+        self._enter("Wait", request, context)
+        self.wait_time_left.append(context.time_remaining())
+        return pb.WaitResponse(job=self._job(request.job_id, context))
+
+    def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
+        self._enter("Delete", request, context)
+        job = self._job(request.job_id, context)
+        del self.jobs[request.job_id]
+        return pb.DeleteResponse(job=job)
+
+    def Prune(self, request: pb.PruneRequest, context: grpc.ServicerContext) -> pb.PruneResponse:
+        self._enter("Prune", request, context)
+        return pb.PruneResponse(jobs=list(self.jobs.values()))
+
+    def Signal(self, request: pb.SignalRequest, context: grpc.ServicerContext) -> pb.SignalResponse:
+        self._enter("Signal", request, context)
+        return pb.SignalResponse(job=self._job(request.job_id, context))
 
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.GetStatusResponse:
         self._enter("GetStatus", request, context)

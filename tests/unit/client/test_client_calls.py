@@ -224,6 +224,31 @@ def test_health(fake: FakeServer, client: Client) -> None:
     assert client.health() is False
 
 
+def test_wait_has_no_deadline_unless_asked(fake: FakeServer, client: Client) -> None:
+    fake.servicer.jobs["job-9"] = finished_job()
+    assert client.wait("job-9").shell_exit_code == 3
+    client.wait("job-9", max_wait=600)
+    unbounded, bounded = fake.servicer.wait_time_left
+    # A huge remaining time is what grpc reports for no deadline at all.
+    assert unbounded is None or unbounded > 10**6
+    assert bounded is not None
+    assert 590 < bounded <= 601
+
+
+def test_delete_prune_signal_send_what_was_asked(fake: FakeServer, client: Client) -> None:
+    fake.servicer.jobs["job-9"] = finished_job()
+    assert client.signal("job-9", "USR1").id == "job-9"
+    cutoff = datetime(2024, 5, 2, tzinfo=UTC)
+    assert [j.id for j in client.prune(cutoff)] == ["job-9"]
+    assert client.delete("job-9").id == "job-9"
+    sent = {method: request for method, request in fake.servicer.requests}
+    assert sent["Signal"].signal == "USR1"
+    assert sent["Prune"].ended_before.ToDatetime(tzinfo=UTC) == cutoff
+    assert sent["Delete"].job_id == "job-9"
+    with pytest.raises(ValueError, match="timezone"):
+        client.prune(datetime(2024, 5, 2))
+
+
 async def test_async_client_round_trip(fake: FakeServer, creds: Credentials) -> None:
     script_output(fake)
     async with AsyncClient(creds.config(fake.address)) as client:
@@ -236,6 +261,10 @@ async def test_async_client_round_trip(fake: FakeServer, creds: Credentials) -> 
         events = [event async for event in client.stream(job.id)]
         assert events[:3] == EXPECTED_EVENTS
         assert await client.health()
+        assert (await client.wait(job.id)).state is JobState.STOPPED
+        assert (await client.signal(job.id, "HUP")).id == job.id
+        assert [j.id for j in await client.prune()] == [job.id]
+        assert (await client.delete(job.id)).id == job.id
 
 
 async def test_async_abandoned_stream_is_cancelled(fake: FakeServer, creds: Credentials) -> None:

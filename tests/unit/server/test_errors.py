@@ -252,3 +252,22 @@ async def test_every_call_gets_one_audit_line(connect: Connect, logs: LogCapture
         ("wendy", "writer", "/jobworker.v1.JobWorker/GetStatus", job.id, "NOT_FOUND"),
     ]
     assert all(isinstance(x["duration_ms"], float) and x["msg"] == "call" for x in lines)
+
+
+async def test_wait_delete_prune_signal_are_audited(connect: Connect, logs: LogCapture) -> None:
+    walt = connect("walt")
+    job = await start_job(walt, "/bin/true")
+    await walt.Wait(pb.WaitRequest(job_id=job.id))
+    await rpc_error(walt.Signal(pb.SignalRequest(job_id=job.id, signal="USR1")))
+    await walt.Delete(pb.DeleteRequest(job_id=job.id))
+    await walt.Prune(pb.PruneRequest())
+    await rpc_error(connect("rita").Delete(pb.DeleteRequest(job_id=job.id)))
+    lines = logs.lines("jobworker.audit")[1:]
+    assert [(x["method"].rsplit("/", 1)[1], x["job_id"], x["code"]) for x in lines] == [
+        ("Wait", job.id, "OK"),
+        ("Signal", job.id, "FAILED_PRECONDITION"),
+        ("Delete", job.id, "OK"),
+        ("Prune", "", "OK"),
+        ("Delete", job.id, "PERMISSION_DENIED"),
+    ]
+    assert "already ended" in lines[1]["reason"]
