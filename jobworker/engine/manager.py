@@ -475,6 +475,9 @@ class JobManager:
         await self._table.close()
         if self._fork_servers is not None:
             await asyncio.to_thread(self._fork_servers.close)
+        if self._sandbox is not None:
+            # After the fork servers: their mount namespaces held the prepared view on this directory.
+            self._sandbox.close()
         try:
             await asyncio.to_thread(self._driver.close)
         except CgroupError as e:

@@ -14,6 +14,7 @@ it unchanged, and its helpers (init, the launcher) stay host root, out of its re
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import ctypes.util
 import enum
@@ -370,6 +371,17 @@ class Sandbox:
             tmp = self._seccomp.with_suffix(".tmp")
             tmp.write_bytes(program)
             tmp.replace(self._seccomp)
+
+    @property
+    def template(self) -> Path | None:
+        """Where the fork server prepares the shared host view (a directory on the host's /run)."""
+        return self._template
+
+    def close(self) -> None:
+        """Remove the (empty, on the host) directory of the prepared view, once no fork server uses it."""
+        if self._template is not None:
+            with contextlib.suppress(OSError):
+                self._template.rmdir()
 
     @property
     def description(self) -> str:

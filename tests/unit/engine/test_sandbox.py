@@ -445,3 +445,15 @@ async def test_vsock_to_the_hypervisor_is_refused(jobs: Jobs) -> None:
     )
     _state, _code, out, err = await jobs.run("python3", "-c", code)
     assert out.strip() == "EPERM", err
+
+
+async def test_closing_the_engine_leaves_no_directory_on_the_hosts_run(tmp_path: Path) -> None:
+    mgr = JobManager(EngineConfig(state_dir=tmp_path / "s", cgroups=False))
+    await mgr.open()
+    status = await mgr.start(JobSpec("true"))
+    await mgr.wait(status.id)
+    template = mgr._sandbox.template  # type: ignore[union-attr]
+    assert template is not None
+    assert template.is_dir()
+    await mgr.close(grace_seconds=1)
+    assert not template.exists()
