@@ -260,11 +260,7 @@ def parse(args: list[str]) -> "tuple[dict[str, str], list[str], _confine.Plan | 
         plan.uid, plan.gid = int(flags["--uid"]), int(flags["--gid"])
         plan.scratch_bytes = int(flags["--scratch-bytes"])
         plan.workdir = flags["--workdir"]
-        path = flags["--seccomp"]
-        if path not in _SECCOMP:
-            with open(path, "rb") as f:
-                _SECCOMP[path] = f.read()
-        plan.seccomp = _SECCOMP[path]
+        plan.seccomp = seccomp_program(flags["--seccomp"])
     return flags, args[end + 1 :], plan
 
 
@@ -337,16 +333,21 @@ def main(args: list[str]) -> int:
         return 126
 
 
+def seccomp_program(path: str) -> bytes:
+    """The compiled filter at path, read once per process (a fork server's launchers inherit it)."""
+    if path not in _SECCOMP:
+        with open(path, "rb") as f:
+            _SECCOMP[path] = f.read()
+    return _SECCOMP[path]
+
+
 def preload_seccomp(args: list[str]) -> None:
     """Read a request's seccomp program here, in the fork server, so every later launcher inherits it."""
     if "--seccomp" in args:
-        path = args[args.index("--seccomp") + 1]
-        if path not in _SECCOMP:
-            try:
-                with open(path, "rb") as f:
-                    _SECCOMP[path] = f.read()
-            except OSError:
-                pass  # the launcher tries again and reports the failure
+        try:
+            seccomp_program(args[args.index("--seccomp") + 1])
+        except OSError:
+            pass  # the launcher tries again and reports the failure
 
 
 def prepare_template(args: list[str]) -> None:

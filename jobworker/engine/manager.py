@@ -180,20 +180,8 @@ class JobManager:
         sandbox = Sandbox(cfg.sandbox, cfg.state_dir, extra_masks=(str(cfg.state_dir),))
         await asyncio.to_thread(sandbox.prepare)
         uid, gid = sandbox.acquire_uid()
-        true = shutil.which("true", path=validation.DEFAULT_PATH) or "true"
         try:
-            spec = LaunchSpec(
-                (true,),
-                validation.job_environment({}),
-                "/",
-                namespaces=True,
-                sandbox_args=sandbox.shim_args(uid, gid),
-            )
-            launched = await Launched.start(spec)
-            try:
-                await launched.wait_started(_START_TIMEOUT)
-            finally:
-                await launched.status.closed
+            await _probe(sandbox.shim_args(uid, gid))
         except (LaunchError, OSError) as e:
             raise SandboxUnavailableError(f"strict isolation does not work on this host: {e}") from None
         finally:
@@ -214,15 +202,8 @@ class JobManager:
             if wanted:
                 raise SandboxUnavailableError("namespaces need root")
             return False
-        true = shutil.which("true", path=validation.DEFAULT_PATH) or "/bin/true"
         try:
-            launched = await Launched.start(
-                LaunchSpec((true,), validation.job_environment({}), "/", namespaces=True)
-            )
-            try:
-                await launched.wait_started(_START_TIMEOUT)
-            finally:
-                await launched.status.closed
+            await _probe(())
         except (LaunchError, OSError) as e:
             if wanted:
                 raise SandboxUnavailableError(f"cannot create job namespaces: {e}") from None
@@ -524,6 +505,19 @@ def _raise_capacity(error: OSError) -> None:
         raise CapacityError(_OUT_OF_FDS_MESSAGE) from None
     if error.errno in _DISK_FULL:
         raise StorageFullError(_DISK_FULL_MESSAGE) from None
+
+
+async def _probe(sandbox_args: tuple[str, ...]) -> None:
+    """Run `true` in namespaces (and the sandbox, given its flags) through a fresh shim; raise if it fails."""
+    true = shutil.which("true", path=validation.DEFAULT_PATH) or "/bin/true"
+    spec = LaunchSpec(
+        (true,), validation.job_environment({}), "/", namespaces=True, sandbox_args=sandbox_args
+    )
+    launched = await Launched.start(spec)
+    try:
+        await launched.wait_started(_START_TIMEOUT)
+    finally:
+        await launched.status.closed
 
 
 def _starting_status(job_id: str, spec: JobSpec, cwd: str, limits: Limits) -> JobStatus:

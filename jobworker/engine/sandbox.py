@@ -19,6 +19,7 @@ import ctypes
 import ctypes.util
 import enum
 import errno
+import functools
 import hashlib
 import os
 import pwd
@@ -411,10 +412,13 @@ class Sandbox:
 
     def shim_args(self, uid: int, gid: int) -> tuple[str, ...]:
         """The shim flags that confine one job."""
+        return ("--uid", str(uid), "--gid", str(gid), *self._common_args)
+
+    @functools.cached_property
+    def _common_args(self) -> tuple[str, ...]:
+        # The same for every job; built on first use, after prepare() settled the template.
         args = [
             "--sandbox", str(self._stage),
-            "--uid", str(uid),
-            "--gid", str(gid),
             "--scratch-bytes", str(self._config.scratch_bytes),
             "--workdir", JOB_WORKDIR,
             "--seccomp", str(self._seccomp),
