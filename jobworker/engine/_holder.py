@@ -1,0 +1,450 @@
+"""The job's holder: the launcher process that owns a job's pipes for as long as the job lives.
+
+Standard library only (it runs in the shim's ``python -I -S``). The holder sits outside the job's sandbox:
+host root, in the host's PID namespace, outside the job's cgroup, in its own session. It
+
+- reads the job's stdout and stderr pipes and writes the spool itself (``_spoolfile``), so a job's output
+  reaches the disk whether or not a server runs, up to the cap; it never waits for a server;
+- tells a connected server what happens over a stream socket (one text line per event):
+  ``pid N`` (host pid of init, or of the command without namespaces), ``ns 0|1`` (whether the job has
+  namespaces: signals for the whole job go to init, else to the command's process group), ``uid N``,
+  ``started``, ``failed KIND ERRNO MESSAGE``, ``exit N`` / ``signal N``,
+  ``out COMMITTED STDOUT STDERR DROPPED REASON`` (spool progress; REASON ``-`` while storing, else the
+  ``_spoolfile.REASON_*`` code) and ``end`` once the exit file is written. A server sends ``k`` after
+  each ``out`` (so at most one report is in flight and a slow server never makes the holder queue), and
+  ``stopping`` before it stops the job;
+- listens on a socket in the job's directory, so a restarted server reattaches: a new connection replaces
+  the old one and first gets the whole current state, as lines of the same protocol;
+- when the job has ended: waits (bounded) until its cgroup is empty, keeps the cgroup's usage files,
+  removes the cgroup, and writes the exit file atomically (temp file, fsync, rename, fsync of the
+  directory), then says ``end`` and exits.
+
+The exit file is ``key value`` lines: ``version 1``, ``ended_at SECONDS``, ``exit N`` or ``signal N`` (or
+neither: unknown), ``stop_requested 0|1``, ``stdout_bytes``, ``stderr_bytes``, ``dropped_bytes``,
+``truncated CODE|-``, and per usage file ``stat HEX(PATH) HEX(CONTENT)``.
+"""
+
+import fcntl
+import os
+import select
+import signal
+import socket
+import struct
+import time
+
+import _spoolfile  # type: ignore[import-not-found]
+
+# After the job's main process is gone, output still in the pipes is drained; a process that escaped the
+# job (only possible without namespaces and cgroups) could hold a pipe open forever: give up after this.
+DRAIN_AFTER_EXIT_S = 2.0
+# How long the holder waits for the job's cgroup to empty before removing what it can.
+CGROUP_EMPTY_S = 2.0
+_POLL_S = 0.01
+_PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = 1031
+_IN = select.POLLIN | select.POLLHUP | select.POLLERR
+
+
+def _report_line(sock: "socket.socket | None", line: str) -> bool:
+    """Send one line without ever blocking; False when the server is gone or not keeping up."""
+    if sock is None:
+        return False
+    try:
+        sock.send((line.replace("\n", " ") + "\n").encode(), socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+    except OSError:
+        return False
+    return True
+
+
+class Holder:
+    """One job's holder; built before the job's first process is forked."""
+
+    def __init__(self, ctl_fd: int, flags: "dict[str, str]") -> None:
+        self._ctl: socket.socket | None = socket.socket(fileno=ctl_fd)
+        self._ctl.setblocking(False)
+        self._ctl_buffer = b""
+        self._credit = True
+        self._reported: str | None = None  # the last "out" line sent
+        self._flags = flags
+        self.uid = flags.get("--uid", "")
+        self.namespaces = "--namespaces" in flags
+        self.pid = 0
+        self.started = False
+        self.exit_line = ""
+        self.stop_requested = False
+        self._stats_paths = [p for p in flags.get("--stats-file", "").split("\0") if p]
+        self._procs_files = [p for p in flags.get("--cgroup-procs", "").split("\0") if p]
+        self._dir_fd = -1
+        self._listener: socket.socket | None = None
+        spool = flags.get("--spool")
+        spool_fd = index_fd = -1
+        if spool is not None:
+            directory = os.path.dirname(spool)
+            self._dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            spool_fd = os.open(spool, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            if "--index" in flags:
+                index_fd = os.open(
+                    flags["--index"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+                )
+            if "--socket" in flags:
+                self._listener = self._listen(os.path.basename(flags["--socket"]))
+        self._spool_fd, self._index_fd = spool_fd, index_fd
+        self.writer = (
+            _spoolfile.SpoolWriter(spool_fd, int(flags.get("--cap", "0")), index_fd)
+            if spool_fd >= 0
+            else None
+        )
+        self.out_r, self.out_w = os.pipe2(os.O_CLOEXEC)
+        self.err_r, self.err_w = os.pipe2(os.O_CLOEXEC)
+        for fd in (self.out_r, self.err_r):
+            try:
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+            except OSError:
+                pass
+
+    def _listen(self, name: str) -> socket.socket:
+        # Through the directory's descriptor: a state dir's path may be longer than a socket address.
+        path = f"/proc/self/fd/{self._dir_fd}/{name}"
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        listener.bind(path)
+        listener.listen(4)
+        listener.setblocking(False)
+        return listener
+
+    def into_child(self) -> None:
+        """In the job's first process: stdout and stderr are the pipes; nothing of the holder stays open."""
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(self.out_w, 1)
+        os.dup2(self.err_w, 2)
+        keep = {0, 1, 2}
+        for fd in (
+            null,
+            self.out_r,
+            self.out_w,
+            self.err_r,
+            self.err_w,
+            self._spool_fd,
+            self._index_fd,
+            self._dir_fd,
+        ):
+            if fd not in keep and fd >= 0:
+                os.close(fd)
+        for sock in (self._ctl, self._listener):
+            if sock is not None:
+                sock.close()
+
+    def report(self, line: str) -> None:
+        _report_line(self._ctl, line)
+
+    def forked(self, pid: int) -> None:
+        """The job's first process exists (init, or the command without namespaces)."""
+        os.close(self.out_w)
+        os.close(self.err_w)
+        self.pid = pid
+        self._hello()
+
+    def _hello(self) -> None:
+        """Who the job is: the first lines on every connection."""
+        self.report(f"pid {self.pid}")
+        self.report(f"ns {int(self.namespaces)}")
+        if self.uid:
+            self.report(f"uid {self.uid}")
+
+    # The event loop ------------------------------------------------------------------------------------
+
+    def run(self, status_r: int, *, namespaces: bool) -> int:
+        """Hold the job until it has ended and is cleaned up; returns the holder's exit code."""
+        pidfd = _pidfd(self.pid)
+        poller = select.poll()
+        streams = {self.out_r: _spoolfile.STDOUT, self.err_r: _spoolfile.STDERR}
+        for fd in (*streams, status_r):
+            poller.register(fd, _IN)
+        if pidfd >= 0:
+            poller.register(pidfd, _IN)
+        self._register_ctl(poller)
+        status_buffer = b""
+        status_open = True
+        wait_status: int | None = None
+        drain_deadline = None
+        status_data = b""
+        while streams or status_open or wait_status is None:
+            timeout = None
+            if pidfd < 0 and wait_status is None:
+                timeout = 100
+            if drain_deadline is not None:
+                remaining = drain_deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                timeout = int(remaining * 1000) + 1
+            for fd, _ev in poller.poll(timeout):
+                if fd in streams:
+                    if not self._drain(fd, streams[fd]):
+                        poller.unregister(fd)
+                        os.close(fd)
+                        del streams[fd]
+                elif fd == status_r:
+                    data = os.read(status_r, 4096)
+                    if not data:
+                        poller.unregister(status_r)
+                        os.close(status_r)
+                        status_open = False
+                        if not namespaces:
+                            self._direct_started(status_data)
+                    elif namespaces:
+                        status_buffer += data
+                        *lines, status_buffer = status_buffer.split(b"\n")
+                        for line in lines:
+                            self._on_init_line(line.decode(errors="replace"))
+                    else:
+                        status_data += data
+                elif fd == pidfd:
+                    poller.unregister(pidfd)
+                    os.close(pidfd)
+                    pidfd = -1
+                elif self._listener is not None and fd == self._listener.fileno():
+                    self._accept(poller)
+                elif self._ctl is not None and fd == self._ctl.fileno():
+                    self._on_ctl(poller)
+            if wait_status is None:
+                wait_status = _reap(self.pid)
+                if wait_status is not None:
+                    self._on_end(wait_status, namespaces=namespaces)
+                    drain_deadline = time.monotonic() + DRAIN_AFTER_EXIT_S
+            self._progress()
+        for fd in streams:
+            os.close(fd)
+        return self._finish()
+
+    def _drain(self, fd: int, stream: int) -> bool:
+        try:
+            data = os.read(fd, _spoolfile.MAX_RECORD)
+        except OSError:
+            data = b""
+        if not data:
+            return False
+        if self.writer is not None:
+            self.writer.append(stream, data, time.time_ns())
+        return True
+
+    def _direct_started(self, failure: bytes) -> None:
+        """Without namespaces the command's exec reports only failure (its pipe closes at exec)."""
+        if failure:
+            self.report(f"failed {failure.decode(errors='replace')}")
+        else:
+            self.started = True
+            self.report("started")
+
+    def _on_init_line(self, line: str) -> None:
+        word = line.partition(" ")[0]
+        if word == "started":
+            self.started = True
+        elif word in ("exit", "signal") and not self.exit_line:
+            self.exit_line = line
+        elif word == "pid":
+            return  # init's own report of the command's pid is not needed: init stands for the job
+        self.report(line)
+
+    def _on_end(self, status: int, *, namespaces: bool) -> None:
+        """The job's first process was reaped."""
+        self.ended_at = time.time()
+        if not namespaces:
+            # Whatever the command left in its process group goes with it.
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if not self.exit_line:
+            if os.WIFSIGNALED(status):
+                # init was killed (a stop after the grace period, OOM): the command went with it.
+                self.exit_line = f"signal {os.WTERMSIG(status)}"
+            elif not namespaces:
+                self.exit_line = f"exit {os.waitstatus_to_exitcode(status)}"
+            if self.exit_line and self.started:
+                self.report(self.exit_line)
+
+    # The server's connection ---------------------------------------------------------------------------
+
+    def _register_ctl(self, poller: "select.poll") -> None:
+        if self._listener is not None:
+            poller.register(self._listener.fileno(), select.POLLIN)
+        if self._ctl is not None:
+            poller.register(self._ctl.fileno(), _IN)
+
+    def _accept(self, poller: "select.poll") -> None:
+        assert self._listener is not None
+        try:
+            conn, _ = self._listener.accept()
+        except OSError:
+            return
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, peer_uid, _gid = struct.unpack("3i", creds)
+        if peer_uid not in (0, os.geteuid()):
+            conn.close()
+            return
+        conn.setblocking(False)
+        self._drop_ctl(poller)
+        self._ctl = conn
+        poller.register(conn.fileno(), _IN)
+        self._credit = True
+        self._reported = None
+        self._hello()
+        if self.started:
+            self.report("started")
+        if self.exit_line:
+            self.report(self.exit_line)
+
+    def _drop_ctl(self, poller: "select.poll") -> None:
+        if self._ctl is not None:
+            try:
+                poller.unregister(self._ctl.fileno())
+            except KeyError:
+                pass
+            self._ctl.close()
+            self._ctl = None
+
+    def _on_ctl(self, poller: "select.poll") -> None:
+        assert self._ctl is not None
+        try:
+            data = self._ctl.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop_ctl(poller)
+            return
+        self._ctl_buffer += data
+        *lines, self._ctl_buffer = self._ctl_buffer.split(b"\n")
+        for line in lines:
+            if line == b"k":
+                self._credit = True
+            elif line == b"stopping":
+                self.stop_requested = True
+
+    def _out_line(self) -> str:
+        w = self.writer
+        if w is None:
+            return "out 0 0 0 0 -"
+        reason = "-" if w.truncated is None else str(w.truncated)
+        return f"out {w.committed} {w.stdout_bytes} {w.stderr_bytes} {w.dropped_bytes} {reason}"
+
+    def _progress(self) -> None:
+        """Tell the server how far the spool got, when it has taken the previous report."""
+        if not self._credit or self._ctl is None:
+            return
+        line = self._out_line()
+        if line != self._reported and _report_line(self._ctl, line):
+            self._reported = line
+            self._credit = False
+
+    # The end -----------------------------------------------------------------------------------------
+
+    def _finish(self) -> int:
+        stats = self._release_cgroup()
+        self._write_exit_file(stats)
+        if self._ctl is not None:
+            self._ctl.setblocking(True)
+            self._ctl.settimeout(1.0)
+            try:
+                self._ctl.sendall((self._out_line() + "\nend\n").encode())
+            except OSError:
+                pass
+        if self._listener is not None:
+            try:
+                os.unlink(os.path.basename(self._flags["--socket"]), dir_fd=self._dir_fd)
+            except OSError:
+                pass
+        return 0
+
+    def _release_cgroup(self) -> "list[tuple[str, str]]":
+        """Wait (bounded) for the job's cgroup to empty, keep its usage files, remove it."""
+        deadline = time.monotonic() + CGROUP_EMPTY_S
+        while self._procs_files and time.monotonic() < deadline:
+            pids = [int(p) for f in self._procs_files for p in _read(f).split() if p.isdigit()]
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(_POLL_S)
+        stats = [(path, _read(path)) for path in self._stats_paths]
+        for path in dict.fromkeys(os.path.dirname(f) for f in self._procs_files):
+            while True:
+                try:
+                    os.rmdir(path)
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    # EBUSY until the kernel has let go of the last task.
+                    if time.monotonic() >= deadline:
+                        break
+                    time.sleep(_POLL_S)
+                    continue
+                break
+        return stats
+
+    def _write_exit_file(self, stats: "list[tuple[str, str]]") -> None:
+        if self._dir_fd < 0 or "--exit-file" not in self._flags:
+            return
+        w = self.writer
+        lines = ["version 1", f"ended_at {getattr(self, 'ended_at', time.time()):.6f}"]
+        if self.exit_line and self.started:
+            lines.append(self.exit_line)
+        lines.append(f"stop_requested {int(self.stop_requested)}")
+        if w is not None:
+            reason = "-" if w.truncated is None else str(w.truncated)
+            lines += [
+                f"stdout_bytes {w.stdout_bytes}",
+                f"stderr_bytes {w.stderr_bytes}",
+                f"dropped_bytes {w.dropped_bytes}",
+                f"truncated {reason}",
+            ]
+        for path, content in stats:
+            lines.append(f"stat {path.encode().hex()} {content.encode().hex()}")
+        payload = ("\n".join(lines) + "\n").encode()
+        name = os.path.basename(self._flags["--exit-file"])
+        tmp = name + ".tmp"
+        try:
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600, dir_fd=self._dir_fd
+            )
+            try:
+                os.write(fd, payload)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            os.fsync(self._dir_fd)
+        except OSError:
+            # A full disk: the server still learns the end over its connection, or reports the job LOST.
+            pass
+
+
+def _pidfd(pid: int) -> int:
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return -1  # kernels before 5.3: the loop polls instead
+
+
+def _reap(pid: int) -> "int | None":
+    try:
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return 0
+    return status if reaped else None
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
