@@ -31,9 +31,10 @@ from jobworker.engine import (
     Stream,
     StreamSelection,
     TruncationReason,
+    _spoolfile,
+    output,
     records,
 )
-from jobworker.engine import _spoolfile, output
 from jobworker.engine.output import MAX_RECORD, OutputSpool
 from jobworker.engine.spawn import SpoolProgress
 
