@@ -6,7 +6,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 from cli_fixtures import Jw, ServerProcess, start_server
 from test_cli_process import JwProcess
 
