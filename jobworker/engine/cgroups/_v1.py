@@ -254,9 +254,8 @@ class V1Driver:
     def attach(self, job_id: str) -> V1JobCgroup:
         """The cgroup of a job that an earlier server started (its directories as they exist)."""
         check_job_id(job_id)
-        job = self._job(job_id)
-        dirs = {c: path for c, path in job._dirs.items() if os.path.isdir(path)}
-        return V1JobCgroup(self._host, dirs)
+        # Every hierarchy it may have used; those it did not (or that its holder removed) read as empty.
+        return self._job(job_id)
 
     def _job(self, job_id: str, limits: Limits | None = None) -> V1JobCgroup:
         """The job's directories: in every hierarchy (to remove), or those limits need (to create)."""
