@@ -182,7 +182,7 @@ def _parent_of(pid: int) -> int:
 
 async def _gone(pid: int) -> bool:
     for _ in range(100):
-        if not os.path.exists(f"/proc/{pid}"):
+        if not await asyncio.to_thread(os.path.exists, f"/proc/{pid}"):
             return True
         await asyncio.sleep(0.05)
     return False
