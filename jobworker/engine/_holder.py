@@ -24,11 +24,13 @@ neither: unknown), ``stop_requested 0|1``, ``stdout_bytes``, ``stderr_bytes``, `
 ``truncated CODE|-``, and per usage file ``stat HEX(PATH) HEX(CONTENT)``.
 """
 
+# The C modules, not socket.py or signal.py: those import enum, which costs milliseconds per direct start
+# and memory in every holder.
+import _signal as signal  # type: ignore[import-not-found]
+import _socket as socket
 import fcntl
 import os
 import select
-import signal
-import socket
 import struct
 import time
 
@@ -278,7 +280,7 @@ class Holder:
     def _accept(self, poller: "select.poll") -> None:
         assert self._listener is not None
         try:
-            conn, _ = self._listener.accept()
+            conn = socket.socket(fileno=self._listener._accept()[0])
         except OSError:
             return
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))

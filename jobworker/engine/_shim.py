@@ -33,6 +33,7 @@ import array
 import ctypes
 import errno
 import fcntl
+import gc
 import os
 import struct
 import sys
@@ -424,6 +425,10 @@ def fork_server(control_fd: int) -> int:
     engine as SCM_RIGHTS; the reply is the holder's pid. EOF (the engine went away) ends the server.
     """
     libc()  # loaded once here, inherited by every launcher
+    # Every holder and init is a fork of this process: the collector must not touch (and so copy) the pages
+    # of the objects they share; none of them makes cycles worth collecting.
+    gc.freeze()
+    gc.disable()
     sock = _socket.socket(fileno=control_fd)
     fd_bytes = array.array("i").itemsize
 

@@ -197,10 +197,18 @@ class JobManager:
 
         A job whose holder still lives is RUNNING again; one that ended meanwhile gets its real end from
         its exit file; one whose holder died is LOST with what its spool holds."""
+        began = time.monotonic()
         results = await asyncio.gather(*(self._reattach_one(job) for job in found))
         held = {job.status.id for job, attached in zip(found, results, strict=True) if attached}
         if found:
-            log.info("reattached jobs", extra={"running": len(held), "ended": len(found) - len(held)})
+            log.info(
+                "reattached jobs",
+                extra={
+                    "running": len(held),
+                    "ended": len(found) - len(held),
+                    "seconds": round(time.monotonic() - began, 3),
+                },
+            )
         return held
 
     async def _reattach_one(self, job: JobRow) -> bool:
