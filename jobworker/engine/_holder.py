@@ -280,7 +280,7 @@ class Holder:
     def _accept(self, poller: "select.poll") -> None:
         assert self._listener is not None
         try:
-            conn = socket.socket(fileno=self._listener._accept()[0])
+            conn = socket.socket(fileno=self._listener._accept()[0])  # type: ignore[attr-defined]
         except OSError:
             return
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
