@@ -7,6 +7,9 @@
   SIGTERM sent to it directly rather than to the container), starts it again after a bounded,
   doubling delay (reset once COMMAND ran long enough), logging one line per restart to stderr. A
   container whose server crashed therefore keeps running, and so do jobs that outlive the server.
+  One exception: a first run that exits by itself (a status, not a signal) before `reset_after`
+  is final, and the supervisor exits with its status: `--help`, a usage error or a configuration
+  jw-server refuses at start-up would fail again on every restart.
 - SIGTERM, SIGINT and SIGQUIT (what `docker stop` and Ctrl-C send) are forwarded to COMMAND, and once
   it has exited the supervisor exits with COMMAND's status (128+N when signal N ended it). SIGHUP,
   SIGUSR1 and SIGUSR2 are forwarded too but do not end anything (jw-server reloads credentials on
@@ -115,6 +118,7 @@ class Supervisor:
         self._delay: float | None = None
         self._restart_at: float | None = None
         self._stop_signal: signal.Signals | None = None
+        self._runs = 0
 
     def run(self) -> int:
         """Supervise until COMMAND exits after a stop signal; return the status to exit with."""
@@ -161,6 +165,7 @@ class Supervisor:
             setsigdef=DEFAULT_IN_CHILD,
         )
         self._started_at = self._clock()
+        self._runs += 1
 
     def _on_signal(self, signum: signal.Signals) -> int | None:
         if signum in STOP_SIGNALS:
@@ -175,7 +180,7 @@ class Supervisor:
         return None
 
     def _reap(self) -> int | None:
-        """Collect every exited child; return the exit status when COMMAND ended after a stop signal."""
+        """Collect every exited child; return the exit status when COMMAND's end is final."""
         outcome: int | None = None
         while True:
             try:
@@ -190,6 +195,12 @@ class Supervisor:
             ran_for = self._clock() - self._started_at
             if self._stop_signal is not None:
                 outcome = exit_code_of(status)
+                continue
+            if self._runs == 1 and os.WIFEXITED(status) and ran_for < self._backoff.reset_after:
+                code = exit_code_of(status)
+                if code != 0:
+                    self._log(f"{self._argv[0]} {describe_status(status)} at start-up; not restarting it")
+                outcome = code
                 continue
             self._schedule_restart(ran_for, status)
 
@@ -218,7 +229,9 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Run COMMAND as the container's init: restart it when it dies unless it was asked to stop, "
             "forward SIGTERM/SIGINT/SIGQUIT (then exit with its status) and SIGHUP/SIGUSR1/SIGUSR2, "
-            "and reap every orphaned process."
+            "and reap every orphaned process. A first run that exits with a status within "
+            "--reset-after seconds (--help, a usage or configuration error) is not restarted: "
+            "its status is the supervisor's."
         ),
     )
     parser.add_argument(

@@ -3,10 +3,12 @@
 Every run prints `started PID` on stdout first (the tests' readiness event), with its signal handlers
 already in place, then:
 - serve:  run until a signal; SIGTERM/SIGINT print `got N` and exit 7; SIGHUP prints `got 1` and goes on.
-- crash:  exit 3 at once (a crash loop).
+- crash:  SIGKILL itself at once (a crash loop).
+- exit3:  exit 3 at once (a configuration error).
+- flaky:  the first run SIGKILLs itself, the second exits 3, the next ones serve.
 - orphan: the first run forks a grandchild that outlives it (it waits for the file STATE_DIR/release,
-          then exits 0), prints `orphan PID`, and exits 3; the next runs wait until that orphan is gone
-          from /proc (it is reaped, not a zombie) or 10 s have passed, print `orphan gone` or
+          then exits 0), prints `orphan PID`, and SIGKILLs itself; the next runs wait until that orphan
+          is gone from /proc (it is reaped, not a zombie) or 10 s have passed, print `orphan gone` or
           `orphan zombie`, then serve.
 """
 
@@ -34,6 +36,21 @@ def _serve() -> None:
         signal.pause()
 
 
+def _crash() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _flaky(state_dir: Path) -> None:
+    runs = state_dir / "runs"
+    run = len(runs.read_text()) + 1 if runs.exists() else 1
+    runs.write_text("x" * run)
+    if run == 1:
+        _crash()
+    if run == 2:
+        sys.exit(3)
+    _serve()
+
+
 def _state(pid: int) -> str | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -54,7 +71,7 @@ def _orphan(state_dir: Path) -> None:
             os._exit(0)
         marker.write_text(str(pid))
         print(f"orphan {pid}", flush=True)
-        sys.exit(3)
+        _crash()
     pid = int(marker.read_text())
     (state_dir / "release").touch()
     deadline = time.monotonic() + 10
@@ -77,7 +94,11 @@ def main() -> None:
     if mode == "serve":
         _serve()
     elif mode == "crash":
+        _crash()
+    elif mode == "exit3":
         sys.exit(3)
+    elif mode == "flaky":
+        _flaky(state_dir)
     elif mode == "orphan":
         _orphan(state_dir)
     else:

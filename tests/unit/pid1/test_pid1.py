@@ -78,6 +78,10 @@ class RunningSupervisor:
         assert match, line
         return int(match[1])
 
+    def rest(self) -> str:
+        """Everything left on stdout until every writer closed it (use once the supervisor exited)."""
+        return (self._buffer + self._stdout.read()).decode()
+
     def stderr(self) -> str:
         """What the supervisor logged so far."""
         return self.stderr_path.read_text()
@@ -174,14 +178,14 @@ def _reaps_orphans(supervisor: RunningSupervisor, *, stop: bool) -> None:
     supervisor.started()
     orphan = supervisor.line()
     assert re.fullmatch(r"orphan \d+", orphan), orphan
-    # The fake server exited 3 leaving its child behind; the supervisor restarted it and adopted the
+    # The fake server died leaving its child behind; the supervisor restarted it and adopted the
     # orphan. The new run releases the orphan and watches /proc: it must vanish, not stay a zombie.
     supervisor.started()
     assert supervisor.line() == "orphan gone"
     # Reaping the orphan did not pass for the server's death: one restart, and the server still runs.
     log = supervisor.stderr().splitlines()
     assert len(log) == 1, log
-    assert "exited with code 3" in log[0]
+    assert "killed by SIGKILL" in log[0]
     assert supervisor.proc.poll() is None
     if stop:
         supervisor.proc.send_signal(signal.SIGTERM)
@@ -212,8 +216,8 @@ def test_backoff_doubles_up_to_its_bound(tmp_path: Path, supervise: type[Running
         starts.append(time.monotonic())
     supervisor.proc.send_signal(signal.SIGTERM)
     # Between two runs (128+15), forwarded to a run (its handler exits 7), or just after a run
-    # had exited 3 on its own.
-    assert supervisor.wait() in (3, 7, 128 + signal.SIGTERM)
+    # had killed itself.
+    assert supervisor.wait() in (7, 128 + signal.SIGTERM, 128 + signal.SIGKILL)
     delays = [float(d) for d in re.findall(r"restarting in ([\d.]+)s", supervisor.stderr())]
     assert delays[:7] == [0.05, 0.1, 0.2, 0.4, 0.4, 0.4, 0.4]
     gaps = [b - a for a, b in itertools.pairwise(starts)]
@@ -221,6 +225,30 @@ def test_backoff_doubles_up_to_its_bound(tmp_path: Path, supervise: type[Running
     # between the supervisor's timer and ours.
     for gap, delay in zip(gaps, delays, strict=False):
         assert gap >= delay * 0.9, (gaps, delays)
+
+
+def test_a_first_run_that_exits_at_once_is_final(tmp_path: Path, supervise: type[RunningSupervisor]) -> None:
+    # What `jw-server --help` or a configuration error looks like: restarting would loop for nothing.
+    supervisor = supervise(tmp_path, "exit3")
+    supervisor.started()
+    assert supervisor.wait() == 3
+    assert supervisor.stderr().endswith("exited with code 3 at start-up; not restarting it\n")
+    assert supervisor.rest() == "", "it was started again"
+
+
+def test_later_runs_are_restarted_whatever_their_status(
+    tmp_path: Path, supervise: type[RunningSupervisor]
+) -> None:
+    supervisor = supervise(tmp_path, "flaky")
+    supervisor.started()
+    supervisor.started()
+    supervisor.started()
+    log = supervisor.stderr().splitlines()
+    assert len(log) == 2, log
+    assert "killed by SIGKILL" in log[0]
+    assert "exited with code 3" in log[1]
+    assert "restarting in 0.2s" in log[1]
+    assert supervisor.proc.poll() is None
 
 
 def test_a_long_run_resets_the_backoff() -> None:
