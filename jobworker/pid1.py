@@ -121,7 +121,7 @@ class Supervisor:
         self._runs = 0
 
     def run(self) -> int:
-        """Supervise until COMMAND exits after a stop signal; return the status to exit with."""
+        """Supervise until COMMAND's end is final (a stop signal, a failed first run); return the status."""
         signal.pthread_sigmask(signal.SIG_BLOCK, WAITED_SIGNALS)
         if os.getpid() != 1:
             _become_subreaper()

@@ -221,8 +221,8 @@ def test_backoff_doubles_up_to_its_bound(tmp_path: Path, supervise: type[Running
     delays = [float(d) for d in re.findall(r"restarting in ([\d.]+)s", supervisor.stderr())]
     assert delays[:7] == [0.05, 0.1, 0.2, 0.4, 0.4, 0.4, 0.4]
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    # Each restart waited at least its delay (python's start-up only adds to the gap); 0.9: clock skew
-    # between the supervisor's timer and ours.
+    # Each restart waited at least its delay (python's start-up only adds to the gap); 0.9 leaves room
+    # for sigtimedwait's rounding of its timeout.
     for gap, delay in zip(gaps, delays, strict=False):
         assert gap >= delay * 0.9, (gaps, delays)
 
