@@ -63,6 +63,8 @@ def test_sigterm_stops_server_and_its_jobs_gracefully(
     assert state["ExitCode"] == 0, f"exit code {state['ExitCode']}:\n{extra.logs()}"
     assert took < STOP_TIMEOUT
     assert '"msg": "stopped"' in extra.logs()
+    # PID 1 forwarded the SIGTERM and exited with jw-server's status; it did not restart it.
+    assert "jw-pid1:" not in extra.logs()
 
 
 def test_ip_lists_interfaces_inside(server: JobworkerServer) -> None:
