@@ -24,6 +24,7 @@ from jobworker.engine.cgroups import CgroupDriver, CgroupError, JobCgroup, detec
 from jobworker.engine.errors import (
     CapacityError,
     EngineClosedError,
+    InputUnavailableError,
     InvalidSpecError,
     JobNotRunningError,
     LimitsUnsupportedError,
@@ -55,6 +56,7 @@ from jobworker.engine.spawn import (
     ForkServerKeeper,
     HolderFiles,
     HolderLink,
+    JobInput,
     LaunchError,
     LaunchSpec,
 )
@@ -386,6 +388,8 @@ class JobManager:
             sandbox_args=sandbox_args,
             files=_holder_files(directory, self._config.output_cap_bytes),
             stats_files=cgroup.stats_files,
+            stdin=spec.stdin,
+            terminal=spec.terminal,
         )
         try:
             # Whatever was set up is undone, newest first, unless the command runs.
@@ -500,6 +504,28 @@ class JobManager:
     def prune(self, ended_before: float, owner: str | None = None) -> builtins.list[JobStatus]:
         """Delete the ended jobs (of `owner`, or every owner's) that ended before `ended_before`."""
         return [self.delete(job_id) for job_id in self._table.ended_before(ended_before, owner)]
+
+    async def open_input(self, job_id: str) -> JobInput:
+        """A writer to a running job's stdin (one at a time); InputUnavailableError when there can be none."""
+        job = self._table.get(job_id)
+        if job.supervisor is None:
+            raise JobNotRunningError(f"job {job_id} has already ended ({job.status.state.value})")
+        if not job.status.stdin:
+            raise InputUnavailableError("the job was not started with its stdin open (start it with -i)")
+        try:
+            return await JobInput.open(job.directory / records.SOCKET)
+        except OSError as e:
+            raise InputUnavailableError(f"the job's stdin cannot be reached: {e.strerror or e}") from None
+
+    def resize_terminal(self, job_id: str, rows: int, cols: int) -> None:
+        """Set the window size of a running job's terminal (its foreground process gets SIGWINCH)."""
+        validation.check_terminal_size(rows, cols)
+        job = self._table.get(job_id)
+        if not job.status.tty:
+            raise InputUnavailableError("the job has no terminal (start it with -t)")
+        if job.supervisor is None:
+            raise JobNotRunningError(f"job {job_id} has already ended ({job.status.state.value})")
+        job.supervisor.tell(f"winsize {rows} {cols}")
 
     def signal(self, job_id: str, number: int) -> JobStatus:
         """Send one of SIGNALS to a running job's command, without stopping it; returns its status."""
@@ -635,6 +661,8 @@ def _starting_status(job_id: str, spec: JobSpec, cwd: str, limits: Limits) -> Jo
         pid=0,
         started_at=time.time(),
         limits=limits,
+        stdin=spec.stdin or spec.terminal is not None,
+        tty=spec.terminal is not None,
     )
 
 
