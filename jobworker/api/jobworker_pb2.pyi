@@ -251,6 +251,8 @@ class JobStatus(_message.Message):
     CWD_FIELD_NUMBER: _builtins.int
     TRUNCATION_REASON_FIELD_NUMBER: _builtins.int
     OUTPUT_DROPPED_BYTES_FIELD_NUMBER: _builtins.int
+    STDIN_FIELD_NUMBER: _builtins.int
+    TTY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     owner: _builtins.str
     command: _builtins.str
@@ -272,6 +274,9 @@ class JobStatus(_message.Message):
     """
     output_dropped_bytes: _builtins.int
     """Output the job wrote that was not stored (counted since the server last started)."""
+    stdin: _builtins.bool
+    """Started with its stdin open (WriteInput) / on a terminal (its output is all stdout)."""
+    tty: _builtins.bool
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -303,10 +308,12 @@ class JobStatus(_message.Message):
         cwd: _builtins.str = ...,
         truncation_reason: _builtins.str = ...,
         output_dropped_bytes: _builtins.int = ...,
+        stdin: _builtins.bool = ...,
+        tty: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "ended_at", b"ended_at", "exit_code", b"exit_code", "limits", b"limits", "signal", b"signal", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "args", b"args", "command", b"command", "cwd", b"cwd", "ended_at", b"ended_at", "exit_code", b"exit_code", "id", b"id", "limits", b"limits", "output_dropped_bytes", b"output_dropped_bytes", "output_truncated", b"output_truncated", "owner", b"owner", "pid", b"pid", "signal", b"signal", "started_at", b"started_at", "state", b"state", "stderr_bytes", b"stderr_bytes", "stdout_bytes", b"stdout_bytes", "truncation_reason", b"truncation_reason", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "args", b"args", "command", b"command", "cwd", b"cwd", "ended_at", b"ended_at", "exit_code", b"exit_code", "id", b"id", "limits", b"limits", "output_dropped_bytes", b"output_dropped_bytes", "output_truncated", b"output_truncated", "owner", b"owner", "pid", b"pid", "signal", b"signal", "started_at", b"started_at", "state", b"state", "stderr_bytes", b"stderr_bytes", "stdin", b"stdin", "stdout_bytes", b"stdout_bytes", "truncation_reason", b"truncation_reason", "tty", b"tty", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -318,6 +325,83 @@ class JobStatus(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__signal) -> _WhichOneofReturnType__signal | None: ...
 
 Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
+
+@_typing.final
+class TerminalSize(_message.Message):
+    """A terminal's window size."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    COLS_FIELD_NUMBER: _builtins.int
+    rows: _builtins.int
+    cols: _builtins.int
+    def __init__(
+        self,
+        *,
+        rows: _builtins.int = ...,
+        cols: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cols", b"cols", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TerminalSize: _TypeAlias = TerminalSize  # noqa: Y015
+
+@_typing.final
+class WriteInputRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    EOF_FIELD_NUMBER: _builtins.int
+    RESIZE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job; read from the first message only."""
+    data: _builtins.bytes
+    eof: _builtins.bool
+    """End of input, after this message's data."""
+    @_builtins.property
+    def resize(self) -> Global___TerminalSize:
+        """The terminal's new window size (jobs started with tty)."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        eof: _builtins.bool = ...,
+        resize: Global___TerminalSize | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resize", b"resize"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "eof", b"eof", "job_id", b"job_id", "resize", b"resize"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteInputRequest: _TypeAlias = WriteInputRequest  # noqa: Y015
+
+@_typing.final
+class WriteInputResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BYTES_WRITTEN_FIELD_NUMBER: _builtins.int
+    bytes_written: _builtins.int
+    """Bytes of data the job's stdin took."""
+    def __init__(
+        self,
+        *,
+        bytes_written: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_written", b"bytes_written"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteInputResponse: _TypeAlias = WriteInputResponse  # noqa: Y015
 
 @_typing.final
 class StartRequest(_message.Message):
@@ -348,10 +432,19 @@ class StartRequest(_message.Message):
     ENV_FIELD_NUMBER: _builtins.int
     CWD_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    STDIN_FIELD_NUMBER: _builtins.int
+    TTY_FIELD_NUMBER: _builtins.int
+    TTY_SIZE_FIELD_NUMBER: _builtins.int
     command: _builtins.str
     """Executable: an absolute path or a name looked up in the job's PATH."""
     cwd: _builtins.str
     """Working directory; the server's default when empty."""
+    stdin: _builtins.bool
+    """Keep the job's stdin open for WriteInput (otherwise it reads /dev/null)."""
+    tty: _builtins.bool
+    """Run the job on a terminal (a pty in its sandbox: stdin, stdout and stderr; implies stdin) of this
+    window size (24x80 when unset).
+    """
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -360,6 +453,8 @@ class StartRequest(_message.Message):
 
     @_builtins.property
     def limits(self) -> Global___Limits: ...
+    @_builtins.property
+    def tty_size(self) -> Global___TerminalSize: ...
     def __init__(
         self,
         *,
@@ -368,10 +463,13 @@ class StartRequest(_message.Message):
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         cwd: _builtins.str = ...,
         limits: Global___Limits | None = ...,
+        stdin: _builtins.bool = ...,
+        tty: _builtins.bool = ...,
+        tty_size: Global___TerminalSize | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "tty_size", b"tty_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "cwd", b"cwd", "env", b"env", "limits", b"limits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "cwd", b"cwd", "env", b"env", "limits", b"limits", "stdin", b"stdin", "tty", b"tty", "tty_size", b"tty_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,8 +14,16 @@ from typing import Any, TypeVar
 import click
 from click.shell_completion import CompletionItem
 
-from jobworker.cli._exit import ConnectionExit, ExitCode, JwError, exit_code_help, exit_for
+from jobworker.cli._exit import (
+    ConnectionExit,
+    ExitCode,
+    JwError,
+    PreconditionExit,
+    exit_code_help,
+    exit_for,
+)
 from jobworker.cli._follow import OutputPump
+from jobworker.cli._input import StdinSource, follow_resizes, pump_stdin, raw_terminal, terminal_size
 from jobworker.cli._params import DURATION, ENV_ENTRY, POINT_IN_TIME, POSITIVE_DURATION, LimitType
 from jobworker.cli._reconnect import Reconnect
 from jobworker.cli._render import (
@@ -38,6 +48,7 @@ from jobworker.client import (
     StreamEnd,
     StreamEndReason,
     StreamSelection,
+    TerminalSize,
     load_config,
 )
 
@@ -165,6 +176,21 @@ def _job_options(f: F) -> F:
             "this shell's value. Jobs never inherit the server's environment.",
         ),
         click.option("--cwd", metavar="DIR", help="Working directory of the job on the server."),
+        click.option(
+            "-i",
+            "--interactive",
+            "stdin",
+            is_flag=True,
+            help="Keep the job's stdin open: jw run copies this stdin to it (binary-safe, end of file "
+            "passed on); after jw start, jw attach does.",
+        ),
+        click.option(
+            "-t",
+            "--tty",
+            is_flag=True,
+            help="Run the job on a terminal of this terminal's size (its stdin, stdout and stderr; all its "
+            "output is stdout). With -i and a terminal here, jw run puts it in raw mode and passes resizes.",
+        ),
         click.argument(
             "command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="[--] CMD [ARGS]..."
         ),
@@ -183,6 +209,8 @@ class JobSpec:
     env: dict[str, str]
     cwd: str | None
     limits: Limits | None
+    stdin: bool = False
+    tty: TerminalSize | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> JobSpec:
@@ -195,11 +223,21 @@ class JobSpec:
             env=dict(options["env"]),
             cwd=options["cwd"],
             limits=None if limits == Limits() else limits,
+            stdin=options["stdin"],
+            tty=terminal_size() if options["tty"] else None,
         )
 
     def start(self, client: Client) -> JobInfo:
         """Start this job through `client`."""
-        return client.start(self.command, self.args, env=self.env, cwd=self.cwd, limits=self.limits)
+        return client.start(
+            self.command,
+            self.args,
+            env=self.env,
+            cwd=self.cwd,
+            limits=self.limits,
+            stdin=self.stdin,
+            tty=self.tty,
+        )
 
 
 def _echo_json(value: Any) -> None:
@@ -343,10 +381,39 @@ def run(ctx: click.Context, /, stop_on_interrupt: bool, **options: Any) -> None:
     """Start a job, stream its output and exit with its exit code.
 
     Output is copied byte for byte: the job's stdout to stdout, its stderr to stderr.
-    Ctrl-C detaches (the job keeps running) unless --stop-on-interrupt is given.
+    Ctrl-C detaches (the job keeps running) unless --stop-on-interrupt is given; with -it on a
+    terminal, Ctrl-C goes to the job like any key.
+
+    \b
+    Examples:  echo hello | jw run -i -- tr a-z A-Z
+               jw run -it -- bash
     """
     client = _connect(ctx)
-    job = JobSpec.from_options(options).start(client)
+    spec = JobSpec.from_options(options)
+    job = spec.start(client)
+    with _attached(client, job.id, stdin=spec.stdin, tty=spec.tty is not None):
+        _run_follow(ctx, client, job, stop_on_interrupt)
+
+
+@contextlib.contextmanager
+def _attached(client: Client, job_id: str, *, stdin: bool, tty: bool) -> Iterator[None]:
+    """While inside: our stdin goes to the job (stdin), our terminal raw and its size followed (tty)."""
+    if not stdin:
+        yield
+        return
+    source = StdinSource()
+    pump_stdin(client, job_id, source)
+    with contextlib.ExitStack() as stack:
+        if tty and sys.stdin.isatty():
+            stack.enter_context(raw_terminal(sys.stdin.fileno()))
+            stack.enter_context(follow_resizes(source))
+        try:
+            yield
+        finally:
+            source.stop()
+
+
+def _run_follow(ctx: click.Context, client: Client, job: JobInfo, stop_on_interrupt: bool) -> None:
     pump = OutputPump(job.id)
     try:
         end = _follow(ctx, client, pump, "both", follow=True, reached=True)
@@ -366,6 +433,33 @@ def run(ctx: click.Context, /, stop_on_interrupt: bool, **options: Any) -> None:
         # SIGTERM the stop delivered. The rest of its output is still printed.
         _follow(ctx, client, pump, "both", follow=True, reached=True)
         ctx.exit(ExitCode.INTERRUPTED)
+    ctx.exit(_job_exit_code(end.job or client.status(job.id)))
+
+
+@jw.command()
+@_job_id_argument
+@click.pass_context
+def attach(ctx: click.Context, job_id: str) -> None:
+    """Write this stdin to a running job's (started with -i or -t) and print its output from now on;
+    exit with its exit code when it ends.
+
+    On a job's terminal this terminal goes raw, as with jw run -it. Ctrl-C (without a terminal) or
+    closing this terminal detaches: the job's stdin stays open for the next jw attach; end of file
+    (Ctrl-D, the end of a pipe) closes it.
+    """
+    client = _connect(ctx)
+    job = client.status(job_id)
+    if not job.state.is_final and not job.stdin:
+        raise PreconditionExit(f"job {job.id} was not started with its stdin open (jw start -i)")
+    if job.state.is_final:
+        raise PreconditionExit(f"job {job.id} has already ended ({job.state.value})")
+    pump = OutputPump(job.id, job.stdout_bytes + job.stderr_bytes)
+    with _attached(client, job.id, stdin=True, tty=job.tty):
+        try:
+            end = _follow(ctx, client, pump, "both", follow=True, reached=True)
+        except KeyboardInterrupt:
+            click.echo(f"jw: detached; job {job.id} keeps running", err=True)
+            ctx.exit(ExitCode.INTERRUPTED)
     ctx.exit(_job_exit_code(end.job or client.status(job.id)))
 
 

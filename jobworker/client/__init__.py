@@ -42,6 +42,7 @@ from jobworker.client._types import (
     StreamEnd,
     StreamEndReason,
     StreamSelection,
+    TerminalSize,
     Usage,
 )
 
@@ -74,6 +75,7 @@ __all__ = [
     "StreamEnd",
     "StreamEndReason",
     "StreamSelection",
+    "TerminalSize",
     "Usage",
     "default_config_path",
     "load_config",

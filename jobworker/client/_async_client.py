@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -26,6 +26,7 @@ from jobworker.client._types import (
     OutputEvent,
     ServerInfo,
     StreamSelection,
+    TerminalSize,
 )
 
 
@@ -67,9 +68,14 @@ class AsyncClient:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         limits: Limits | None = None,
+        stdin: bool = False,
+        tty: TerminalSize | None = None,
     ) -> JobInfo:
-        """Start `command` with `args`; return the new job's status."""
-        request = _convert.start_request(command, args, env, cwd, limits)
+        """Start `command` with `args`; return the new job's status.
+
+        stdin keeps the job's stdin open for write_input; tty runs it on a terminal of that size (its
+        stdin, stdout and stderr; its output is all stdout)."""
+        request = _convert.start_request(command, args, env, cwd, limits, stdin, tty)
         await self._conn.check_server_async(self._channel)
         with self._conn.translating():
             response = await self._stub.Start(request, timeout=self._conn.timeout)
@@ -126,6 +132,15 @@ class AsyncClient:
         with self._conn.translating():
             response = await self._stub.Signal(request, timeout=self._conn.timeout)
         return _convert.job_from_proto(response.job)
+
+    async def write_input(
+        self, job_id: str, source: AsyncIterable[bytes | TerminalSize], *, eof: bool = True
+    ) -> int:
+        """Client.write_input with an async source."""
+        await self._conn.check_server_async(self._channel)
+        with self._conn.translating():
+            response = await self._stub.WriteInput(_convert.input_requests_async(job_id, source, eof))
+        return response.bytes_written
 
     async def wait(self, job_id: str, max_wait: float | None = None) -> JobInfo:
         """Block until the job has ended and return its final status.

@@ -25,6 +25,7 @@ from jobworker.client._types import (
     OutputEvent,
     ServerInfo,
     StreamSelection,
+    TerminalSize,
 )
 
 
@@ -64,9 +65,14 @@ class Client:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         limits: Limits | None = None,
+        stdin: bool = False,
+        tty: TerminalSize | None = None,
     ) -> JobInfo:
-        """Start `command` with `args`; return the new job's status."""
-        request = _convert.start_request(command, args, env, cwd, limits)
+        """Start `command` with `args`; return the new job's status.
+
+        stdin keeps the job's stdin open for write_input; tty runs it on a terminal of that size (its
+        stdin, stdout and stderr; its output is all stdout)."""
+        request = _convert.start_request(command, args, env, cwd, limits, stdin, tty)
         self._conn.check_server(self._channel)
         with self._conn.translating():
             response = self._stub.Start(request, timeout=self._conn.timeout)
@@ -121,6 +127,17 @@ class Client:
         with self._conn.translating():
             response = self._stub.Signal(request, timeout=self._conn.timeout)
         return _convert.job_from_proto(response.job)
+
+    def write_input(self, job_id: str, source: Iterable[bytes | TerminalSize], *, eof: bool = True) -> int:
+        """Write `source` to a running job's stdin (bytes as they are, a TerminalSize as a resize of its
+        terminal) and, when it is used up and `eof`, end the input. Returns the bytes the job's stdin took.
+
+        Blocks as long as `source` does; a job that reads slowly slows it down. One writer at a time:
+        FailedPreconditionError when another one writes, or the job has no open stdin."""
+        self._conn.check_server(self._channel)
+        with self._conn.translating():
+            response = self._stub.WriteInput(_convert.input_requests(job_id, source, eof))
+        return response.bytes_written
 
     def wait(self, job_id: str, max_wait: float | None = None) -> JobInfo:
         """Block until the job has ended and return its final status.

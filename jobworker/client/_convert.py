@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ from jobworker.client._types import (
     StreamEnd,
     StreamEndReason,
     StreamSelection,
+    TerminalSize,
     Usage,
 )
 
@@ -106,6 +107,8 @@ def job_from_proto(message: pb.JobStatus) -> JobInfo:
         cwd=message.cwd,
         truncation_reason=message.truncation_reason,
         output_dropped_bytes=message.output_dropped_bytes,
+        stdin=message.stdin,
+        tty=message.tty,
     )
 
 
@@ -166,12 +169,53 @@ def start_request(
     env: Mapping[str, str] | None,
     cwd: str | None,
     limits: Limits | None,
+    stdin: bool = False,
+    tty: TerminalSize | None = None,
 ) -> pb.StartRequest:
     """Build a StartRequest."""
-    request = pb.StartRequest(command=command, args=list(args), env=dict(env or {}), cwd=cwd or "")
+    request = pb.StartRequest(
+        command=command, args=list(args), env=dict(env or {}), cwd=cwd or "", stdin=stdin, tty=tty is not None
+    )
     if limits is not None:
         request.limits.CopyFrom(limits_to_proto(limits))
+    if tty is not None:
+        request.tty_size.CopyFrom(pb.TerminalSize(rows=tty.rows, cols=tty.cols))
     return request
+
+
+# Data of one WriteInput message at most (the server's holder takes frames of this size).
+INPUT_CHUNK = 64 * 1024
+
+
+def input_requests(
+    job_id: str, source: Iterable[bytes | TerminalSize], eof: bool
+) -> Iterator[pb.WriteInputRequest]:
+    """The WriteInput messages of `source`: the first names the job; eof (if asked) after the source ends."""
+    yield pb.WriteInputRequest(job_id=job_id)
+    for item in source:
+        yield from _input_messages(item)
+    if eof:
+        yield pb.WriteInputRequest(eof=True)
+
+
+async def input_requests_async(
+    job_id: str, source: AsyncIterable[bytes | TerminalSize], eof: bool
+) -> AsyncIterator[pb.WriteInputRequest]:
+    """input_requests for an async source."""
+    yield pb.WriteInputRequest(job_id=job_id)
+    async for item in source:
+        for message in _input_messages(item):
+            yield message
+    if eof:
+        yield pb.WriteInputRequest(eof=True)
+
+
+def _input_messages(item: bytes | TerminalSize) -> Iterator[pb.WriteInputRequest]:
+    if isinstance(item, TerminalSize):
+        yield pb.WriteInputRequest(resize=pb.TerminalSize(rows=item.rows, cols=item.cols))
+        return
+    for start in range(0, len(item), INPUT_CHUNK):
+        yield pb.WriteInputRequest(data=item[start : start + INPUT_CHUNK])
 
 
 def status_request(job_id: str) -> pb.GetStatusRequest:

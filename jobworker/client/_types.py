@@ -95,6 +95,9 @@ class JobInfo:
     # Why output stopped being stored ("output cap reached", "state disk full", ...); "" if it was not.
     truncation_reason: str = ""
     output_dropped_bytes: int = 0
+    # Started with its stdin open (write_input) / on a terminal.
+    stdin: bool = False
+    tty: bool = False
 
     @property
     def shell_exit_code(self) -> int | None:
@@ -181,3 +184,11 @@ class StreamEnd:
 
 
 OutputEvent: TypeAlias = OutputChunk | OutputTruncated | StreamEnd
+
+
+@dataclass(frozen=True)
+class TerminalSize:
+    """A terminal's window size: for a job started on a terminal, and a resize in write_input."""
+
+    rows: int
+    cols: int

@@ -97,7 +97,20 @@ def spec_from_request(request: pb.StartRequest, owner: str) -> engine.JobSpec:
         cwd=request.cwd or None,
         limits=limits_from_proto(request.limits),
         owner=owner,
+        stdin=request.stdin,
+        terminal=terminal_size(request.tty_size) if request.tty else None,
     )
+
+
+# What a terminal is when the client sends no size (as a terminal emulator starts).
+DEFAULT_TERMINAL = (24, 80)
+
+
+def terminal_size(size: pb.TerminalSize) -> tuple[int, int]:
+    """(rows, cols) of a TerminalSize; unset means the default, the engine checks the range."""
+    if size.rows == 0 and size.cols == 0:
+        return DEFAULT_TERMINAL
+    return size.rows, size.cols
 
 
 def grace_seconds(request: pb.StopRequest) -> float | None:
@@ -218,6 +231,8 @@ def status_to_proto(status: engine.JobStatus) -> pb.JobStatus:
         cwd=status.cwd,
         truncation_reason=status.truncation_reason.value if status.truncation_reason else "",
         output_dropped_bytes=status.output_dropped_bytes,
+        stdin=status.stdin,
+        tty=status.tty,
     )
     if status.ended_at is not None:
         message.ended_at.CopyFrom(_timestamp(status.ended_at))

@@ -14,6 +14,7 @@ import grpc
 from jobworker.engine import (
     CapacityError,
     EngineClosedError,
+    InputUnavailableError,
     InvalidSpecError,
     JobError,
     JobNotFoundError,
@@ -35,6 +36,8 @@ ENGINE_ERROR_CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     JobNotFoundError: grpc.StatusCode.NOT_FOUND,
     JobNotRunningError: grpc.StatusCode.FAILED_PRECONDITION,
     JobRunningError: grpc.StatusCode.FAILED_PRECONDITION,
+    # Not started with stdin, stdin closed, or another writer: the job's state refuses the write.
+    InputUnavailableError: grpc.StatusCode.FAILED_PRECONDITION,
     CapacityError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     QuotaError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     # The state disk has no room for another job: capacity, like the job limit, not a server fault.

@@ -143,6 +143,37 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         status = self._manager.signal(job_id, number)
         return pb.SignalResponse(job=convert.status_to_proto(status))
 
+    async def WriteInput(
+        self, requests: AsyncIterator[pb.WriteInputRequest], context: Context
+    ) -> pb.WriteInputResponse:
+        caller = current_caller()
+        first = await anext(requests, None)
+        if first is None:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT, "WriteInput needs a first message naming the job"
+            )
+        job_id = convert.job_id(first.job_id)
+        note_job_id(job_id)
+        self._check_visible(caller, job_id)
+        writer = await self._manager.open_input(job_id)
+        written = 0
+        try:
+            message: pb.WriteInputRequest | None = first
+            while message is not None:
+                if message.HasField("resize"):
+                    self._manager.resize_terminal(job_id, message.resize.rows, message.resize.cols)
+                if message.data:
+                    # Returns once the job's holder took it: a job that reads slowly slows this call.
+                    await writer.write(message.data)
+                    written += len(message.data)
+                if message.eof:
+                    await writer.end()
+                    break
+                message = await anext(requests, None)
+        finally:
+            writer.close()
+        return pb.WriteInputResponse(bytes_written=written)
+
     async def List(self, request: pb.ListRequest, context: Context) -> pb.ListResponse:
         caller = current_caller()
         states = convert.states_from_proto(request.states)
