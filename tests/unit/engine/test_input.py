@@ -32,7 +32,9 @@ async def test_binary_input_reaches_the_job_whole_and_ends_with_eof(manager: Job
     final = await manager.wait(status.id)
     assert final.state is JobState.EXITED
     assert final.stdin
-    assert _text(await collect(manager, status.id)) == f"{hashlib.sha256(data).hexdigest()}  -\ndone\n".encode()
+    assert (
+        _text(await collect(manager, status.id)) == f"{hashlib.sha256(data).hexdigest()}  -\ndone\n".encode()
+    )
 
 
 async def test_a_job_without_stdin_reads_dev_null_and_refuses_input(manager: JobManager) -> None:
