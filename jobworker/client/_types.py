@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeAlias
@@ -95,6 +96,9 @@ class JobInfo:
     # Why output stopped being stored ("output cap reached", "state disk full", ...); "" if it was not.
     truncation_reason: str = ""
     output_dropped_bytes: int = 0
+    # "" when the job has no name (or the server predates names).
+    name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def shell_exit_code(self) -> int | None:
