@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import grpc
-import pytest
-
 from jobworker import engine
 from jobworker.api import jobworker_pb2 as pb
-from jobworker.server import ServiceError, convert
+from jobworker.server import convert
 
 JOB_ID = "1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b"
 

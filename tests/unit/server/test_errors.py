@@ -140,7 +140,9 @@ async def test_malformed_job_id_is_invalid_argument(connect: Connect, rpc: str, 
     error = await rpc_error(calls[rpc]())
     assert error.code() == BAD
     details = error.details() or ""
-    assert "job" in details and "\n" not in details and len(details) < 200
+    assert "job" in details
+    assert "\n" not in details
+    assert len(details) < 200
 
 
 @pytest.mark.parametrize("job_id", UNKNOWN_REFS)
