@@ -464,10 +464,6 @@ class JobManager:
         """The id of the job `ref` (id, name or unique id prefix) names among those `may_see` allows."""
         return self._table.resolve(ref, caller, may_see)
 
-    def owner(self, job_id: str) -> str:
-        """Who started the job (cheap: no usage is read, unlike status())."""
-        return self._table.get(job_id).status.owner
-
     def status(self, job_id: str) -> JobStatus:
         """A snapshot of one job (usage and output counters are live while it runs)."""
         return self._table.snapshot(self._table.get(job_id))
