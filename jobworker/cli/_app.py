@@ -72,6 +72,11 @@ Shell completion (bash; zsh_source and fish_source for other shells):
 """
 )
 
+_JOB_ARGUMENT_HELP = (
+    "JOB is a job's full id, its name (your own job first), or a unique prefix of its id, "
+    "tried in that order; only jobs you may see count."
+)
+
 # Options stop at the command: `jw run -- ls -la` and `jw run ls -la` both pass -la to ls.
 _JOB_CONTEXT = {"allow_interspersed_args": False}
 _ALIASES = {"ps": "list"}
@@ -415,7 +420,7 @@ def run(ctx: click.Context, /, stop_on_interrupt: bool, **options: Any) -> None:
     ctx.exit(_job_exit_code(end.job or client.status(job.id)))
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @_job_id_argument
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new output until the job ends.")
 @click.option("--stdout", "stdout_only", is_flag=True, help="Only the job's stdout.")
@@ -455,7 +460,7 @@ def _job_ids_argument(f: F) -> F:
     )(f)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @_job_ids_argument
 @click.pass_context
 def wait(ctx: click.Context, job_ids: tuple[str, ...]) -> None:
@@ -502,7 +507,7 @@ def _each(ctx: click.Context, job_ids: tuple[str, ...], act: Callable[[str], Job
         ctx.exit(failure.exit_code)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @_job_ids_argument
 @click.option(
     "--grace",
@@ -517,7 +522,7 @@ def stop(ctx: click.Context, job_ids: tuple[str, ...], grace: float | None, as_j
     _each(ctx, job_ids, lambda job_id: client.stop(job_id, grace_seconds=grace), as_json)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @_job_ids_argument
 @_json_option
 @click.pass_context
@@ -563,7 +568,7 @@ def prune(
             click.echo(job.id)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @click.option(
     "-s",
     "--signal",
@@ -585,7 +590,7 @@ def kill(ctx: click.Context, signal_name: str, job_ids: tuple[str, ...], as_json
     _each(ctx, job_ids, lambda job_id: client.signal(job_id, signal_name), as_json)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @_job_id_argument
 @_json_option
 @click.pass_context
