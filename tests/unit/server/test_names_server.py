@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import grpc
-from server_helpers import Connect, LogCapture, rpc_error, start_job
+from server_helpers import Connect, LogCapture, rpc_code, rpc_error, start_job
 
 from jobworker.api import jobworker_pb2 as pb
 from jobworker.server import JobWorkerServer
@@ -75,3 +75,21 @@ async def test_the_audit_line_names_the_resolved_job(connect: Connect, logs: Log
         "jobworker.audit", lambda x: x["method"].endswith("/GetStatus") and x["code"] == "OK"
     )
     assert line["job_id"] == job.id
+
+
+async def test_every_rpc_that_takes_a_job_takes_its_name(connect: Connect, server: JobWorkerServer) -> None:
+    # A guard for RPCs added later: each one with a job_id resolves it like the others.
+    stub = connect("walt")
+    job = await start_job(stub, "/bin/true", name="every")
+    await server.manager.wait(job.id)
+    service = pb.DESCRIPTOR.services_by_name["JobWorker"]
+    methods = [m for m in service.methods if "job_id" in m.input_type.fields_by_name]
+    assert {m.name for m in methods} >= {"GetStatus", "Stop", "Wait", "Delete", "Signal", "StreamOutput"}
+    extras = {"Signal": {"signal": "TERM"}}
+    # Delete last: it takes the job away. Stop and Signal of an ended job are FAILED_PRECONDITION, which
+    # says the name was resolved.
+    for method in sorted(methods, key=lambda m: m.name == "Delete"):
+        request_type = getattr(pb, method.input_type.name)
+        call = getattr(stub, method.name)(request_type(job_id="every", **extras.get(method.name, {})))
+        code = await rpc_code(call)
+        assert code in (grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION), (method.name, code)
