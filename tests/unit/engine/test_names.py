@@ -372,3 +372,27 @@ def test_a_record_with_malformed_name_or_labels_is_refused(tmp_path: Path, bad: 
     (directory / records.RECORD).write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"name|labels"):
         records.load(directory)
+
+
+async def test_a_reattached_running_job_keeps_its_name(tmp_path: Path) -> None:
+    def config() -> EngineConfig:
+        return EngineConfig(
+            state_dir=tmp_path / "state", isolation=Isolation.NONE, namespaces=False, cgroups=False
+        )
+
+    mgr = JobManager(config())
+    await mgr.open()
+    running = await mgr.start(JobSpec("sleep", ("300",), owner="alice", name="live", labels={"k": "v"}))
+    await mgr.close(grace_seconds=0, stop_jobs=False)
+
+    again = JobManager(config())
+    await again.open()
+    try:
+        assert again.resolve("live", "alice", _only("alice")) == running.id
+        status = again.status(running.id)
+        assert (status.state, status.name, dict(status.labels)) == (JobState.RUNNING, "live", {"k": "v"})
+        with pytest.raises(NameInUseError):
+            await again.start(JobSpec("true", owner="alice", name="live"))
+        await again.stop(running.id, grace_seconds=0)
+    finally:
+        await again.close(grace_seconds=0)
