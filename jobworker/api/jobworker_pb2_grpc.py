@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class JobWorkerStub:
-    """Missing associated documentation comment in .proto file."""
+    """Every request's `job_id` names one job by its full id (any case), its name, or a unique prefix of its id,
+    tried in that order. A name is the caller's own job first; a name several other owners use, or a prefix of
+    several ids, is INVALID_ARGUMENT listing the candidates. Only jobs the caller may see count: a reference
+    that fits only other owners' jobs is NOT_FOUND, like one that fits nothing.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -92,7 +96,11 @@ class JobWorkerStub:
 
 
 class JobWorkerServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Every request's `job_id` names one job by its full id (any case), its name, or a unique prefix of its id,
+    tried in that order. A name is the caller's own job first; a name several other owners use, or a prefix of
+    several ids, is INVALID_ARGUMENT listing the candidates. Only jobs the caller may see count: a reference
+    that fits only other owners' jobs is NOT_FOUND, like one that fits nothing.
+    """
 
     def Start(self, request, context):
         """Start a job. Needs role writer or admin. The caller becomes the job's owner.
@@ -248,7 +256,11 @@ def add_JobWorkerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class JobWorker:
-    """Missing associated documentation comment in .proto file."""
+    """Every request's `job_id` names one job by its full id (any case), its name, or a unique prefix of its id,
+    tried in that order. A name is the caller's own job first; a name several other owners use, or a prefix of
+    several ids, is INVALID_ARGUMENT listing the candidates. Only jobs the caller may see count: a reference
+    that fits only other owners' jobs is NOT_FOUND, like one that fits nothing.
+    """
 
     @staticmethod
     def Start(request,

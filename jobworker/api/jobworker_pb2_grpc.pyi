@@ -31,6 +31,12 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class JobWorkerStub:
+    """Every request's `job_id` names one job by its full id (any case), its name, or a unique prefix of its id,
+    tried in that order. A name is the caller's own job first; a name several other owners use, or a prefix of
+    several ids, is INVALID_ARGUMENT listing the candidates. Only jobs the caller may see count: a reference
+    that fits only other owners' jobs is NOT_FOUND, like one that fits nothing.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -76,6 +82,12 @@ class JobWorkerStub:
 
 @_typing.type_check_only
 class JobWorkerAsyncStub(JobWorkerStub):
+    """Every request's `job_id` names one job by its full id (any case), its name, or a unique prefix of its id,
+    tried in that order. A name is the caller's own job first; a name several other owners use, or a prefix of
+    several ids, is INVALID_ARGUMENT listing the candidates. Only jobs the caller may see count: a reference
+    that fits only other owners' jobs is NOT_FOUND, like one that fits nothing.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Start: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.StartRequest, _jobworker_pb2.StartResponse]  # type: ignore[assignment]
     """Start a job. Needs role writer or admin. The caller becomes the job's owner."""
@@ -117,6 +129,12 @@ class JobWorkerAsyncStub(JobWorkerStub):
     """
 
 class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
+    """Every request's `job_id` names one job by its full id (any case), its name, or a unique prefix of its id,
+    tried in that order. A name is the caller's own job first; a name several other owners use, or a prefix of
+    several ids, is INVALID_ARGUMENT listing the candidates. Only jobs the caller may see count: a reference
+    that fits only other owners' jobs is NOT_FOUND, like one that fits nothing.
+    """
+
     @_abc_1.abstractmethod
     def Start(
         self,

@@ -24,7 +24,15 @@ from jobworker.cli._exit import (
 )
 from jobworker.cli._follow import OutputPump
 from jobworker.cli._input import StdinSource, follow_resizes, pump_stdin, raw_terminal, terminal_size
-from jobworker.cli._params import DURATION, ENV_ENTRY, POINT_IN_TIME, POSITIVE_DURATION, LimitType
+from jobworker.cli._params import (
+    DURATION,
+    ENV_ENTRY,
+    LABEL,
+    POINT_IN_TIME,
+    POSITIVE_DURATION,
+    LimitType,
+    label_map,
+)
 from jobworker.cli._reconnect import Reconnect
 from jobworker.cli._render import (
     job_details,
@@ -65,9 +73,19 @@ $XDG_CONFIG_HOME/jw/config.toml. Sizes use binary units (k=1024, M=1024k);
 durations look like 500ms, 10s, 1m30s.
 
 \b
+A JOB argument is a job's full id, its name, or a unique prefix of its id,
+tried in that order (a name: your own job first). Only jobs you may see
+count; a reference that fits several is refused, listing them.
+
+\b
 Shell completion (bash; zsh_source and fish_source for other shells):
   eval "$(_JW_COMPLETE=bash_source jw)"
 """
+)
+
+_JOB_ARGUMENT_HELP = (
+    "JOB is a job's full id, its name (your own job first), or a unique prefix of its id, "
+    "tried in that order; only jobs you may see count."
 )
 
 # Options stop at the command: `jw run -- ls -la` and `jw run ls -la` both pass -la to ls.
@@ -145,15 +163,21 @@ def _complete_job_id(ctx: click.Context, param: click.Parameter, incomplete: str
             jobs = client.list()
     except Exception:
         return []
-    return [
+    items = [
         CompletionItem(job.id, help=f"{job.state.value}  {job.command}")
         for job in jobs
         if job.id.startswith(incomplete)
     ]
+    items += [
+        CompletionItem(job.name, help=f"{job.state.value}  {job.command}")
+        for job in jobs
+        if job.name and job.name.startswith(incomplete)
+    ]
+    return items
 
 
 def _job_id_argument(f: F) -> F:
-    return click.argument("job_id", metavar="ID", shell_complete=_complete_job_id)(f)
+    return click.argument("job_id", metavar="JOB", shell_complete=_complete_job_id)(f)
 
 
 def _json_option(f: F) -> F:
@@ -191,6 +215,21 @@ def _job_options(f: F) -> F:
             help="Run the job on a terminal of this terminal's size (its stdin, stdout and stderr; all its "
             "output is stdout). With -i and a terminal here, jw run puts it in raw mode and passes resizes.",
         ),
+        click.option(
+            "--name",
+            metavar="NAME",
+            help="Name the job, to refer to it by name: unique among your stored jobs until it is "
+            "deleted; letters, digits, '_', '.', '-', starting with a letter or digit (max 128).",
+        ),
+        click.option(
+            "--label",
+            "-l",
+            "labels",
+            type=LABEL,
+            multiple=True,
+            help="Label the job KEY=VALUE (repeatable), to select jobs by with jw list/prune -l. "
+            "Keys as Kubernetes label keys ([prefix/]name); at most 64 labels.",
+        ),
         click.argument(
             "command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="[--] CMD [ARGS]..."
         ),
@@ -209,6 +248,8 @@ class JobSpec:
     env: dict[str, str]
     cwd: str | None
     limits: Limits | None
+    name: str | None
+    labels: dict[str, str]
     stdin: bool = False
     tty: TerminalSize | None = None
 
@@ -225,6 +266,8 @@ class JobSpec:
             limits=None if limits == Limits() else limits,
             stdin=options["stdin"],
             tty=terminal_size() if options["tty"] else None,
+            name=options["name"],
+            labels=label_map(options["labels"], "--label"),
         )
 
     def start(self, client: Client) -> JobInfo:
@@ -237,6 +280,8 @@ class JobSpec:
             limits=self.limits,
             stdin=self.stdin,
             tty=self.tty,
+            name=self.name,
+            labels=self.labels,
         )
 
 
@@ -436,7 +481,7 @@ def _run_follow(ctx: click.Context, client: Client, job: JobInfo, stop_on_interr
     ctx.exit(_job_exit_code(end.job or client.status(job.id)))
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @_job_id_argument
 @click.pass_context
 def attach(ctx: click.Context, job_id: str) -> None:
@@ -499,11 +544,11 @@ def logs(
 
 def _job_ids_argument(f: F) -> F:
     return click.argument(
-        "job_ids", metavar="ID...", nargs=-1, required=True, shell_complete=_complete_job_id
+        "job_ids", metavar="JOB...", nargs=-1, required=True, shell_complete=_complete_job_id
     )(f)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @_job_ids_argument
 @click.pass_context
 def wait(ctx: click.Context, job_ids: tuple[str, ...]) -> None:
@@ -550,7 +595,7 @@ def _each(ctx: click.Context, job_ids: tuple[str, ...], act: Callable[[str], Job
         ctx.exit(failure.exit_code)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @_job_ids_argument
 @click.option(
     "--grace",
@@ -565,7 +610,7 @@ def stop(ctx: click.Context, job_ids: tuple[str, ...], grace: float | None, as_j
     _each(ctx, job_ids, lambda job_id: client.stop(job_id, grace_seconds=grace), as_json)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @_job_ids_argument
 @_json_option
 @click.pass_context
@@ -578,6 +623,17 @@ def rm(ctx: click.Context, job_ids: tuple[str, ...], as_json: bool) -> None:
     _each(ctx, job_ids, client.delete, as_json)
 
 
+def _selector_option(what: str) -> Callable[[F], F]:
+    return click.option(
+        "--label",
+        "-l",
+        "labels",
+        type=LABEL,
+        multiple=True,
+        help=f"Only {what} with label KEY=VALUE (repeatable: all must match).",
+    )
+
+
 @jw.command()
 @click.option(
     "--until",
@@ -585,11 +641,14 @@ def rm(ctx: click.Context, job_ids: tuple[str, ...], as_json: bool) -> None:
     help="Only jobs that ended before this time: RFC 3339 (2026-12-01T10:00:00Z) or a duration "
     "ago (10m, 1h30m).  [default: now]",
 )
+@_selector_option("jobs")
 @_json_option
 @click.pass_context
-def prune(ctx: click.Context, until: datetime | None, as_json: bool) -> None:
+def prune(
+    ctx: click.Context, until: datetime | None, labels: tuple[tuple[str, str], ...], as_json: bool
+) -> None:
     """Delete your ended jobs (an admin's: everyone's) and their output; print each id deleted."""
-    jobs = _connect(ctx).prune(until)
+    jobs = _connect(ctx).prune(until, labels=label_map(labels, "--label"))
     if as_json:
         _echo_json([job_json(job) for job in jobs])
     else:
@@ -597,7 +656,7 @@ def prune(ctx: click.Context, until: datetime | None, as_json: bool) -> None:
             click.echo(job.id)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @click.option(
     "-s",
     "--signal",
@@ -619,7 +678,7 @@ def kill(ctx: click.Context, signal_name: str, job_ids: tuple[str, ...], as_json
     _each(ctx, job_ids, lambda job_id: client.signal(job_id, signal_name), as_json)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @_job_id_argument
 @_json_option
 @click.pass_context
@@ -641,16 +700,31 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     help="Only jobs in this state (repeatable).",
 )
 @click.option("--owner", help="Only jobs of this owner (readers and admins).")
+@_selector_option("jobs")
+@click.option("--name", metavar="NAME", help="Only the job of this name (one per owner).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the job ids.")
 @_json_option
 @click.pass_context
 def list_jobs(
-    ctx: click.Context, states: tuple[str, ...], owner: str | None, quiet: bool, as_json: bool
+    ctx: click.Context,
+    states: tuple[str, ...],
+    owner: str | None,
+    labels: tuple[tuple[str, str], ...],
+    name: str | None,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """List jobs, newest first (alias: ps)."""
     if quiet and as_json:
         raise click.UsageError("--quiet and --json are mutually exclusive")
-    jobs = newest_first(_connect(ctx).list(states=[JobState(s) for s in states], owner=owner))
+    jobs = newest_first(
+        _connect(ctx).list(
+            states=[JobState(s) for s in states],
+            owner=owner,
+            labels=label_map(labels, "--label"),
+            name=name,
+        )
+    )
     if as_json:
         _echo_json([job_json(job) for job in jobs])
     elif quiet:

@@ -109,6 +109,8 @@ def job_from_proto(message: pb.JobStatus) -> JobInfo:
         output_dropped_bytes=message.output_dropped_bytes,
         stdin=message.stdin,
         tty=message.tty,
+        name=message.name,
+        labels=dict(message.labels),
     )
 
 
@@ -169,12 +171,21 @@ def start_request(
     env: Mapping[str, str] | None,
     cwd: str | None,
     limits: Limits | None,
+    name: str | None = None,
+    labels: Mapping[str, str] | None = None,
     stdin: bool = False,
     tty: TerminalSize | None = None,
 ) -> pb.StartRequest:
-    """Build a StartRequest."""
+    """Build a StartRequest; the server checks the name and labels."""
     request = pb.StartRequest(
-        command=command, args=list(args), env=dict(env or {}), cwd=cwd or "", stdin=stdin, tty=tty is not None
+        command=command,
+        args=list(args),
+        env=dict(env or {}),
+        cwd=cwd or "",
+        name=name or "",
+        labels=dict(labels or {}),
+        stdin=stdin,
+        tty=tty is not None,
     )
     if limits is not None:
         request.limits.CopyFrom(limits_to_proto(limits))
@@ -233,9 +244,9 @@ def delete_request(job_id: str) -> pb.DeleteRequest:
     return pb.DeleteRequest(job_id=job_id)
 
 
-def prune_request(ended_before: datetime | None) -> pb.PruneRequest:
+def prune_request(ended_before: datetime | None, labels: Mapping[str, str] | None = None) -> pb.PruneRequest:
     """Build a PruneRequest; None prunes every ended job (the server's now)."""
-    request = pb.PruneRequest()
+    request = pb.PruneRequest(labels=dict(labels or {}))
     if ended_before is not None:
         if ended_before.tzinfo is None:
             raise ValueError("ended_before must be timezone-aware")
@@ -256,14 +267,19 @@ def stop_request(job_id: str, grace_seconds: float | None) -> pb.StopRequest:
     return request
 
 
-def list_request(states: Iterable[JobState], owner: str | None) -> pb.ListRequest:
+def list_request(
+    states: Iterable[JobState],
+    owner: str | None,
+    labels: Mapping[str, str] | None = None,
+    name: str | None = None,
+) -> pb.ListRequest:
     """Build a ListRequest."""
     values: list[pb.JobState.ValueType] = []
     for state in states:
         if state not in _STATE_TO_PB:
             raise ValueError(f"cannot filter on job state {state.value!r}")
         values.append(_STATE_TO_PB[state])
-    return pb.ListRequest(states=values, owner=owner or "")
+    return pb.ListRequest(states=values, owner=owner or "", labels=dict(labels or {}), name=name or "")
 
 
 def stream_request(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeAlias
@@ -98,6 +99,9 @@ class JobInfo:
     # Started with its stdin open (write_input) / on a terminal.
     stdin: bool = False
     tty: bool = False
+    # "" when the job has no name (or the server predates names).
+    name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def shell_exit_code(self) -> int | None:

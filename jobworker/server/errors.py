@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import grpc
 
 from jobworker.engine import (
+    AmbiguousJobError,
     CapacityError,
     EngineClosedError,
     InputUnavailableError,
@@ -22,6 +23,7 @@ from jobworker.engine import (
     JobRunningError,
     JobStuckError,
     LimitsUnsupportedError,
+    NameInUseError,
     QuotaError,
     StartError,
     StorageFullError,
@@ -34,6 +36,9 @@ ENGINE_ERROR_CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     # Executable missing or not executable, cwd missing: the request names what is not there.
     StartError: grpc.StatusCode.INVALID_ARGUMENT,
     JobNotFoundError: grpc.StatusCode.NOT_FOUND,
+    # The reference, not the jobs' state, is what the caller must fix (docker: invalid parameter).
+    AmbiguousJobError: grpc.StatusCode.INVALID_ARGUMENT,
+    NameInUseError: grpc.StatusCode.ALREADY_EXISTS,
     JobNotRunningError: grpc.StatusCode.FAILED_PRECONDITION,
     JobRunningError: grpc.StatusCode.FAILED_PRECONDITION,
     # Not started with stdin, stdin closed, or another writer: the job's state refuses the write.
