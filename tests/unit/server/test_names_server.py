@@ -90,6 +90,7 @@ async def test_every_rpc_that_takes_a_job_takes_its_name(connect: Connect, serve
     # says the name was resolved.
     for method in sorted(methods, key=lambda m: m.name == "Delete"):
         request_type = getattr(pb, method.input_type.name)
-        call = getattr(stub, method.name)(request_type(job_id="every", **extras.get(method.name, {})))
+        request = request_type(job_id="every", **extras.get(method.name, {}))
+        call = getattr(stub, method.name)(iter([request]) if method.client_streaming else request)
         code = await rpc_code(call)
         assert code in (grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION), (method.name, code)
