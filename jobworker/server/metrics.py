@@ -176,7 +176,7 @@ def _families(levels: _Levels | None) -> list[Metric]:
     return [
         GaugeMetricFamily(
             "jobworker_jobs_running",
-            "Jobs running now (including those being started).",
+            "Jobs whose command runs now.",
             value=value("running_jobs"),
         ),
         GaugeMetricFamily(
