@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 import socketserver
 import threading
@@ -22,6 +23,10 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+
+from jobworker.server.jsonlog import fields
+
+_log = logging.getLogger("jobworker.server")
 
 METRICS_PATH = "/metrics"
 # Scrapes served at once; more connections are closed at once (Prometheus scrapes one at a time).
@@ -103,6 +108,9 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
         self.server_port = self.server_address[1]
         self.setup_environ()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out or went away is nothing to report (and stderr carries JSON logs only)."""
+
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             self.shutdown_request(request)
@@ -121,14 +129,22 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
 
 
 _StartResponse = Callable[..., Any]
+_TEXT = ("Content-Type", "text/plain; charset=utf-8")
 
 
 def _only_metrics_path(app: Callable[[dict[str, Any], _StartResponse], Iterable[bytes]]) -> Any:
     def serve(environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != METRICS_PATH:
-            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            start_response("404 Not Found", [_TEXT])
             return [f"not found: metrics are at {METRICS_PATH}\n".encode()]
-        return app(environ, start_response)
+        try:
+            # prometheus_client renders the whole page before it starts the response.
+            return app(environ, start_response)
+        except Exception as exc:
+            # Prometheus records a failed scrape (up == 0); wsgiref would print a traceback on stderr.
+            _log.warning("metrics scrape failed", extra=fields(error=str(exc) or type(exc).__name__))
+            start_response("500 Internal Server Error", [_TEXT])
+            return [b"metrics could not be read; see the server's log\n"]
 
     return serve
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from server_helpers import (
     Clients,
+    LogCapture,
     MakeServer,
     Pki,
     collect,
@@ -33,7 +36,15 @@ from server_helpers import (
 )
 
 from jobworker.api import jobworker_pb2 as pb
-from jobworker.server import JobWorkerServer, ServerConfig, ServerStartError, build_server, main
+from jobworker.server import (
+    JobWorkerServer,
+    ServerConfig,
+    ServerStartError,
+    build_server,
+    main,
+    metrics,
+    metrics_http,
+)
 from jobworker.server.metrics_http import MetricsAddress, MetricsAddressError
 
 JOBWORKER = "jobworker.v1.JobWorker"
@@ -429,3 +440,75 @@ def test_the_metrics_flags_and_variables_reach_the_config(
     result = runner.invoke(main.main, [*base, "--metrics-listen", "[::1]:9464"])
     assert result.exit_code == 0, result.output
     assert configs[-1].metrics_listen == "[::1]:9464"
+
+
+def _closed_by_server(connections: list[socket.socket], count: int, within: float) -> list[socket.socket]:
+    """Wait (at most `within` seconds) until the server has closed `count` of `connections`; those closed."""
+    closed: list[socket.socket] = []
+    waiting = list(connections)
+    deadline = time.monotonic() + within
+    while len(closed) < count and (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select(waiting, [], [], left)
+        for conn in readable:
+            assert conn.recv(1) == b"", "the server sent data unasked"
+            closed.append(conn)
+            waiting.remove(conn)
+    return closed
+
+
+def _request(conn: socket.socket) -> bytes:
+    """Send a scrape on an open connection; the status line of the answer."""
+    conn.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+    return conn.makefile("rb").readline()
+
+
+async def test_connections_beyond_eight_are_closed_at_once(make_server: MakeServer) -> None:
+    server = await make_server(**METRICS)
+    assert server.metrics_address is not None
+    port = MetricsAddress.parse(server.metrics_address).port
+    with contextlib.ExitStack() as stack:
+        idle = [
+            stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10)) for _ in range(20)
+        ]
+        # Eight idle connections hold the eight request threads; the other twelve are closed unserved ...
+        refused = await asyncio.to_thread(_closed_by_server, idle, 12, 10.0)
+        assert len(refused) == 12
+        # ... and the eight held are being served.
+        held = [conn for conn in idle if conn not in refused]
+        for conn in held:
+            assert await asyncio.to_thread(_request, conn) == b"HTTP/1.0 200 OK\r\n"
+    assert (await scrape(server)).value("jobworker_jobs_running") == 0
+
+
+async def test_an_idle_connection_is_dropped(
+    make_server: MakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics_http._Handler, "timeout", 0.5)
+    server = await make_server(**METRICS)
+    assert server.metrics_address is not None
+    port = MetricsAddress.parse(server.metrics_address).port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        assert await asyncio.to_thread(_closed_by_server, [conn], 1, 10.0) == [conn]
+
+
+def _stall(seconds: float) -> None:
+    """Keep the calling thread (the event loop's, here) busy: nothing else runs on that loop meanwhile."""
+    time.sleep(seconds)
+
+
+async def test_a_scrape_the_event_loop_cannot_answer_fails_in_one_log_line(
+    make_server: MakeServer, monkeypatch: pytest.MonkeyPatch, logs: LogCapture
+) -> None:
+    monkeypatch.setattr(metrics, "_READ_TIMEOUT_SECONDS", 0.2)
+    server = await make_server(**METRICS)
+    url = f"http://{server.metrics_address}/metrics"
+    pending = asyncio.get_running_loop().run_in_executor(None, _get, url)
+    _stall(2.0)
+    status, _, body = await pending
+    assert status == 500
+    assert "see the server's log" in body
+    assert [line["msg"] for line in logs.lines("jobworker.server") if line["msg"].startswith("metrics")] == [
+        "metrics scrape failed"
+    ]
+    # The loop answers again: so does the endpoint.
+    assert (await scrape(server)).value("jobworker_jobs_running") == 0
