@@ -165,7 +165,7 @@ class JobWorkerServer:
         # Last, so a scrape during shutdown still sees the jobs being stopped.
         if self._metrics is not None:
             metrics, listener = self._metrics
-            self._manager.events.unsubscribe(metrics)
+            metrics.close()
             await listener.stop()
 
     async def wait_for_termination(self) -> None:
@@ -230,12 +230,12 @@ async def build_server(config: ServerConfig, *, manager: engine.JobManager | Non
         try:
             listener = MetricsListener(metrics_address, metrics.registry)
         except OSError as exc:
+            metrics.close()
             # As for the gRPC port: jobs an earlier server left keep running for the next attempt.
             await manager.close(0, stop_jobs=False)
             raise ServerStartError(
                 f"cannot listen for metrics on {metrics_address}: {exc.strerror or exc}"
             ) from None
-        manager.events.subscribe(metrics)
         served = (metrics, listener)
         if not metrics_address.loopback:
             _log.warning(

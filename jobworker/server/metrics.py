@@ -54,7 +54,8 @@ class _Levels:
 
 class ServerMetrics:
     """Every metric of one server, registered in `registry` (never prometheus_client's global one, so
-    several servers in one process, as in tests, keep apart). Subscribe it to the engine's events."""
+    several servers in one process, as in tests, keep apart). It subscribes itself to the engine's events
+    when created; `close()` unsubscribes it."""
 
     def __init__(
         self,
@@ -70,6 +71,10 @@ class ServerMetrics:
         # Output of the jobs that ended while this server ran; the running jobs' share is read at scrape.
         self._ended_output_bytes = 0
         self._loop = asyncio.get_running_loop()
+        # Jobs reattached at start-up stored output before this server ran: counted from here on only.
+        # Taken in the same step as subscribing, so no end falls between the two.
+        self._output_before = manager.events.counts().running_output_bytes
+        manager.events.subscribe(self)
         self._started = Counter(
             "jobworker_jobs_started", "Jobs whose command started running.", registry=self.registry
         )
@@ -110,6 +115,10 @@ class ServerMetrics:
         prometheus_client.PlatformCollector(registry=self.registry)
         self.interceptor = RpcMetricsInterceptor(self._rpc_done)
 
+    def close(self) -> None:
+        """Stop listening to the engine."""
+        self._manager.events.unsubscribe(self)
+
     # engine.EngineObserver
     def job_started(self, seconds: float) -> None:
         self._started.inc()
@@ -131,7 +140,9 @@ class ServerMetrics:
             followers=self._followers(),
             # Monotonic: a running job's stored output only grows, and when it ends its final count
             # moves into _ended_output_bytes in the same step (job_ended) as it leaves the running set.
-            spooled_bytes=self._ended_output_bytes + counts.running_output_bytes,
+            # Every job running at the start is still running or ended, so each holds at least what it
+            # held then: the difference never goes below zero.
+            spooled_bytes=self._ended_output_bytes + counts.running_output_bytes - self._output_before,
             streamed_bytes=self._streamed_bytes(),
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import select
 import socket
@@ -35,6 +36,7 @@ from server_helpers import (
     start_job,
 )
 
+from jobworker import engine
 from jobworker.api import jobworker_pb2 as pb
 from jobworker.server import (
     JobWorkerServer,
@@ -512,3 +514,42 @@ async def test_a_scrape_the_event_loop_cannot_answer_fails_in_one_log_line(
     ]
     # The loop answers again: so does the endpoint.
     assert (await scrape(server)).value("jobworker_jobs_running") == 0
+
+
+async def test_a_reattached_job_counts_its_end_and_only_the_output_after_the_restart(
+    certs: Pki, tmp_path: Path
+) -> None:
+    config = server_config(certs, tmp_path / "state", isolation=engine.Isolation.NONE, **METRICS)
+    engine_config = dataclasses.replace(config.engine_config(), namespaces=False)
+    go = tmp_path / "go"
+    os.mkfifo(go)
+    script = f"import sys; print('a' * 99, flush=True); open({str(go)!r}).read(); print('b' * 49)"
+    first = engine.JobManager(engine_config)
+    await first.open()
+    job = await first.start(engine.JobSpec("python3", ("-c", script)))
+    events = first.follow(job.id)
+    try:
+        async with asyncio.timeout(10):
+            assert isinstance(await anext(events), engine.OutputChunk)
+    finally:
+        await events.aclose()
+    await first.close(stop_jobs=False)
+
+    second = engine.JobManager(engine_config)
+    await second.open()
+    server = await build_server(config, manager=second)
+    await server.start()
+    try:
+        reattached = await scrape(server)
+        assert reattached.value("jobworker_jobs_running") == 1
+        # Its first 100 bytes were stored before this server ran.
+        assert reattached.value("jobworker_output_spooled_bytes_total") == 0
+        assert reattached.value("jobworker_jobs_started_total") == 0
+        await asyncio.to_thread(go.write_text, "go")
+        await second.wait(job.id)
+        ended = await scrape(server)
+        assert ended.value("jobworker_jobs_ended_total", state="exited") == 1
+        assert ended.value("jobworker_output_spooled_bytes_total") == 50
+        assert ended.value("jobworker_jobs_running") == 0
+    finally:
+        await server.shutdown(1.0)
