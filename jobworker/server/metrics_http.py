@@ -19,12 +19,13 @@ import socketserver
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
-
 from jobworker.server.jsonlog import fields
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 _log = logging.getLogger("jobworker.server")
 
@@ -154,6 +155,9 @@ class MetricsListener:
 
     def __init__(self, address: MetricsAddress, registry: CollectorRegistry) -> None:
         """Bind `address` (OSError when it cannot be bound)."""
+        # Here, not at the top: jw-server without metrics never pays for importing prometheus_client.
+        from prometheus_client import make_wsgi_app
+
         infos = socket.getaddrinfo(
             address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
