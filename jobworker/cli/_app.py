@@ -23,7 +23,7 @@ from jobworker.cli._exit import (
     exit_for,
 )
 from jobworker.cli._follow import OutputPump
-from jobworker.cli._input import StdinSource, follow_resizes, pump_stdin, raw_terminal, terminal_size
+from jobworker.cli._input import StdinPump, StdinSource, follow_resizes, raw_terminal, terminal_size
 from jobworker.cli._params import (
     DURATION,
     ENV_ENTRY,
@@ -436,33 +436,47 @@ def run(ctx: click.Context, /, stop_on_interrupt: bool, **options: Any) -> None:
     client = _connect(ctx)
     spec = JobSpec.from_options(options)
     job = spec.start(client)
-    with _attached(client, job.id, stdin=spec.stdin, tty=spec.tty is not None):
-        _run_follow(ctx, client, job, stop_on_interrupt)
+    with _attached(client, job.id, stdin=spec.stdin, tty=spec.tty is not None) as pump:
+        _run_follow(ctx, client, job, stop_on_interrupt, pump)
 
 
 @contextlib.contextmanager
-def _attached(client: Client, job_id: str, *, stdin: bool, tty: bool) -> Iterator[None]:
+def _attached(client: Client, job_id: str, *, stdin: bool, tty: bool) -> Iterator[StdinPump | None]:
     """While inside: our stdin goes to the job (stdin), our terminal raw and its size followed (tty)."""
     if not stdin:
-        yield
+        yield None
         return
     source = StdinSource()
-    pump_stdin(client, job_id, source)
+    pump = StdinPump(client.config, client.timeout, job_id, source)
     with contextlib.ExitStack() as stack:
         if tty and sys.stdin.isatty():
             stack.enter_context(raw_terminal(sys.stdin.fileno()))
             stack.enter_context(follow_resizes(source))
         try:
-            yield
+            yield pump
+        except KeyboardInterrupt:
+            _refused(pump)
+            raise
         finally:
             source.stop()
+            # Its call ends at once now; closing the channel under a running call would wait for it.
+            pump.join()
 
 
-def _run_follow(ctx: click.Context, client: Client, job: JobInfo, stop_on_interrupt: bool) -> None:
+def _refused(pump: StdinPump | None) -> None:
+    """After a KeyboardInterrupt: raise the input's refusal if that, not a Ctrl-C, caused it."""
+    if pump is not None and pump.failure is not None:
+        raise exit_for(pump.failure) from None
+
+
+def _run_follow(
+    ctx: click.Context, client: Client, job: JobInfo, stop_on_interrupt: bool, stdin: StdinPump | None
+) -> None:
     pump = OutputPump(job.id)
     try:
         end = _follow(ctx, client, pump, "both", follow=True, reached=True)
     except KeyboardInterrupt:
+        _refused(stdin)
         if not stop_on_interrupt:
             click.echo(f"jw: detached; job {job.id} keeps running", err=True)
             click.echo(f"jw: reattach with: {_resume_hint(job.id, pump.offset, 'both')}", err=True)
@@ -499,10 +513,11 @@ def attach(ctx: click.Context, job_id: str) -> None:
     if job.state.is_final:
         raise PreconditionExit(f"job {job.id} has already ended ({job.state.value})")
     pump = OutputPump(job.id, job.stdout_bytes + job.stderr_bytes)
-    with _attached(client, job.id, stdin=True, tty=job.tty):
+    with _attached(client, job.id, stdin=True, tty=job.tty) as stdin:
         try:
             end = _follow(ctx, client, pump, "both", follow=True, reached=True)
         except KeyboardInterrupt:
+            _refused(stdin)
             click.echo(f"jw: detached; job {job.id} keeps running", err=True)
             ctx.exit(ExitCode.INTERRUPTED)
     ctx.exit(_job_exit_code(end.job or client.status(job.id)))

@@ -31,6 +31,7 @@ from jobworker.client._errors import (
 )
 from jobworker.client._limits import LIMIT_FIELDS, LimitField
 from jobworker.client._types import (
+    EndOfInput,
     JobInfo,
     JobState,
     Limits,
@@ -58,6 +59,7 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "ConnectionFailedError",
+    "EndOfInput",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "JobInfo",

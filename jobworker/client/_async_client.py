@@ -19,6 +19,7 @@ from jobworker.client._config import ClientConfig
 from jobworker.client._connection import DEFAULT_TIMEOUT, Connection, connection_aged
 from jobworker.client._errors import ClientError
 from jobworker.client._types import (
+    EndOfInput,
     JobInfo,
     JobState,
     Limits,
@@ -145,7 +146,7 @@ class AsyncClient:
         return _convert.job_from_proto(response.job)
 
     async def write_input(
-        self, job_id: str, source: AsyncIterable[bytes | TerminalSize], *, eof: bool = True
+        self, job_id: str, source: AsyncIterable[bytes | TerminalSize | EndOfInput], *, eof: bool = True
     ) -> int:
         """Client.write_input with an async source."""
         await self._conn.check_server_async(self._channel)

@@ -18,6 +18,7 @@ from jobworker.client._config import ClientConfig
 from jobworker.client._connection import DEFAULT_TIMEOUT, Connection, connection_aged
 from jobworker.client._errors import ClientError
 from jobworker.client._types import (
+    EndOfInput,
     JobInfo,
     JobState,
     Limits,
@@ -36,6 +37,11 @@ class Client:
         self._conn = Connection(config, timeout)
         self._channel = grpc.secure_channel(config.server, self._conn.credentials, options=self._conn.options)
         self._stub = jobworker_pb2_grpc.JobWorkerStub(self._channel)
+
+    @property
+    def timeout(self) -> float:
+        """Seconds each call may take to connect and answer."""
+        return self._conn.timeout
 
     @property
     def config(self) -> ClientConfig:
@@ -139,9 +145,12 @@ class Client:
             response = self._stub.Signal(request, timeout=self._conn.timeout)
         return _convert.job_from_proto(response.job)
 
-    def write_input(self, job_id: str, source: Iterable[bytes | TerminalSize], *, eof: bool = True) -> int:
+    def write_input(
+        self, job_id: str, source: Iterable[bytes | TerminalSize | EndOfInput], *, eof: bool = True
+    ) -> int:
         """Write `source` to a running job's stdin (bytes as they are, a TerminalSize as a resize of its
-        terminal) and, when it is used up and `eof`, end the input. Returns the bytes the job's stdin took.
+        terminal, EndOfInput as its end) and, when it is used up and `eof`, end the input; a source that
+        ends without either leaves the job's stdin open for another writer. Returns the bytes it took.
 
         Blocks as long as `source` does; a job that reads slowly slows it down. One writer at a time:
         FailedPreconditionError when another one writes, or the job has no open stdin."""

@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2
 from jobworker.api import jobworker_pb2 as pb
 from jobworker.client._limits import LIMIT_FIELDS
 from jobworker.client._types import (
+    EndOfInput,
     JobInfo,
     JobState,
     Limits,
@@ -199,7 +200,7 @@ INPUT_CHUNK = 64 * 1024
 
 
 def input_requests(
-    job_id: str, source: Iterable[bytes | TerminalSize], eof: bool
+    job_id: str, source: Iterable[bytes | TerminalSize | EndOfInput], eof: bool
 ) -> Iterator[pb.WriteInputRequest]:
     """The WriteInput messages of `source`: the first names the job; eof (if asked) after the source ends."""
     yield pb.WriteInputRequest(job_id=job_id)
@@ -210,7 +211,7 @@ def input_requests(
 
 
 async def input_requests_async(
-    job_id: str, source: AsyncIterable[bytes | TerminalSize], eof: bool
+    job_id: str, source: AsyncIterable[bytes | TerminalSize | EndOfInput], eof: bool
 ) -> AsyncIterator[pb.WriteInputRequest]:
     """input_requests for an async source."""
     yield pb.WriteInputRequest(job_id=job_id)
@@ -221,7 +222,10 @@ async def input_requests_async(
         yield pb.WriteInputRequest(eof=True)
 
 
-def _input_messages(item: bytes | TerminalSize) -> Iterator[pb.WriteInputRequest]:
+def _input_messages(item: bytes | TerminalSize | EndOfInput) -> Iterator[pb.WriteInputRequest]:
+    if isinstance(item, EndOfInput):
+        yield pb.WriteInputRequest(eof=True)
+        return
     if isinstance(item, TerminalSize):
         yield pb.WriteInputRequest(resize=pb.TerminalSize(rows=item.rows, cols=item.cols))
         return

@@ -196,3 +196,8 @@ class TerminalSize:
 
     rows: int
     cols: int
+
+
+@dataclass(frozen=True)
+class EndOfInput:
+    """In a write_input source: the end of the job's input (it reads end of file); nothing may follow."""

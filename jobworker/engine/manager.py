@@ -525,8 +525,9 @@ class JobManager:
             raise InputUnavailableError("the job was not started with its stdin open (start it with -i)")
         try:
             return await JobInput.open(job.directory / records.SOCKET)
-        except OSError as e:
-            raise InputUnavailableError(f"the job's stdin cannot be reached: {e.strerror or e}") from None
+        except OSError:
+            # Its holder has just let go of the job's socket: the job is ending.
+            raise JobNotRunningError(f"job {job_id} has ended") from None
 
     def resize_terminal(self, job_id: str, rows: int, cols: int) -> None:
         """Set the window size of a running job's terminal (its foreground process gets SIGWINCH)."""
