@@ -67,10 +67,11 @@ def opened(path: Path) -> OutputSpool:
 
 async def read(
     spool: OutputSpool,
-    window: OutputWindow = OutputWindow(),
+    window: OutputWindow | None = None,
     selection: StreamSelection = StreamSelection.BOTH,
     offset: int = 0,
 ) -> list[OutputEvent]:
+    window = window or OutputWindow()
     return [e async for e in spool.follow(selection, offset, follow=False, window=window)]
 
 
