@@ -41,7 +41,8 @@ def test_timestamps_prefix_every_line_and_since_picks_the_later_ones(jw: Jw) -> 
     lines = STAMP.findall(stamped.stdout_bytes)
     assert [text for _, text in lines] == [b"a", b"b", b"c", b"d"]
     times = [parse_rfc3339(stamp.decode()) for stamp, _ in lines]
-    assert times == sorted(times) and times[2] - times[1] > 1_000_000_000
+    assert times == sorted(times)
+    assert times[2] - times[1] > 1_000_000_000
     since = jw("logs", "--since", lines[2][0].decode(), job_id)
     assert since.stdout == "c\nd\n"
     until = jw("logs", "--until", lines[1][0].decode(), job_id)
@@ -91,4 +92,5 @@ def test_bad_windows_are_usage_errors(jw: Jw) -> None:
     # Since after until reaches the server, which refuses it as invalid: exit 2, one line.
     result = jw("logs", "--since", "1m", "--until", "2m", job_id)
     assert result.exit_code == 2
-    assert "since" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "since" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
