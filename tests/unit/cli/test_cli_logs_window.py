@@ -94,3 +94,17 @@ def test_bad_windows_are_usage_errors(jw: Jw) -> None:
     assert result.exit_code == 2
     assert "since" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_tail_followed_across_connection_retirement_loses_and_repeats_nothing(jw_aging: Jw) -> None:
+    # The server retires connections after about a second: the client resumes by offset, not by tail.
+    job_id = jw_aging.start("sh", "-c", "for i in $(seq 1 30); do echo $i; sleep 0.1; done")
+    deadline = time.monotonic() + 10
+    while "3\n" not in jw_aging("logs", job_id).stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    result = jw_aging("logs", "-f", "--tail", "1", job_id)
+    assert result.exit_code == 0, result.stderr
+    numbers = [int(line) for line in result.stdout.split()]
+    assert numbers == list(range(numbers[0], 31))
+    assert numbers[0] >= 3
