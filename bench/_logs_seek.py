@@ -5,7 +5,8 @@ job's holder writes), under a job record of an ended job, and a jw-server starte
 serves it: 10 GiB through a real job would take minutes. Records are 256 KiB of 64-byte lines, one every
 100 ms of (made-up) arrival time. The file's pages are dropped from the page cache (posix_fadvise, this file
 only) before the first call of each kind, so the first figure is a cold read. The baseline is the first
-byte of the same stream from byte 0, which needs no seek at all.
+byte of the same stream from byte 0, which needs no seek at all, and (once, cold) the tail without its index,
+which reads the whole spool.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ _LINE = 64
 _STEP_NS = 100_000_000
 _T0_NS = 1_796_119_200 * 1_000_000_000  # 2026-12-01T10:00:00Z
 _ROUNDS = 20
+_SCAN_MAX = GiB
 
 
 def _body() -> bytes:
@@ -122,6 +124,15 @@ async def run(ctx: Context) -> CaseResult:
                         took, chunk = await _first_byte(client, job_id, window)
                         seconds[name].append(took)
                     _check(name, chunk, count)
+                # The same reader without the index: what a scan of the whole spool costs (cold, at disk
+                # speed: minutes for 10 GiB, so only at the --quick size).
+                scan = None
+                if size <= _SCAN_MAX:
+                    index = job_dir / records.INDEX
+                    index.rename(index.with_suffix(".off"))
+                    _drop_cache(spool)
+                    scan, chunk = await _first_byte(client, job_id, cases["tail 100"])
+                    _check("tail 100", chunk, count)
         finally:
             server.stop()
     finally:
@@ -135,7 +146,20 @@ async def run(ctx: Context) -> CaseResult:
         result.metrics.append(
             Metric(f"first byte, {name}, warm p50", warm, "ms", "from byte 0", base, limit=50.0)
         )
+    if scan is not None:
+        result.metrics.append(
+            Metric(
+                "first byte, tail 100, cold",
+                seconds["tail 100"][0] * 1000,
+                "ms",
+                "the same without the index (a scan)",
+                scan * 1000,
+            )
+        )
+    else:
+        result.notes.append("the scan without the index runs at the --quick size only (it reads the spool)")
     result.data.update(
+        scan_without_index_ms=None if scan is None else round(scan * 1000, 1),
         spool_bytes=size,
         records=count,
         build_seconds=build_s,

@@ -4,6 +4,9 @@ The file format and its writer are in ``_spoolfile`` (the job's holder writes th
 While the job runs, the holder reports how far it got (spawn.SpoolProgress): only what it reported counts
 as committed, so followers never see a torn record. Followers read the file by offset and are woken through
 an asyncio event. A spool whose holder is gone is read as far as its whole records go.
+
+A follower may ask for a window (job.OutputWindow: a tail, a time range, a byte limit): it starts where
+``_spoolread`` finds through the holder's index, and records outside the times are skipped as it reads.
 """
 
 from __future__ import annotations
