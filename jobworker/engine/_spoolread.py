@@ -8,7 +8,8 @@ a usable index (version 1, or an index the disk refused) is scanned from its fir
 answer.
 
 ``--tail N`` counts newlines backwards from the end: scan forward from the last entry to the end, and when
-that segment holds fewer than N lines, step back one entry. Only records with a newline are remembered, at
+that segment holds fewer than N lines, step back one entry (past entries with no output of the selected
+streams between them). Only records with a newline are remembered, at
 most as many as N lines need, so memory stays bounded by N however large the spool.
 """
 
@@ -252,9 +253,12 @@ def tail(
         if total >= need:
             return _locate(fd, header, kept, need, exclude_last)
         need -= total
-        if k < 0:
+        if k < 0 or seg_view == 0:
             return Position(start, 0, 0)
-        seg_end, k = seg_start, k - 1
+        # Step back to the last entry with less of the view before it: the entries in between hold only the
+        # other stream (the index counts each), so a tail of one stream never reads the other's output.
+        j = index.last_at_or_before_view(seg_view - 1, selection)
+        seg_end, k = index.entry(j + 1)[1], j
 
 
 def _locate(

@@ -367,3 +367,32 @@ async def test_a_truncation_mark_inside_the_window_is_delivered(tmp_path: Path) 
     events = await read(spool, OutputWindow(tail_lines=1))
     assert joined(events) == b"6789"
     assert isinstance(events[-1], OutputTruncated)
+
+
+async def test_a_tail_of_one_stream_skips_the_other_streams_output(tmp_path: Path) -> None:
+    records: list[Record] = [(fmt.STDOUT, b"out %d\n" % i, T0 + i) for i in range(3)]
+    records += [(fmt.STDERR, b"e" * 99 + b"\n", T0 + SECOND * (10 + i)) for i in range(200)]  # 200 entries
+    spool = opened(write_spool(tmp_path, records))
+    read_bytes = 0
+    real = os.pread
+
+    def counting(fd: int, n: int, at: int) -> bytes:
+        nonlocal read_bytes
+        data = real(fd, n, at)
+        read_bytes += len(data)
+        return data
+
+    assert joined(await read(spool, OutputWindow(tail_lines=2), StreamSelection.STDOUT)) == b"out 1\nout 2\n"
+    end = spool._committed
+    index = _spoolread.SpoolIndex(tmp_path / "output.idx", end)
+    fd = os.open(tmp_path / "output.spool", os.O_RDONLY)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(os, "pread", counting)
+            found = _spoolread.tail(fd, fmt.HEADER, index, len(fmt.MAGIC), end, StreamSelection.STDOUT, 2)
+    finally:
+        os.close(fd)
+        index.close()
+    assert found.deliver == len(b"out 0\n")
+    # The last segment and the stdout one: none of the 200 stderr records between them.
+    assert read_bytes < 1000
