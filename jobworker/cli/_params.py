@@ -139,26 +139,56 @@ class EnvEntryType(_EnvParam):
         return name, content
 
 
+class LabelType(_EnvParam):
+    """`KEY=VALUE` of a label or a label selector; the server checks the key and value rules."""
+
+    name = "KEY=VALUE"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        key, sep, content = str(value).partition("=")
+        if not key or not sep:
+            self.fail(f"{str(value)[:64]!r} is not KEY=VALUE", param, ctx)
+        return key, content
+
+
+def label_map(pairs: tuple[tuple[str, str], ...], param: str) -> dict[str, str]:
+    """The labels of repeated `param` options; a key given twice with two values is a usage error."""
+    labels: dict[str, str] = {}
+    for key, value in pairs:
+        if labels.get(key, value) != value:
+            raise click.UsageError(f"{param} {key} is given twice, with different values")
+        labels[key] = value
+    return labels
+
+
 SIZE = SizeType()
 DURATION = DurationType()
 POSITIVE_DURATION = DurationType(allow_zero=False)
 ENV_ENTRY = EnvEntryType()
+LABEL = LabelType()
 POINT_IN_TIME = PointInTimeType()
 TIME_TEXT = TimeTextType()
 
 __all__ = [
     "DURATION",
     "ENV_ENTRY",
+    "LABEL",
     "POINT_IN_TIME",
     "POSITIVE_DURATION",
     "SIZE",
     "TIME_TEXT",
     "DurationType",
     "EnvEntryType",
+    "LabelType",
     "LimitType",
     "PointInTimeType",
     "SizeType",
     "TimeTextType",
+    "label_map",
     "parse_duration",
     "parse_size",
 ]

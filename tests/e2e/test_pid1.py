@@ -7,8 +7,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
 from jobworker.client import ClientError, JobState
 
 if TYPE_CHECKING:
@@ -78,7 +76,6 @@ def test_kill_9_of_jw_server_restarts_it_inside_the_same_container(
     figure(f"kill -9 of jw-server: answering health again after {took:.2f}s, same container")
 
 
-@pytest.mark.xfail(reason="needs the per-job holder (issue 12)", strict=False)
 def test_a_job_printing_a_counter_survives_kill_9_of_jw_server(
     server: JobworkerServer, figure: Callable[[str], None]
 ) -> None:
