@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
-from server_helpers import Connect, collect, output_of, rpc_error, start_job
+from server_helpers import Clients, Connect, MakeServer, collect, output_of, rpc_error, start_job
 
+from jobworker import engine
 from jobworker.api import jobworker_pb2 as pb
+from jobworker.engine import _spoolfile as fmt
+from jobworker.engine import records
 from jobworker.server import JobWorkerServer
 
 
@@ -94,3 +99,37 @@ async def test_bad_windows_are_invalid_argument_in_one_line(
         details = error.details() or ""
         assert "\n" not in details
         assert "Traceback" not in details
+
+
+async def test_a_first_release_spool_refuses_times_and_serves_tails(
+    make_server: MakeServer, clients: Clients, tmp_path: Path
+) -> None:
+    # An ended job of the first release: its record, and a spool without magic, times or index.
+    job_id = str(uuid.uuid4())
+    directory = records.job_dir(tmp_path / "state0", job_id)
+    directory.mkdir(parents=True)
+    spool = fmt.HEADER_V1.pack(1, 6) + b"x\ny\nz\n"
+    (directory / records.SPOOL).write_bytes(spool)
+    status = engine.JobStatus(
+        id=job_id,
+        owner="walt",
+        command="sh",
+        args=(),
+        cwd="/",
+        state=engine.JobState.EXITED,
+        pid=1,
+        started_at=time.time() - 10,
+        ended_at=time.time() - 5,
+        exit_code=0,
+        stdout_bytes=6,
+    )
+    records.save(directory, status)
+    server = await make_server()
+    stub = clients.stub(server.port, "walt")
+    messages, _ = await collect(stub, job_id, tail_lines=1)
+    assert output_of(messages) == b"z\n"
+    assert not messages[0].chunk.HasField("time")
+    for fields in ({"since": "1h"}, {"until": "2026-12-01T10:00:00Z"}):
+        error = await rpc_error(stub.StreamOutput(pb.StreamOutputRequest(job_id=job_id, **fields)))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "without arrival times" in (error.details() or "")
