@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from jobworker.cli._params import (
     LABEL,
     POINT_IN_TIME,
     POSITIVE_DURATION,
+    SIZE,
+    TIME_TEXT,
     LimitType,
     label_map,
 )
@@ -53,6 +56,7 @@ from jobworker.client import (
     JobInfo,
     JobState,
     Limits,
+    OutputWindow,
     StreamEnd,
     StreamEndReason,
     StreamSelection,
@@ -289,8 +293,17 @@ def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2))
 
 
-def _resume_hint(job_id: str, offset: int, streams: StreamSelection) -> str:
+def _resume_hint(
+    job_id: str, offset: int, streams: StreamSelection, window: OutputWindow | None = None
+) -> str:
     selection = "" if streams == "both" else f" --{streams}"
+    if window is not None:
+        if isinstance(window.until, str):
+            selection += f" --until {shlex.quote(window.until)}"
+        if window.limit_bytes is not None:
+            selection += f" --limit-bytes {window.limit_bytes}"
+        if window.timestamps:
+            selection += " --timestamps"
     return f"jw logs -f{selection} --offset {offset} {job_id}"
 
 
@@ -308,8 +321,14 @@ def _follow(
     retry = Reconnect(_settings(ctx).timeout) if follow else None
     while True:
         before = pump.offset
+        window = pump.remaining_window
+        if window is None:
+            # The byte limit was used up before the server said so: the stream is done.
+            return StreamEnd(StreamEndReason.LIMIT_REACHED, truncated=False, job=None)
         try:
-            end = pump.pump(client.stream(pump.job_id, streams=streams, offset=pump.offset, follow=follow))
+            end = pump.pump(
+                client.stream(pump.job_id, streams=streams, offset=pump.offset, follow=follow, window=window)
+            )
         except ConnectionFailedError as exc:
             failure = exc.message
             reached = reached or exc.server_sent or pump.offset > before
@@ -325,7 +344,7 @@ def _follow(
                 retry.succeeded()
             if retry.again(f"{failure} while streaming job {pump.job_id}"):
                 continue
-        hint = _resume_hint(pump.job_id, pump.offset, streams)
+        hint = _resume_hint(pump.job_id, pump.offset, streams, pump.remaining_window)
         raise ConnectionExit(f"{failure} while streaming job {pump.job_id}; resume with: {hint}")
 
 
@@ -534,6 +553,29 @@ def attach(ctx: click.Context, job_id: str) -> None:
     default=0,
     help="Start at this byte of the selected output (both streams interleaved by default).",
 )
+@click.option(
+    "-n",
+    "--tail",
+    "tail_lines",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Start at the last N lines (0: only new output, with -f).",
+)
+@click.option(
+    "--since",
+    type=TIME_TEXT,
+    help="Only output that arrived at or after this time: RFC 3339 (2026-12-01T10:00:00Z) or a duration "
+    "ago (10m, 1h30m).",
+)
+@click.option(
+    "--until",
+    type=TIME_TEXT,
+    help="Only output that arrived at or before this time (same forms); with -f, stop once it has passed.",
+)
+@click.option(
+    "-t", "--timestamps", is_flag=True, help="Put each line's arrival time (RFC 3339, UTC) in front."
+)
+@click.option("--limit-bytes", type=SIZE, metavar="SIZE", help="Stop after this many bytes (e.g. 4096, 1M).")
 @click.pass_context
 def logs(
     ctx: click.Context,
@@ -542,17 +584,28 @@ def logs(
     stdout_only: bool,
     stderr_only: bool,
     offset: int,
+    tail_lines: int | None,
+    since: str | None,
+    until: str | None,
+    timestamps: bool,
+    limit_bytes: int | None,
 ) -> None:
     """Print a job's output; -f follows it until the job ends.
 
-    Output is copied byte for byte: the job's stdout to stdout, its stderr to stderr.
+    Output is copied byte for byte: the job's stdout to stdout, its stderr to stderr. --tail, --since and
+    --until pick a part of it (combined, the latest start wins; --offset resumes inside it). Times are when
+    the server stored each piece the job wrote, so a line written in two pieces may be cut at a boundary.
     """
     if stdout_only and stderr_only:
         raise click.UsageError("--stdout and --stderr are mutually exclusive; omit both for both")
     streams: StreamSelection = "stdout" if stdout_only else "stderr" if stderr_only else "both"
+    window = OutputWindow(
+        tail_lines=tail_lines, since=since, until=until, limit_bytes=limit_bytes, timestamps=timestamps
+    )
     client = _connect(ctx)
     try:
-        _follow(ctx, client, OutputPump(job_id, offset), streams, follow=follow, reached=False)
+        pump = OutputPump(job_id, offset, window=window)
+        _follow(ctx, client, pump, streams, follow=follow, reached=False)
     except KeyboardInterrupt:
         ctx.exit(ExitCode.INTERRUPTED)
 

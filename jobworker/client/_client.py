@@ -24,6 +24,7 @@ from jobworker.client._types import (
     Limits,
     OutputChunk,
     OutputEvent,
+    OutputWindow,
     ServerInfo,
     StreamSelection,
     TerminalSize,
@@ -198,30 +199,35 @@ class Client:
         streams: StreamSelection = "both",
         offset: int = 0,
         follow: bool = True,
+        window: OutputWindow | None = None,
     ) -> Iterator[OutputEvent]:
-        """Yield the job's output from `offset`; with `follow`, live until the job ends.
+        """Yield the job's output from `offset` (within `window`); with `follow`, live until the job ends.
 
         A stream cut because the server retired an old connection resumes where it stopped, on a new
         connection, without the caller noticing.
         """
-        request = _convert.stream_request(job_id, streams, offset, follow)
+        request = _convert.stream_request(job_id, streams, offset, follow, window)
         self._conn.check_server(self._channel)
         # No deadline: a followed job may run for days. Connect failures still surface fast.
         call = self._stub.StreamOutput(request)
         return self._events(call, request)
 
     def _events(self, call: Any, request: Any) -> Iterator[OutputEvent]:
+        more = True
         while True:
             try:
                 for response in call:
                     event = _convert.event_from_proto(response)
                     if isinstance(event, OutputChunk):
-                        request.offset = event.end_offset
+                        more = _convert.resume_after(request, event)
                     yield event
                 return
             except grpc.RpcError as exc:
                 if not connection_aged(exc):
                     raise self._conn.error(exc) from exc
+                if not more:
+                    yield _convert.LIMIT_END
+                    return
             finally:
                 call.cancel()
             call = self._stub.StreamOutput(request)
