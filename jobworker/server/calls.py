@@ -200,6 +200,9 @@ def _wrap_client_stream(method: str, behavior: UnaryBehavior, policy: PeerPolicy
 
 def _begin(method: str, request: object, context: grpc.aio.ServicerContext[Any, Any]) -> _Call:
     call = _Call(CallRecord(method=method, peer=context.peer(), job_id=_job_id_hint(request)))
+    # The audit line comes when a call ends; at debug level its start shows too (a long Wait, a stream).
+    if _log.isEnabledFor(logging.DEBUG):
+        _log.debug("call started", extra={"method": method, "peer": call.record.peer})
     # Each RPC runs in its own task with its own context copy, so this never leaks between calls.
     _CURRENT.set(call)
     return call
