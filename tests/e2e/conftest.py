@@ -491,10 +491,11 @@ class JobworkerServer:
         return state
 
     def jw_popen(self, *args: str, identity: str = "writer") -> subprocess.Popen[bytes]:
-        """Start the host's `jw` CLI against this server as `identity`, stdout and stderr piped."""
+        """Start the host's `jw` CLI against this server as `identity`, stdin, stdout and stderr piped."""
         return subprocess.Popen(
             jw_command(self.address, self.certs, identity, args),
             env=jw_environment(self.certs),
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
