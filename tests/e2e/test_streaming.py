@@ -260,7 +260,7 @@ def test_killed_followers_leave_server_healthy(
             if process.poll() is None:
                 process.kill()
                 process.wait(timeout=10)
-            for pipe in (process.stdout, process.stderr):
+            for pipe in (process.stdin, process.stdout, process.stderr):
                 if pipe is not None:
                     pipe.close()
         with server.client("writer") as writer:
