@@ -84,6 +84,11 @@ class JobWorkerStub:
                 request_serializer=jobworker_dot_v1_dot_jobworker__pb2.SignalRequest.SerializeToString,
                 response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.SignalResponse.FromString,
                 _registered_method=True)
+        self.ListNodes = channel.unary_unary(
+                '/jobworker.v1.JobWorker/ListNodes',
+                request_serializer=jobworker_dot_v1_dot_jobworker__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.ListNodesResponse.FromString,
+                _registered_method=True)
 
 
 class JobWorkerServicer:
@@ -164,6 +169,14 @@ class JobWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNodes(self, request, context):
+        """The nodes of the fleet this server belongs to (jw-server --etcd), live and unreachable. Any role.
+        FAILED_PRECONDITION on a server that is not in a fleet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -216,6 +229,11 @@ def add_JobWorkerServicer_to_server(servicer, server):
                     servicer.Signal,
                     request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.SignalRequest.FromString,
                     response_serializer=jobworker_dot_v1_dot_jobworker__pb2.SignalResponse.SerializeToString,
+            ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.ListNodesRequest.FromString,
+                    response_serializer=jobworker_dot_v1_dot_jobworker__pb2.ListNodesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -488,6 +506,33 @@ class JobWorker:
             '/jobworker.v1.JobWorker/Signal',
             jobworker_dot_v1_dot_jobworker__pb2.SignalRequest.SerializeToString,
             jobworker_dot_v1_dot_jobworker__pb2.SignalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobworker.v1.JobWorker/ListNodes',
+            jobworker_dot_v1_dot_jobworker__pb2.ListNodesRequest.SerializeToString,
+            jobworker_dot_v1_dot_jobworker__pb2.ListNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,

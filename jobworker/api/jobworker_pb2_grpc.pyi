@@ -65,6 +65,10 @@ class JobWorkerStub:
     """Send a signal to a running job's command without stopping it (INVALID_ARGUMENT for a signal
     outside the allowed set; FAILED_PRECONDITION when the job has ended). Writers their own jobs, admins any.
     """
+    ListNodes: _grpc.UnaryUnaryMultiCallable[_jobworker_pb2.ListNodesRequest, _jobworker_pb2.ListNodesResponse]
+    """The nodes of the fleet this server belongs to (jw-server --etcd), live and unreachable. Any role.
+    FAILED_PRECONDITION on a server that is not in a fleet.
+    """
 
 @_typing.type_check_only
 class JobWorkerAsyncStub(JobWorkerStub):
@@ -98,6 +102,10 @@ class JobWorkerAsyncStub(JobWorkerStub):
     Signal: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.SignalRequest, _jobworker_pb2.SignalResponse]  # type: ignore[assignment]
     """Send a signal to a running job's command without stopping it (INVALID_ARGUMENT for a signal
     outside the allowed set; FAILED_PRECONDITION when the job has ended). Writers their own jobs, admins any.
+    """
+    ListNodes: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.ListNodesRequest, _jobworker_pb2.ListNodesResponse]  # type: ignore[assignment]
+    """The nodes of the fleet this server belongs to (jw-server --etcd), live and unreachable. Any role.
+    FAILED_PRECONDITION on a server that is not in a fleet.
     """
 
 class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
@@ -189,6 +197,16 @@ class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_jobworker_pb2.SignalResponse, _abc.Awaitable[_jobworker_pb2.SignalResponse]]:
         """Send a signal to a running job's command without stopping it (INVALID_ARGUMENT for a signal
         outside the allowed set; FAILED_PRECONDITION when the job has ended). Writers their own jobs, admins any.
+        """
+
+    @_abc_1.abstractmethod
+    def ListNodes(
+        self,
+        request: _jobworker_pb2.ListNodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobworker_pb2.ListNodesResponse, _abc.Awaitable[_jobworker_pb2.ListNodesResponse]]:
+        """The nodes of the fleet this server belongs to (jw-server --etcd), live and unreachable. Any role.
+        FAILED_PRECONDITION on a server that is not in a fleet.
         """
 
 def add_JobWorkerServicer_to_server(servicer: JobWorkerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

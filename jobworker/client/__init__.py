@@ -30,9 +30,11 @@ from jobworker.client._errors import (
 )
 from jobworker.client._limits import LIMIT_FIELDS, LimitField
 from jobworker.client._types import (
+    FleetInfo,
     JobInfo,
     JobState,
     Limits,
+    NodeInfo,
     OutputChunk,
     OutputEvent,
     OutputStream,
@@ -56,11 +58,13 @@ __all__ = [
     "ConfigError",
     "ConnectionFailedError",
     "FailedPreconditionError",
+    "FleetInfo",
     "InvalidArgumentError",
     "JobInfo",
     "JobState",
     "LimitField",
     "Limits",
+    "NodeInfo",
     "NotFoundError",
     "OutputChunk",
     "OutputEvent",

@@ -22,6 +22,7 @@ from jobworker.client._types import (
     JobInfo,
     JobState,
     Limits,
+    NodeInfo,
     OutputChunk,
     OutputEvent,
     ServerInfo,
@@ -67,9 +68,14 @@ class AsyncClient:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         limits: Limits | None = None,
+        node: str | None = None,
+        node_labels: Mapping[str, str] | None = None,
     ) -> JobInfo:
-        """Start `command` with `args`; return the new job's status."""
-        request = _convert.start_request(command, args, env, cwd, limits)
+        """Start `command` with `args`; return the new job's status.
+
+        In a fleet, `node` and `node_labels` constrain where it runs (a node name; labels it must carry).
+        """
+        request = _convert.start_request(command, args, env, cwd, limits, node, node_labels)
         await self._conn.check_server_async(self._channel)
         with self._conn.translating():
             response = await self._stub.Start(request, timeout=self._conn.timeout)
@@ -86,6 +92,13 @@ class AsyncClient:
         with self._conn.translating():
             response = await self._stub.Stop(request, timeout=self._conn.stop_deadline(grace_seconds))
         return _convert.job_from_proto(response.job)
+
+    async def nodes(self) -> builtins.list[NodeInfo]:
+        """The nodes of the server's fleet (FAILED_PRECONDITION from a server not in one)."""
+        await self._conn.check_server_async(self._channel)
+        with self._conn.translating():
+            response = await self._stub.ListNodes(_convert.list_nodes_request(), timeout=self._conn.timeout)
+        return _convert.nodes_from_proto(response)
 
     async def server_info(self) -> ServerInfo:
         """What the server enforces (isolation, default and maximum limits) and who we are to it."""

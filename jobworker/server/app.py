@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,6 +22,9 @@ from jobworker.server.policy import PeerPolicy
 from jobworker.server.revocation import RevocationError, RevocationList
 from jobworker.server.service import JobWorkerService
 from jobworker.server.tls import CredentialReloader
+
+if TYPE_CHECKING:
+    from jobworker.server.fleet import Fleet
 
 _log = logging.getLogger("jobworker.server")
 
@@ -67,6 +71,7 @@ class JobWorkerServer:
         revocation: RevocationList | None,
         address: str,
         grace_seconds: float,
+        fleet: Fleet | None = None,
     ) -> None:
         self._server = server
         self._service = service
@@ -76,6 +81,7 @@ class JobWorkerServer:
         self._revocation = revocation
         self._address = address
         self._grace = grace_seconds
+        self._fleet = fleet
         self._started = False
         self._closing: asyncio.Future[None] | None = None
 
@@ -103,6 +109,12 @@ class JobWorkerServer:
         """Start serving and log the bound address with the engine's isolation capabilities."""
         await self._server.start()
         self._started = True
+        if self._fleet is not None:
+            try:
+                await self._fleet.start()
+            except Exception as exc:
+                await self.shutdown(0)
+                raise ServerStartError(f"fleet: {exc}") from exc
         info = self._manager.info
         _log.info(
             "listening",
@@ -137,6 +149,9 @@ class JobWorkerServer:
     async def _shutdown(self, grace: float) -> None:
         _log.info("shutting down", extra=fields(grace_seconds=grace))
         await self._health.enter_graceful_shutdown()
+        if self._fleet is not None:
+            # Leave first: the others stop routing here at once instead of at the lease's expiry.
+            await self._fleet.close()
         stopping = asyncio.ensure_future(self._server.stop(grace + _STOP_MARGIN_SECONDS))
         self._service.begin_shutdown()
         try:
@@ -175,7 +190,19 @@ async def build_server(config: ServerConfig, *, manager: engine.JobManager | Non
             raise ServerStartError(f"engine: {exc}") from exc
     server = grpc.aio.server(interceptors=[AuthInterceptor(policy)], options=_grpc_options(config))
     service = JobWorkerService(manager)
-    pb_grpc.add_JobWorkerServicer_to_server(service, server)
+    fleet: Fleet | None = None
+    servicer: pb_grpc.JobWorkerServicer = service
+    if config.fleet is not None:
+        # Imported only for a fleet node, so a single-host server carries none of it.
+        from jobworker.server.fleet import Fleet
+
+        try:
+            fleet = Fleet(config.fleet, config.credential_files, manager, config.listen)
+        except (OSError, ValueError) as exc:
+            await manager.close(0)
+            raise ServerStartError(f"fleet: {exc}") from exc
+        servicer = fleet.servicer(service)
+    pb_grpc.add_JobWorkerServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -190,6 +217,8 @@ async def build_server(config: ServerConfig, *, manager: engine.JobManager | Non
     if port == 0:
         await manager.close(0)
         raise ServerStartError(f"cannot listen on {config.listen}: {reason}")
+    if fleet is not None and config.fleet is not None and not config.fleet.address:
+        fleet.membership.address = _bound_address(config.listen, port)
     return JobWorkerServer(
         server=server,
         service=service,
@@ -199,6 +228,7 @@ async def build_server(config: ServerConfig, *, manager: engine.JobManager | Non
         revocation=revocation,
         address=_bound_address(config.listen, port),
         grace_seconds=config.grace_seconds,
+        fleet=fleet,
     )
 
 

@@ -27,6 +27,7 @@ RPCS = (
     "Delete",
     "Prune",
     "Signal",
+    "ListNodes",
 )
 # An admitted call that does not answer OK on a running job: what it answers instead.
 ADMITTED = {
@@ -34,6 +35,8 @@ ADMITTED = {
     "Wait": grpc.StatusCode.DEADLINE_EXCEEDED,
     # Only ended jobs can be deleted.
     "Delete": grpc.StatusCode.FAILED_PRECONDITION,
+    # A server started without --etcd is in no fleet.
+    "ListNodes": grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 # What each caller gets from each RPC aimed at a running job owned by the writer walt.
@@ -49,6 +52,7 @@ MATRIX: dict[str, dict[str, grpc.StatusCode]] = {
         "Delete": DENIED,
         "Prune": DENIED,
         "Signal": DENIED,
+        "ListNodes": OK,
     },
     "walt": dict.fromkeys(RPCS, OK),
     "wendy": {
@@ -62,11 +66,13 @@ MATRIX: dict[str, dict[str, grpc.StatusCode]] = {
         "Delete": HIDDEN,
         "Prune": OK,
         "Signal": HIDDEN,
+        "ListNodes": OK,
     },
     "ada": dict.fromkeys(RPCS, OK),
     "nora": dict.fromkeys(RPCS, DENIED),  # no role extension
     "mal": dict.fromkeys(RPCS, DENIED),  # malformed role extension
     "uma": dict.fromkeys(RPCS, DENIED),  # unknown role name
+    "nico": dict.fromkeys(RPCS, DENIED),  # a node that asserts no caller
 }
 
 
@@ -89,6 +95,8 @@ def call(stub: Stub, rpc: str, job_id: str) -> Any:
     if rpc == "Signal":
         # SIGCONT changes nothing for a running sleep, so the job's state still tells what Stop did.
         return stub.Signal(pb.SignalRequest(job_id=job_id, signal="CONT"))
+    if rpc == "ListNodes":
+        return stub.ListNodes(pb.ListNodesRequest())
     if rpc == "Wait":
         return stub.Wait(pb.WaitRequest(job_id=job_id), timeout=0.5)
     return stub.Stop(pb.StopRequest(job_id=job_id, grace_seconds=0))
