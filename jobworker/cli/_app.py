@@ -14,12 +14,14 @@ from click.shell_completion import CompletionItem
 
 from jobworker.cli._exit import ConnectionExit, ExitCode, JwError, exit_code_help, exit_for
 from jobworker.cli._follow import OutputPump
-from jobworker.cli._params import DURATION, ENV_ENTRY, POINT_IN_TIME, POSITIVE_DURATION, LimitType
+from jobworker.cli._params import DURATION, ENV_ENTRY, NODE_LABEL, POINT_IN_TIME, POSITIVE_DURATION, LimitType
 from jobworker.cli._render import (
     job_details,
     job_json,
     job_table,
     newest_first,
+    node_json,
+    node_table,
     server_info_details,
     server_info_json,
 )
@@ -160,6 +162,14 @@ def _job_options(f: F) -> F:
             "this shell's value. Jobs never inherit the server's environment.",
         ),
         click.option("--cwd", metavar="DIR", help="Working directory of the job on the server."),
+        click.option("--node", metavar="NAME", help="In a fleet: run on this node (jw nodes lists them)."),
+        click.option(
+            "--node-label",
+            "node_labels",
+            type=NODE_LABEL,
+            multiple=True,
+            help="In a fleet: run only on a node with this label, KEY=VALUE (repeatable: all must match).",
+        ),
         click.argument(
             "command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="[--] CMD [ARGS]..."
         ),
@@ -178,6 +188,8 @@ class JobSpec:
     env: dict[str, str]
     cwd: str | None
     limits: Limits | None
+    node: str | None = None
+    node_labels: dict[str, str] | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> JobSpec:
@@ -190,11 +202,21 @@ class JobSpec:
             env=dict(options["env"]),
             cwd=options["cwd"],
             limits=None if limits == Limits() else limits,
+            node=options["node"],
+            node_labels=dict(options["node_labels"]) or None,
         )
 
     def start(self, client: Client) -> JobInfo:
         """Start this job through `client`."""
-        return client.start(self.command, self.args, env=self.env, cwd=self.cwd, limits=self.limits)
+        return client.start(
+            self.command,
+            self.args,
+            env=self.env,
+            cwd=self.cwd,
+            limits=self.limits,
+            node=self.node,
+            node_labels=self.node_labels,
+        )
 
 
 def _echo_json(value: Any) -> None:
@@ -530,6 +552,18 @@ def info(ctx: click.Context, as_json: bool) -> None:
         _echo_json(server_info_json(details))
     else:
         click.echo(server_info_details(details, client.config.server))
+
+
+@jw.command()
+@_json_option
+@click.pass_context
+def nodes(ctx: click.Context, as_json: bool) -> None:
+    """List the nodes of the server's fleet: address, alive, load, jobs held, labels (exit 6 outside one)."""
+    found = _connect(ctx).nodes()
+    if as_json:
+        _echo_json([node_json(n) for n in found])
+    else:
+        click.echo(node_table(found))
 
 
 @jw.command()

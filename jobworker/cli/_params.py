@@ -130,21 +130,41 @@ class EnvEntryType(_EnvParam):
         return name, content
 
 
+class NodeLabelType(_EnvParam):
+    """`KEY=VALUE`: a label a fleet node must carry."""
+
+    name = "KEY=VALUE"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        text = str(value)
+        key, sep, content = text.partition("=")
+        if not key or not sep:
+            self.fail(f"{text!r} is not KEY=VALUE", param, ctx)
+        return key, content
+
+
 SIZE = SizeType()
 DURATION = DurationType()
 POSITIVE_DURATION = DurationType(allow_zero=False)
 ENV_ENTRY = EnvEntryType()
+NODE_LABEL = NodeLabelType()
 POINT_IN_TIME = PointInTimeType()
 
 __all__ = [
     "DURATION",
     "ENV_ENTRY",
+    "NODE_LABEL",
     "POINT_IN_TIME",
     "POSITIVE_DURATION",
     "SIZE",
     "DurationType",
     "EnvEntryType",
     "LimitType",
+    "NodeLabelType",
     "PointInTimeType",
     "SizeType",
     "parse_duration",

@@ -179,6 +179,37 @@ def test_a_node_must_assert_a_valid_caller(fleet: Fleet) -> None:
             fleet.client("a", "alice").stop(job.id, grace_seconds=0)
 
 
+def _jw(fleet: Fleet, node: str, who: str, *args: str) -> subprocess.CompletedProcess[str]:
+    cert, key = fleet.certs.pair(who)
+    env = {
+        **os.environ,
+        "JW_SERVER": fleet.address(node),
+        "JW_CA": str(fleet.certs.ca),
+        "JW_CERT": str(cert),
+        "JW_KEY": str(key),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "jobworker.cli", *args], env=env, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_jw_nodes_info_and_list_show_the_fleet(fleet: Fleet) -> None:
+    job = fleet.client("a").start(*SLEEP, node="c")
+    try:
+        nodes = _jw(fleet, "b", "rita", "nodes")
+        assert nodes.returncode == 0, nodes.stderr
+        lines = nodes.stdout.splitlines()
+        assert lines[0].split() == ["NAME", "ADDRESS", "ALIVE", "LOAD", "JOBS", "LABELS"]
+        assert [line.split()[0] for line in lines[1:]] == ["b", "a", "c"]
+        info = _jw(fleet, "b", "rita", "info")
+        assert f"node b at {fleet.address('b')} (labels zone=west); 3 of 3 nodes alive" in info.stdout
+        listed = _jw(fleet, "b", "alice", "list")
+        assert listed.stdout.splitlines()[0].split()[:3] == ["ID", "NODE", "OWNER"]
+        assert any(line.split()[:2] == [job.id, "c"] for line in listed.stdout.splitlines())
+    finally:
+        fleet.client("a").stop(job.id, grace_seconds=0)
+
+
 def test_nodes_and_info_show_the_fleet(fleet: Fleet) -> None:
     client = fleet.client("b", "rita")
     nodes = {n.name: n for n in client.nodes()}
