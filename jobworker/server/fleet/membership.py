@@ -34,6 +34,8 @@ PREFIX = "/jobworker/v1/"
 NODES = PREFIX + "nodes/"
 MEMBERS = PREFIX + "members/"
 JOBS = PREFIX + "jobs/"
+# How often the view of the fleet is re-read: a node whose lease expired is seen gone this soon after.
+_REFRESH_SECONDS = 0.5
 
 
 class NameTakenError(EtcdError):
@@ -126,6 +128,7 @@ class Membership:
         self._error = ""
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._dirty = False
 
     # -- state ---------------------------------------------------------------------------------------
 
@@ -213,29 +216,37 @@ class Membership:
         )
 
     async def _run(self) -> None:
-        interval = max(self.ttl_seconds / 3, 0.2)
+        keepalive_every = max(self.ttl_seconds / 3, 0.2)
+        renewed = time.monotonic()
         while True:
             # A Start wakes the loop early so the report (and so placement by others) follows quickly.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), interval)
+                await asyncio.wait_for(self._changed.wait(), _REFRESH_SECONDS)
             self._changed.clear()
             try:
-                await self._tick()
+                renew = not self._lease or time.monotonic() - renewed >= keepalive_every
+                await self._tick(renew)
+                if renew:
+                    renewed = time.monotonic()
             except EtcdError as exc:
                 self._failed(exc)
             except Exception:
                 _log.exception("fleet membership update failed")
 
-    async def _tick(self) -> None:
-        if not self._lease or await self._etcd.keepalive(self._lease) <= 0:
-            # The lease ran out while etcd was away: this node's keys went with it.
-            _log.warning("fleet lease expired: registering again", extra=fields(node=self.name))
+    async def _tick(self, renew: bool) -> None:
+        if renew and (not self._lease or await self._etcd.keepalive(self._lease) <= 0):
+            if self._lease:
+                # The lease ran out while etcd was away: this node's keys went with it.
+                _log.warning("fleet lease expired: registering again", extra=fields(node=self.name))
             self._lease = 0
             await self._register()
-        load = self._report()
-        if load != self._reported:
-            await self._etcd.put(NODES + self.name, self._registration(load), lease=self._lease)
-            self._reported = load
+        if renew or self._dirty:
+            # Counting jobs is a walk of the job table: at keepalives, and after this node's own Starts.
+            self._dirty = False
+            load = self._report()
+            if load != self._reported:
+                await self._etcd.put(NODES + self.name, self._registration(load), lease=self._lease)
+                self._reported = load
         for job_id, record in list(self._unrecorded.items()):
             await self._write_record(job_id, record)
             self._unrecorded.pop(job_id, None)
@@ -243,6 +254,7 @@ class Membership:
 
     def poke(self) -> None:
         """Report the load soon (after a Start or an end)."""
+        self._dirty = True
         self._changed.set()
 
     async def _refresh(self) -> None:
