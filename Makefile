@@ -76,6 +76,12 @@ base-image:  ## build the local base image from Debian packages (air-gapped host
 up: image  ## run pki + server with docker compose (certs in ./certs, server on 127.0.0.1:50051)
 	JW_IMAGE='$(IMAGE)' JW_UID=$$(id -u) JW_GID=$$(id -g) docker compose up -d --wait --wait-timeout 120
 
+fleet-up: image  ## a 3-node fleet with 3 etcd members (compose.fleet.yaml; certs in ./certs-fleet, nodes on 127.0.0.1:50061-50063)
+	JW_IMAGE='$(IMAGE)' JW_UID=$$(id -u) JW_GID=$$(id -g) docker compose -f compose.fleet.yaml up -d --build --wait --wait-timeout 180
+
+fleet-down:  ## stop the compose fleet (its volumes and ./certs-fleet are kept)
+	JW_IMAGE='$(IMAGE)' docker compose -f compose.fleet.yaml down
+
 down:  ## stop the compose deployment (the state volume and ./certs are kept)
 	JW_IMAGE='$(IMAGE)' docker compose down
 

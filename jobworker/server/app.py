@@ -191,8 +191,9 @@ async def build_server(config: ServerConfig, *, manager: engine.JobManager | Non
     server = grpc.aio.server(interceptors=[AuthInterceptor(policy)], options=_grpc_options(config))
     service = JobWorkerService(manager)
     fleet: Fleet | None = None
-    servicer: pb_grpc.JobWorkerServicer = service
-    if config.fleet is not None:
+    if config.fleet is None:
+        pb_grpc.add_JobWorkerServicer_to_server(service, server)
+    else:
         # Imported only for a fleet node, so a single-host server carries none of it.
         from jobworker.server.fleet import Fleet
 
@@ -201,8 +202,7 @@ async def build_server(config: ServerConfig, *, manager: engine.JobManager | Non
         except (OSError, ValueError) as exc:
             await manager.close(0)
             raise ServerStartError(f"fleet: {exc}") from exc
-        servicer = fleet.servicer(service)
-    pb_grpc.add_JobWorkerServicer_to_server(servicer, server)
+        server.add_generic_rpc_handlers((fleet.handler(service),))
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)

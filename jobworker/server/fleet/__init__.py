@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 
+import grpc
+
 from jobworker import engine
 from jobworker.server.config import FleetConfig
 from jobworker.server.fleet.etcd import EtcdClient, EtcdError
 from jobworker.server.fleet.forward import Peers
 from jobworker.server.fleet.membership import Load, Membership
-from jobworker.server.fleet.service import FleetService
+from jobworker.server.fleet.service import FleetService, rpc_handler
 from jobworker.server.service import JobWorkerService
 from jobworker.server.tls import CredentialFiles
 
@@ -59,9 +61,9 @@ class Fleet:
         self.peers = Peers(cert=files.cert, key=files.key, ca=files.ca)
         self._manager = manager
 
-    def servicer(self, local: JobWorkerService) -> FleetService:
-        """The JobWorker servicer of this node, wrapping the single-host one."""
-        return FleetService(local, self._manager, self.membership, self.peers)
+    def handler(self, local: JobWorkerService) -> grpc.GenericRpcHandler:
+        """The JobWorker service of this node, wrapping the single-host servicer."""
+        return rpc_handler(FleetService(local, self._manager, self.membership, self.peers))
 
     async def start(self) -> None:
         """Join the fleet (raises EtcdError when the name is taken or etcd is unreachable)."""

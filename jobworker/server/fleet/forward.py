@@ -21,6 +21,7 @@ from jobworker.server.config import GRPC_RECEIVE_LIMIT_BYTES
 from jobworker.server.errors import ServiceError
 from jobworker.server.fleet.membership import NodeInfo
 
+STREAM_OUTPUT = "/jobworker.v1.JobWorker/StreamOutput"
 _CONNECT_FAILURE = "failed to connect to all addresses"
 # Calls that answer at once get this long; Wait, Stop and streams have no deadline of their own.
 UNARY_TIMEOUT_SECONDS = 10.0
@@ -48,6 +49,7 @@ class Peers:
         self._files = (cert, key, ca)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, pb_grpc.JobWorkerAsyncStub] = {}
+        self._relays: dict[str, grpc.aio.UnaryStreamMultiCallable[pb.StreamOutputRequest, bytes]] = {}
 
     def _credentials(self) -> grpc.ChannelCredentials:
         # Read per new channel, so a rotated node certificate is used for the next peer dialled.
@@ -70,6 +72,11 @@ class Peers:
             )
             self._channels[node.address] = channel
             stub = self._stubs[node.address] = pb_grpc.JobWorkerStub(channel)
+            # Output messages are relayed as the owner encoded them: no decoding and re-encoding of every
+            # chunk on the way through.
+            self._relays[node.address] = channel.unary_stream(
+                STREAM_OUTPUT, request_serializer=pb.StreamOutputRequest.SerializeToString
+            )
         return stub
 
     async def close(self) -> None:
@@ -78,6 +85,7 @@ class Peers:
             await channel.close()
         self._channels.clear()
         self._stubs.clear()
+        self._relays.clear()
 
     async def unary(
         self,
@@ -97,13 +105,14 @@ class Peers:
 
     async def stream_output(
         self, node: NodeInfo, request: pb.StreamOutputRequest, caller: Caller
-    ) -> AsyncGenerator[pb.StreamOutputResponse, None]:
-        """Relay a StreamOutput from `node`, one message at a time.
+    ) -> AsyncGenerator[bytes, None]:
+        """Relay a StreamOutput from `node`, one encoded message at a time.
 
         Nothing is read from the owner before the previous message was handed to the client's stream, so a
         slow client holds this node to HTTP/2's flow-control windows, not to the job's output.
         """
-        call = self.stub(node).StreamOutput(request, metadata=_metadata(caller))
+        self.stub(node)
+        call = self._relays[node.address](request, metadata=_metadata(caller))
         try:
             while True:
                 try:
@@ -112,6 +121,6 @@ class Peers:
                     raise _error(node, exc) from None
                 if message is grpc.aio.EOF:
                     return
-                yield cast(pb.StreamOutputResponse, message)
+                yield cast(bytes, message)
         finally:
             call.cancel()

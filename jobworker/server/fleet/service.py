@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
-from typing import cast
+from typing import Any, cast
 
 import grpc
 from google.protobuf import timestamp_pb2
 
 from jobworker import engine
 from jobworker.api import jobworker_pb2 as pb
-from jobworker.api import jobworker_pb2_grpc as pb_grpc
 from jobworker.server import convert
 from jobworker.server.auth import Caller
 from jobworker.server.calls import current_caller, note_job_id
@@ -40,7 +39,7 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-class FleetService(pb_grpc.JobWorkerServicer):
+class FleetService:
     """Serves the JobWorker API for the whole fleet from any node."""
 
     def __init__(
@@ -195,13 +194,13 @@ class FleetService(pb_grpc.JobWorkerServicer):
 
     async def StreamOutput(
         self, request: pb.StreamOutputRequest, context: Context
-    ) -> AsyncIterator[pb.StreamOutputResponse]:
+    ) -> AsyncIterator[pb.StreamOutputResponse | bytes]:
         node = await self._owner(request.job_id)
         if node is not None:
             relay = self._peers.stream_output(node, request, current_caller())
-            async with contextlib.aclosing(relay) as messages:
-                async for message in messages:
-                    yield message
+            async with contextlib.aclosing(relay) as encoded:
+                async for raw in encoded:
+                    yield raw
             return
         local = cast(
             AsyncGenerator[pb.StreamOutputResponse, None], self._local.StreamOutput(request, context)
@@ -315,6 +314,34 @@ class FleetService(pb_grpc.JobWorkerServicer):
         return pb.ListNodesResponse(
             nodes=[_node_to_proto(n) for n in self._membership.nodes()], node=self.name
         )
+
+
+def _serialize_output(message: pb.StreamOutputResponse | bytes) -> bytes:
+    # A relayed message is already encoded (Peers.stream_output); a local one is a message.
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def rpc_handler(servicer: FleetService) -> grpc.GenericRpcHandler:
+    """The JobWorker service of a fleet node, as the generated registration would build it, except that
+    StreamOutput may answer with messages relayed already encoded."""
+    service = pb.DESCRIPTOR.services_by_name["JobWorker"]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        request = getattr(pb, method.input_type.name)
+        response = getattr(pb, method.output_type.name)
+        behavior = getattr(servicer, method.name)
+        if method.server_streaming:
+            serialize = _serialize_output if method.name == "StreamOutput" else response.SerializeToString
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                behavior, request_deserializer=request.FromString, response_serializer=serialize
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                behavior,
+                request_deserializer=request.FromString,
+                response_serializer=response.SerializeToString,
+            )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
 def _record_of(job: pb.JobStatus) -> JobRecord:
