@@ -95,7 +95,13 @@ class EtcdClient:
             channel = grpc.aio.secure_channel(
                 target,
                 credentials,
-                options=[("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)],
+                options=[
+                    ("grpc.initial_reconnect_backoff_ms", 200),
+                    ("grpc.max_reconnect_backoff_ms", 1000),
+                    # A member that comes back at another address (a recreated container) is found again
+                    # within seconds, not after grpc's default 30 s between DNS resolutions.
+                    ("grpc.dns_min_time_between_resolutions_ms", 2000),
+                ],
             )
             self._members.append(
                 _Member(target, channel, rpc_grpc.KVStub(channel), rpc_grpc.LeaseStub(channel))

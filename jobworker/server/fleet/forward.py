@@ -68,6 +68,7 @@ class Peers:
                     # A restarted peer must be dialled again quickly, not after grpc's default backoff.
                     ("grpc.initial_reconnect_backoff_ms", 200),
                     ("grpc.max_reconnect_backoff_ms", 1000),
+                    ("grpc.dns_min_time_between_resolutions_ms", 2000),
                 ],
             )
             self._channels[node.address] = channel
