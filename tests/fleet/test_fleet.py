@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -223,6 +224,34 @@ def test_nodes_and_info_show_the_fleet(fleet: Fleet) -> None:
     assert info.fleet.etcd_reachable
     assert info.fleet.nodes_alive == 3
     assert info.fleet.lease_ttl_seconds == LEASE_TTL
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_a_slow_client_never_makes_the_forwarding_node_buffer_the_output(fleet: Fleet) -> None:
+    size = 96 << 20
+    writer = f"import sys; sys.stdout.buffer.write(b'x' * {size})"
+    job = fleet.client("a").start("python3", ["-c", writer], node="c")
+    fleet.client("b").wait(job.id)
+    forwarding = fleet.nodes["a"].popen.pid
+    before = _rss_bytes(forwarding)
+    channel, stub = _raw_stub(fleet, "a", "alice")
+    with channel:
+        messages = iter(stub.StreamOutput(pb.StreamOutputRequest(job_id=job.id, follow=True), timeout=60))
+        received = len(next(messages).chunk.data)
+        # The client stops reading: whatever the owner may push now, flow control must stop it at a
+        # window, and the forwarding node must not read ahead into its own memory.
+        time.sleep(1.5)
+        grown = _rss_bytes(forwarding) - before
+        for message in messages:
+            received += len(message.chunk.data)
+    assert received == size
+    assert grown < 24 << 20, f"the forwarding node grew by {grown >> 20} MiB while the client read nothing"
 
 
 def test_killed_node_answers_unavailable_then_comes_back(fleet: Fleet) -> None:

@@ -41,6 +41,14 @@ def _load_of(manager: engine.JobManager) -> Load:
     )
 
 
+def _holds(manager: engine.JobManager, job_id: str) -> bool:
+    try:
+        manager.owner(job_id)
+    except engine.JobNotFoundError:
+        return False
+    return True
+
+
 class Fleet:
     """One node's fleet machinery, started after the server is listening and closed before it stops."""
 
@@ -56,6 +64,7 @@ class Fleet:
             address=config.address or listen_address,
             labels=config.labels,
             load=lambda: _load_of(manager),
+            holds=lambda job_id: _holds(manager, job_id),
             ttl_seconds=config.lease_ttl_seconds,
         )
         self.peers = Peers(cert=files.cert, key=files.key, ca=files.ca)

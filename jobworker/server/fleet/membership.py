@@ -34,6 +34,8 @@ PREFIX = "/jobworker/v1/"
 NODES = PREFIX + "nodes/"
 MEMBERS = PREFIX + "members/"
 JOBS = PREFIX + "jobs/"
+# How often this node drops the records of its jobs that retention deleted.
+_SWEEP_SECONDS = 60.0
 # How often the view of the fleet is re-read: a node whose lease expired is seen gone this soon after.
 _REFRESH_SECONDS = 0.5
 
@@ -112,6 +114,7 @@ class Membership:
         address: str,
         labels: Mapping[str, str],
         load: Callable[[], Load],
+        holds: Callable[[str], bool] = lambda job_id: True,
         ttl_seconds: int = DEFAULT_LEASE_TTL_SECONDS,
     ) -> None:
         self._etcd = etcd
@@ -119,6 +122,7 @@ class Membership:
         self.address = address
         self.labels = dict(labels)
         self._report = load
+        self._holds = holds
         self.ttl_seconds = ttl_seconds
         self._lease = 0
         self._reported: Load | None = None
@@ -171,6 +175,7 @@ class Membership:
         try:
             await self._register()
             await self._refresh()
+            await self._sweep()
         except NameTakenError:
             raise
         except EtcdError as exc:
@@ -218,6 +223,7 @@ class Membership:
     async def _run(self) -> None:
         keepalive_every = max(self.ttl_seconds / 3, 0.2)
         renewed = time.monotonic()
+        swept = time.monotonic()
         while True:
             # A Start wakes the loop early so the report (and so placement by others) follows quickly.
             with contextlib.suppress(TimeoutError):
@@ -228,6 +234,9 @@ class Membership:
                 await self._tick(renew)
                 if renew:
                     renewed = time.monotonic()
+                if time.monotonic() - swept >= _SWEEP_SECONDS:
+                    swept = time.monotonic()
+                    await self._sweep()
             except EtcdError as exc:
                 self._failed(exc)
             except Exception:
@@ -251,6 +260,14 @@ class Membership:
             await self._write_record(job_id, record)
             self._unrecorded.pop(job_id, None)
         await self._refresh()
+
+    async def _sweep(self) -> None:
+        # Retention deletes ended jobs inside the engine, which knows nothing of etcd: drop their records,
+        # so no node keeps showing them (as unreachable) while this node is down.
+        for job_id, record in (await self.job_records()).items():
+            if record.node == self.name and job_id not in self._unrecorded and not self._holds(job_id):
+                await self._etcd.delete(JOBS + job_id)
+                self._jobs.pop(job_id, None)
 
     def poke(self) -> None:
         """Report the load soon (after a Start or an end)."""
