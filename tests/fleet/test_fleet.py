@@ -265,8 +265,12 @@ def test_killed_node_answers_unavailable_then_comes_back(fleet: Fleet) -> None:
             with pytest.raises(ConnectionFailedError, match="node c"):
                 b.status(job_id)
         assert time.monotonic() - killed < 6
-        # a and b keep serving, and placement avoids c once its lease is gone.
+        # a and b keep serving; a Start that finds c unreachable before its lease expired goes elsewhere.
         assert a.status(on_a).state is JobState.RUNNING
+        early = [a.start(*SLEEP) for _ in range(4)]
+        assert {j.node for j in early} <= {"a", "b"}
+        for job in early:
+            a.stop(job.id, grace_seconds=0)
         wait_until(
             "c's lease to expire", lambda: not {n.name: n for n in b.nodes()}["c"].alive, LEASE_TTL + 3
         )

@@ -31,11 +31,18 @@ def _metadata(caller: Caller) -> tuple[tuple[str, str], ...]:
     return ((ASSERTED_IDENTITY, caller.identity), (ASSERTED_ROLE, caller.role.value))
 
 
+class PeerUnreachableError(ServiceError):
+    """The peer could not be connected to: the request never reached it."""
+
+
 def _error(node: NodeInfo, exc: grpc.aio.AioRpcError) -> ServiceError:
     detail = (exc.details() or "").splitlines()[0][:200] if exc.details() else exc.code().name
-    if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED or _CONNECT_FAILURE in detail:
-        # grpc's own connect-failure text would read to the client as its own connection failing.
-        return ServiceError(grpc.StatusCode.UNAVAILABLE, f"node {node.name} ({node.address}) is unreachable")
+    unreachable = f"node {node.name} ({node.address}) is unreachable"
+    # grpc's own connect-failure text would read to the client as its own connection failing.
+    if _CONNECT_FAILURE in detail:
+        return PeerUnreachableError(grpc.StatusCode.UNAVAILABLE, unreachable)
+    if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return ServiceError(grpc.StatusCode.UNAVAILABLE, unreachable)
     if exc.code() is grpc.StatusCode.UNAVAILABLE:
         return ServiceError(grpc.StatusCode.UNAVAILABLE, f"node {node.name}: {detail}")
     # The owner's answer (NOT_FOUND, PERMISSION_DENIED, ...) is the answer.

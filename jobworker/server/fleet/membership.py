@@ -34,6 +34,8 @@ PREFIX = "/jobworker/v1/"
 NODES = PREFIX + "nodes/"
 MEMBERS = PREFIX + "members/"
 JOBS = PREFIX + "jobs/"
+# Job -> node records kept in memory.
+_CACHED_RECORDS = 100_000
 # How often this node drops the records of its jobs that retention deleted.
 _SWEEP_SECONDS = 60.0
 # How often the view of the fleet is re-read: a node whose lease expired is seen gone this soon after.
@@ -304,11 +306,11 @@ class Membership:
 
     async def _write_record(self, job_id: str, record: JobRecord) -> None:
         await self._etcd.put(JOBS + job_id, json.dumps(asdict(record)).encode())
-        self._jobs[job_id] = record
+        self._cache(job_id, record)
 
     async def record_job(self, job_id: str, record: JobRecord) -> None:
         """Say in etcd that this node holds the job; retried by the loop when etcd is away."""
-        self._jobs[job_id] = record
+        self._cache(job_id, record)
         try:
             await self._write_record(job_id, record)
         except EtcdError as exc:
@@ -318,7 +320,13 @@ class Membership:
 
     def remember_job(self, job_id: str, record: JobRecord) -> None:
         """Keep another node's job in the cache (its node wrote the record)."""
+        self._cache(job_id, record)
+
+    def _cache(self, job_id: str, record: JobRecord) -> None:
         self._jobs[job_id] = record
+        # Bounded: the oldest entries go first (dicts keep insertion order); a miss is one etcd read.
+        while len(self._jobs) > _CACHED_RECORDS:
+            self._jobs.pop(next(iter(self._jobs)))
 
     async def forget_job(self, job_id: str) -> None:
         """Remove a deleted job's record (best effort: a stale record only ever leads to NOT_FOUND)."""
@@ -345,7 +353,7 @@ class Membership:
         record = _job_record(kv.value)
         if record is not None:
             # Records never move: a job stays on the node that started it.
-            self._jobs[job_id] = record
+            self._cache(job_id, record)
         return record
 
     async def job_records(self) -> dict[str, JobRecord]:

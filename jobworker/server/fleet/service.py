@@ -22,7 +22,7 @@ from jobworker.server.auth import Caller
 from jobworker.server.calls import current_caller, note_job_id
 from jobworker.server.errors import ServiceError
 from jobworker.server.fleet.etcd import EtcdError
-from jobworker.server.fleet.forward import Peers
+from jobworker.server.fleet.forward import Peers, PeerUnreachableError
 from jobworker.server.fleet.membership import JobRecord, Membership, NodeInfo
 from jobworker.server.fleet.placement import Placer, Request
 from jobworker.server.service import Context, JobWorkerService
@@ -117,10 +117,22 @@ class FleetService:
             memory_bytes=limits.memory_bytes if limits.HasField("memory_bytes") else None,
             cpus=limits.cpus if limits.HasField("cpus") else None,
         )
-        node = self._placer.choose(self._membership.nodes(), wanted)
-        if node.name == self.name:
-            return await self._start_here(request, context)
-        response: pb.StartResponse = await self._peers.unary(node, "Start", request, caller)
+        excluded: set[str] = set()
+        while True:
+            nodes = [n for n in self._membership.nodes() if n.name not in excluded]
+            node = self._placer.choose(nodes, wanted)
+            if node.name == self.name:
+                return await self._start_here(request, context)
+            try:
+                response: pb.StartResponse = await self._peers.unary(node, "Start", request, caller)
+            except PeerUnreachableError:
+                # It never got the request (its lease may not have expired yet): place it elsewhere,
+                # unless the caller asked for that node.
+                if request.node:
+                    raise
+                excluded.add(node.name)
+                continue
+            break
         job = response.job
         note_job_id(job.id)
         # Known here from now on, even while etcd cannot be asked.
