@@ -2,7 +2,7 @@
 
 Ports come from the fleet's range (jw-servers 42001, etcd 43101/43102 on each address); every process is
 started here and stopped by PID in the fixture's teardown. The suite needs the `etcd` binary (Debian
-etcd-server) and skips without it.
+etcd-server) and skips without it (fails instead when JW_FLEET_REQUIRED is set, as in CI).
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ from jobworker.server.fleet.etcd import EtcdClient, wait_healthy
 _T = TypeVar("_T")
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
-NODE_PORT = 42001
-ETCD_CLIENT_PORT = 43101
-ETCD_PEER_PORT = 43102
+# Under pytest-xdist each worker that gets fleet tests brings up a fleet of its own, on ports of its own.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+NODE_PORT = 42001 + 10 * _WORKER
+ETCD_CLIENT_PORT = 43101 + 10 * _WORKER
+ETCD_PEER_PORT = 43102 + 10 * _WORKER
 NODES = ("a", "b", "c")
 ZONES = {"a": "east", "b": "west", "c": "west"}
 LEASE_TTL = 5
