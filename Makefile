@@ -8,7 +8,7 @@ PYTEST := $(PY) -m pytest
 UNIT_WORKERS ?= auto
 E2E_WORKERS ?= 2
 
-.PHONY: help venv proto lint unit fleet e2e test image up down run bench clean fleet-up fleet-down
+.PHONY: help venv proto lint unit fleet e2e test wheels image up down run bench clean fleet-up fleet-down
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -58,16 +58,17 @@ e2e: $(VENV)/.installed  ## end-to-end tests against the Docker image (needs a D
 
 test: unit slow fleet e2e  ## the whole suite
 
-# Docker image and local deployment (docker/, compose.yaml). EXTRA_CA_BUNDLE names a PEM file of
-# extra CAs that pip inside the build trusts (TLS-intercepting proxies); it is never committed.
+# Docker image and local deployment (docker/, compose.yaml). The host's pip downloads the wheels
+# (make wheels), so pip inside the image build needs no network and no CA bundle.
 IMAGE ?= jobworker:dev
 BASE_IMAGE ?= python:3.11-slim-bookworm
 LOCAL_BASE_IMAGE ?= jobworker-base:bookworm
-EXTRA_CA_BUNDLE ?=
 
-image:  ## build the Docker image (falls back to a Debian-built base when the base cannot be pulled)
-	IMAGE='$(IMAGE)' BASE_IMAGE='$(BASE_IMAGE)' LOCAL_BASE_IMAGE='$(LOCAL_BASE_IMAGE)' \
-		EXTRA_CA_BUNDLE='$(EXTRA_CA_BUNDLE)' bash docker/build-image.sh
+wheels:  ## download the dependencies' wheels for the image into docker/wheels (host pip)
+	bash docker/build-wheels.sh
+
+image:  ## build the Docker image from wheels (falls back to a Debian-built base when the base cannot be pulled)
+	IMAGE='$(IMAGE)' BASE_IMAGE='$(BASE_IMAGE)' LOCAL_BASE_IMAGE='$(LOCAL_BASE_IMAGE)' bash docker/build-image.sh
 
 .PHONY: base-image
 base-image:  ## build the local base image from Debian packages (air-gapped hosts; root + debootstrap)

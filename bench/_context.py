@@ -38,6 +38,7 @@ class Sizes:
     memory_window_seconds: float = 30.0
     idle_jobs: int = 1000
     churn_jobs: int = 1000
+    restart_jobs: int = 200
 
 
 QUICK = Sizes(
@@ -54,6 +55,7 @@ QUICK = Sizes(
     memory_window_seconds=5.0,
     idle_jobs=100,
     churn_jobs=200,
+    restart_jobs=40,
 )
 
 

@@ -194,7 +194,8 @@ async def run(ctx: Context) -> CaseResult:
                     target_ratio=0.7,
                 )
             )
-            job = await on_b.start("sleep", ["300"], node="b")
+            # Its holder keeps the job running without b: short enough to end by itself soon after.
+            job = await on_b.start("sleep", ["12"], node="b")
             await via_a.status(job.id)
             node_b.process.send_signal(signal.SIGKILL)
             node_b.process.wait()

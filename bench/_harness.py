@@ -188,6 +188,8 @@ class ServerProcess:
             # One client (owner "bench") runs every case, idle-job memory's 1,000 jobs included: no quotas.
             "--max-jobs-per-owner=0",
             "--max-output-per-owner=0",
+            # The bench leaves nothing behind (live restore would keep jobs for a next server).
+            "--stop-jobs-on-shutdown",
             *extra_args,
         ]
         self.cgroups = CgroupCounter(self.cgroup_prefix)

@@ -3,7 +3,7 @@
 Starts its own jw-server (127.0.0.1:0, temp state dir, fresh P-256 certificates, its own cgroup prefix) and a
 bare grpc.aio server, runs the cases, prints a table and writes bench/results/bench-<UTC time>.json and .md.
 
-    .venv/bin/python bench/run.py [--quick] [--only start|stream|fanout|memory|churn|fleet ...] [--profile]
+    .venv/bin/python bench/run.py [--quick] [--only CASE ...] [--profile]   (cases: see --help)
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import _churn
 import _fanout
 import _fleet
 import _memory
+import _restart
 import _start
 import _stream
 from _context import QUICK, BareServer, Context, Sizes
@@ -61,6 +62,7 @@ CASES: dict[str, Case] = {
     "stream": _stream.run,
     "fanout": _fanout.run,
     "memory": _memory.run,
+    "restart": _restart.run,
     "fleet": _fleet.run,
 }
 _CASE_TIMEOUT = 420.0

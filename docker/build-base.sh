@@ -8,9 +8,9 @@ set -euo pipefail
 
 tag="${1:-jobworker-base:bookworm}"
 suite=bookworm
-# procps, iproute2, tini and libseccomp2 are what the final image needs anyway: baking them in spares
+# procps, iproute2 and libseccomp2 are what the final image needs anyway: baking them in spares
 # an apt step there.
-include="python3,python3-venv,python3-pip,ca-certificates,procps,iproute2,tini,libseccomp2"
+include="python3,python3-venv,python3-pip,ca-certificates,procps,iproute2,libseccomp2"
 
 die() { echo "build-base.sh: $*" >&2; exit 1; }
 

@@ -3,7 +3,8 @@
 #   IMAGE             tag to build                       (default jobworker:dev)
 #   BASE_IMAGE        base to build on                    (default python:3.11-slim-bookworm)
 #   LOCAL_BASE_IMAGE  fallback base built from Debian     (default jobworker-base:bookworm)
-#   EXTRA_CA_BUNDLE   PEM file of extra CAs for pip in the build (TLS-intercepting proxies); optional
+# First docker/build-wheels.sh downloads the dependencies' wheels with this host's pip into
+# docker/wheels, so pip inside the build installs offline (no CA bundle, no PyPI access needed there).
 # When BASE_IMAGE is neither present nor pullable (air-gapped host), the image is built on
 # LOCAL_BASE_IMAGE instead, which docker/build-base.sh makes from Debian packages if it is missing.
 set -euo pipefail
@@ -13,7 +14,6 @@ root="$(dirname "$here")"
 image="${IMAGE:-jobworker:dev}"
 base="${BASE_IMAGE:-python:3.11-slim-bookworm}"
 local_base="${LOCAL_BASE_IMAGE:-jobworker-base:bookworm}"
-extra_ca="${EXTRA_CA_BUNDLE:-}"
 
 die() { echo "build-image.sh: $*" >&2; exit 1; }
 
@@ -34,24 +34,11 @@ else
     base="$local_base"
 fi
 
-# A small staged context: the repository root holds .venv, .git and certs/, none of which belong
-# in a build (and certs must never end up in an image layer by accident).
-ctx="$root/docker/.build/context"
-rm -rf "$ctx"
-mkdir -p "$ctx/docker/.build"
-(
-    cd "$root"
-    files=(pyproject.toml jobworker pki docker/Dockerfile docker/pki-init.sh)
-    [[ -f README.md ]] && files+=(README.md)
-    tar -c --exclude=__pycache__ --exclude='*.pyc' --exclude='.*_cache' "${files[@]}"
-) | tar -x -C "$ctx"
-if [[ -n "$extra_ca" ]]; then
-    [[ -r "$extra_ca" ]] || die "EXTRA_CA_BUNDLE=$extra_ca is not a readable file"
-    cp "$extra_ca" "$ctx/docker/.build/extra-ca.crt"
-fi
+"$here/build-wheels.sh"
 
 echo "build-image.sh: building $image on $base"
-# Host network: the build only fetches from PyPI/Debian, and this way it needs no NAT on the bridge.
+# The context is the repository root; .dockerignore keeps .venv, .git and ./certs out of it. Host
+# network: only apt on python:3.11-slim fetches anything, and this way it needs no NAT on the bridge.
 docker build --network host --force-rm --build-arg "BASE_IMAGE=$base" -t "$image" \
-    -f "$ctx/docker/Dockerfile" "$ctx"
+    -f "$root/docker/Dockerfile" "$root"
 echo "build-image.sh: built $image"

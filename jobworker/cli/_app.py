@@ -15,6 +15,7 @@ from click.shell_completion import CompletionItem
 from jobworker.cli._exit import ConnectionExit, ExitCode, JwError, exit_code_help, exit_for
 from jobworker.cli._follow import OutputPump
 from jobworker.cli._params import DURATION, ENV_ENTRY, NODE_LABEL, POINT_IN_TIME, POSITIVE_DURATION, LimitType
+from jobworker.cli._reconnect import Reconnect
 from jobworker.cli._render import (
     job_details,
     job_json,
@@ -115,10 +116,14 @@ class JwGroup(click.Group):
             raise click.exceptions.Exit(ExitCode.INTERRUPTED) from None
 
 
-def _connect(ctx: click.Context) -> Client:
+def _settings(ctx: click.Context) -> Settings:
     settings = ctx.find_object(Settings)
     assert settings is not None, "the jw group stores Settings before any command runs"
-    client = settings.connect()
+    return settings
+
+
+def _connect(ctx: click.Context) -> Client:
+    client = _settings(ctx).connect()
     ctx.call_on_close(client.close)
     return client
 
@@ -228,17 +233,59 @@ def _resume_hint(job_id: str, offset: int, streams: StreamSelection) -> str:
     return f"jw logs -f{selection} --offset {offset} {job_id}"
 
 
-def _follow(client: Client, pump: OutputPump, streams: StreamSelection, *, follow: bool) -> StreamEnd:
-    try:
-        end = pump.pump(client.stream(pump.job_id, streams=streams, offset=pump.offset, follow=follow))
-    except ConnectionFailedError as exc:
+def _follow(
+    ctx: click.Context,
+    client: Client,
+    pump: OutputPump,
+    streams: StreamSelection,
+    *,
+    follow: bool,
+    reached: bool,
+) -> StreamEnd:
+    """Copy the job's output until its stream ends; following, ride out a server restart (reconnect with
+    backoff for up to --timeout) once the server has been reached."""
+    retry = Reconnect(_settings(ctx).timeout) if follow else None
+    while True:
+        before = pump.offset
+        try:
+            end = pump.pump(client.stream(pump.job_id, streams=streams, offset=pump.offset, follow=follow))
+        except ConnectionFailedError as exc:
+            failure = exc.message
+            reached = reached or exc.server_sent or pump.offset > before
+        else:
+            if end is not None and end.reason is not StreamEndReason.SERVER_SHUTDOWN:
+                if retry is not None:
+                    retry.succeeded()
+                return end
+            failure = "the server shut down" if end else "the output stream broke off"
+            reached = True
+        if retry is not None and reached:
+            if pump.offset > before:
+                retry.succeeded()
+            if retry.again(f"{failure} while streaming job {pump.job_id}"):
+                continue
         hint = _resume_hint(pump.job_id, pump.offset, streams)
-        raise ConnectionExit(f"{exc.message}; resume with: {hint}") from exc
-    if end is None or end.reason is StreamEndReason.SERVER_SHUTDOWN:
-        what = "the server shut down" if end else "the output stream broke off"
-        hint = _resume_hint(pump.job_id, pump.offset, streams)
-        raise ConnectionExit(f"{what} while streaming job {pump.job_id}; resume with: {hint}")
-    return end
+        raise ConnectionExit(f"{failure} while streaming job {pump.job_id}; resume with: {hint}")
+
+
+def _wait(ctx: click.Context, client: Client, job_id: str) -> JobInfo:
+    """The job's final status; rides out a server restart like _follow (once the server answered)."""
+    retry = Reconnect(_settings(ctx).timeout)
+    reached = False
+    while True:
+        try:
+            job = client.wait(job_id)
+        except ConnectionFailedError as exc:
+            reached = reached or exc.server_sent
+            if not reached:
+                raise
+            if retry.again(f"{exc.message} while waiting for job {job_id}"):
+                continue
+            raise ConnectionExit(
+                f"{exc.message} while waiting for job {job_id}; wait again with: jw wait {job_id}"
+            ) from exc
+        retry.succeeded()
+        return job
 
 
 def _job_exit_code(job: JobInfo) -> int:
@@ -324,7 +371,7 @@ def run(ctx: click.Context, /, stop_on_interrupt: bool, **options: Any) -> None:
     job = JobSpec.from_options(options).start(client)
     pump = OutputPump(job.id)
     try:
-        end = _follow(client, pump, "both", follow=True)
+        end = _follow(ctx, client, pump, "both", follow=True, reached=True)
     except KeyboardInterrupt:
         if not stop_on_interrupt:
             click.echo(f"jw: detached; job {job.id} keeps running", err=True)
@@ -335,11 +382,11 @@ def run(ctx: click.Context, /, stop_on_interrupt: bool, **options: Any) -> None:
             client.stop(job.id)
         except FailedPreconditionError:
             # It ended on its own meanwhile: then its own outcome is what we report.
-            end = _follow(client, pump, "both", follow=True)
+            end = _follow(ctx, client, pump, "both", follow=True, reached=True)
             ctx.exit(_job_exit_code(end.job or client.status(job.id)))
         # Stopped because of the Ctrl-C: interrupted (130), as the exit-code table says, not the
         # SIGTERM the stop delivered. The rest of its output is still printed.
-        _follow(client, pump, "both", follow=True)
+        _follow(ctx, client, pump, "both", follow=True, reached=True)
         ctx.exit(ExitCode.INTERRUPTED)
     ctx.exit(_job_exit_code(end.job or client.status(job.id)))
 
@@ -373,7 +420,7 @@ def logs(
     streams: StreamSelection = "stdout" if stdout_only else "stderr" if stderr_only else "both"
     client = _connect(ctx)
     try:
-        _follow(client, OutputPump(job_id, offset), streams, follow=follow)
+        _follow(ctx, client, OutputPump(job_id, offset), streams, follow=follow, reached=False)
     except KeyboardInterrupt:
         ctx.exit(ExitCode.INTERRUPTED)
 
@@ -396,7 +443,7 @@ def wait(ctx: click.Context, job_ids: tuple[str, ...]) -> None:
     first = ExitCode.OK.value
     try:
         for job_id in job_ids:
-            code = _job_exit_code(client.wait(job_id))
+            code = _job_exit_code(_wait(ctx, client, job_id))
             click.echo(code)
             first = first or code
     except KeyboardInterrupt:

@@ -42,6 +42,11 @@ class ConnectionFailedError(ClientError):
 
     default_code = "UNAVAILABLE"
 
+    def __init__(self, message: str, *, code: str | None = None, server_sent: bool = False) -> None:
+        super().__init__(message, code=code)
+        # The server itself answered UNAVAILABLE (it is shutting down): it was reached.
+        self.server_sent = server_sent
+
 
 class AuthenticationError(ClientError):
     """The server did not accept our identity."""
@@ -173,7 +178,7 @@ def error_from_status(
             return ConnectionFailedError(
                 describe_connect_failure(details, target=target, timeout=timeout), code=name
             )
-        return ConnectionFailedError(f"server unavailable: {details}", code=name)
+        return ConnectionFailedError(f"server unavailable: {details}", code=name, server_sent=True)
     cls = _BY_CODE.get(code, ServerError) if code is not None else ServerError
     if cls is ServerError:
         return ServerError(f"server error ({name}): {details}", code=name)

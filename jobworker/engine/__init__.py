@@ -6,6 +6,7 @@ No gRPC and no CLI code lives here; the server adapts this surface to the wire.
 from jobworker.engine.errors import (
     CapacityError,
     EngineClosedError,
+    InputUnavailableError,
     InvalidSpecError,
     JobError,
     JobNotFoundError,
@@ -42,6 +43,7 @@ from jobworker.engine.sandbox import (
     SandboxConfig,
     SandboxUnavailableError,
 )
+from jobworker.engine.spawn import JobInput
 from jobworker.engine.validation import SIGNALS
 
 __all__ = [
@@ -53,9 +55,11 @@ __all__ = [
     "EngineClosedError",
     "EngineConfig",
     "EngineInfo",
+    "InputUnavailableError",
     "InvalidSpecError",
     "Isolation",
     "JobError",
+    "JobInput",
     "JobManager",
     "JobMount",
     "JobNotFoundError",

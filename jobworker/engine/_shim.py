@@ -8,19 +8,22 @@ Standard library only, one file: with ``-I -S`` neither site-packages nor this d
 
 Process layout with namespaces::
 
-    engine ── shim (host side: waits, forwards SIGTERM)
-                └── init (PID 1 of the job's PID namespace, in the cgroup: reaps orphans)
+    engine ┄┄ holder (host namespaces, host root, own session: owns the pipes, writes the spool and the
+                │      exit file, keeps the cgroup until empty; see _holder.py)
+                └── init (PID 1 of the job's PID namespace, in the cgroup, in new mount/net/UTS/IPC
+                      │   namespaces: builds the job's root, reaps orphans, forwards signals)
                       └── command
 
-Without namespaces (not root) the shim itself joins the cgroup and plays init's part.
+Without namespaces (not root) the holder forks the command directly; it joins the cgroup and gets a process
+group of its own before exec.
 
 With ``--sandbox`` (strict isolation) init also builds the job's root and the command drops to the job's
 uid, empties its capabilities and loads the seccomp filter before exec (``_confine.py``).
 
-Protocol on the status pipe (text lines, each written atomically):
-``pid N`` host pid of init (or of the command without namespaces), ``started`` after a successful exec,
-``failed KIND ERRNO MESSAGE`` when setup (KIND ``setup``), the working directory (``cwd``) or the exec
-(``exec``) failed, ``exit N`` / ``signal N`` when the command ended.
+init reports to the holder on a pipe (text lines, each written atomically): ``started`` after a successful
+exec, ``failed KIND ERRNO MESSAGE`` when setup (KIND ``setup``), the working directory (``cwd``) or the exec
+(``exec``) failed, ``exit N`` / ``signal N`` when the command ended. The holder tells the engine (its
+protocol is in _holder.py).
 """
 
 # Not "signal": it imports enum, which costs milliseconds on every job start.
@@ -30,6 +33,7 @@ import array
 import ctypes
 import errno
 import fcntl
+import gc
 import os
 import struct
 import sys
@@ -37,6 +41,7 @@ import sys
 # -I keeps this file's directory off sys.path; the sandbox steps live beside it.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _confine  # type: ignore[import-not-found]
+import _holder  # type: ignore[import-not-found]
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -48,6 +53,9 @@ MS_NODEV = 4
 MS_NOEXEC = 8
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+TIOCSCTTY = 0x540E
+TIOCSPTLCK = 0x40045431
+TIOCGPTN = 0x80045430
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -151,7 +159,43 @@ def execvpe(argv: list[str], env: dict[str, str]) -> None:
     raise failure or OSError(errno.ENOENT, os.strerror(errno.ENOENT))
 
 
-def exec_command(argv: list[str], cwd: str, plan: "_confine.Plan | None", err_w: int) -> None:
+def take_terminal(slave: str) -> None:
+    """In the command's process: a session of its own whose controlling terminal is the job's pty."""
+    os.setsid()
+    fd = os.open(slave, os.O_RDWR)
+    fcntl.ioctl(fd, TIOCSCTTY, 0)
+    for target in (0, 1, 2):
+        os.dup2(fd, target)
+    if fd > 2:
+        os.close(fd)
+
+
+def open_terminal(status_fd: int, winsize: str, owner: "tuple[int, int] | None") -> str:
+    """Open a pty in this process's view (inside the sandbox: the job's own devpts), hand its master to the
+    holder over the status socket and return the slave's path (the command's stdin, stdout and stderr)."""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+        number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+        slave = f"/dev/pts/{number}"
+        if owner is not None:
+            # The job's own terminal, as a login's is: it may reopen it by name (tty, ssh, sudo -S).
+            os.chown(slave, owner[0], owner[1])
+        rows, cols = _holder.parse_winsize(winsize)
+        _holder.set_winsize(master, rows, cols)
+        sock = _socket.socket(fileno=os.dup(status_fd))
+        try:
+            sock.sendmsg([b"pty\n"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("i", master))])
+        finally:
+            sock.close()
+    finally:
+        os.close(master)
+    return slave
+
+
+def exec_command(
+    argv: list[str], cwd: str, plan: "_confine.Plan | None", err_w: int, terminal: str = ""
+) -> None:
     """In the command's process: confine, restore what Python changed, then exec; on failure report and die.
 
     Everything that depends on the job's view (cwd, the PATH search) happens here, after the sandbox is in
@@ -160,6 +204,8 @@ def exec_command(argv: list[str], cwd: str, plan: "_confine.Plan | None", err_w:
     kind = "setup"
     try:
         os.umask(0o022)
+        if terminal:
+            take_terminal(terminal)
         # Exactly 0, 1 and 2 reach the command; err_w is close-on-exec.
         os.closerange(3, err_w)
         os.closerange(err_w + 1, 1 << 20)
@@ -185,14 +231,14 @@ def exec_command(argv: list[str], cwd: str, plan: "_confine.Plan | None", err_w:
 
 
 def supervise(
-    argv: list[str], cwd: str, plan: "_confine.Plan | None", status_fd: int, *, pid_namespace: bool
+    argv: list[str], cwd: str, plan: "_confine.Plan | None", status_fd: int, terminal: str = ""
 ) -> int:
-    """Fork the command, report its start, reap every child, report its end; returns our exit code."""
+    """As init: fork the command, report its start, reap every child, report its end; returns our code."""
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     child = os.fork()
     if child == 0:
         os.close(err_r)
-        exec_command(argv, cwd, plan, err_w)
+        exec_command(argv, cwd, plan, err_w, terminal)
     os.close(err_w)
     with os.fdopen(err_r, "rb") as f:
         failure = f.read()
@@ -200,8 +246,6 @@ def supervise(
         os.waitpid(child, 0)
         report(status_fd, f"failed {failure.decode(errors='replace')}")
         return 127
-    if not pid_namespace:
-        report(status_fd, f"pid {child}")
     report(status_fd, "started")
 
     def forward(signum: int, _frame: object) -> None:
@@ -209,7 +253,7 @@ def supervise(
             # As PID 1 of the job, -1 reaches every process of the job, including ones that left the
             # process group: what a stop needs. Any other signal (jw kill) is for the command alone, as
             # docker kill signals a container's main process (a USR1 must not kill the shell's `sleep`).
-            os.kill(-1 if pid_namespace and signum in STOP_SIGNALS else child, signum)
+            os.kill(-1 if signum in STOP_SIGNALS else child, signum)
         except ProcessLookupError:
             pass
 
@@ -240,7 +284,7 @@ def parse(args: list[str]) -> "tuple[dict[str, str], list[str], _confine.Plan | 
     i = 0
     while i < end:
         flag = args[i]
-        if flag == "--namespaces":
+        if flag in ("--namespaces", "--stdin"):
             flags[flag] = ""
             i += 1
             continue
@@ -251,7 +295,7 @@ def parse(args: list[str]) -> "tuple[dict[str, str], list[str], _confine.Plan | 
             plan.binds.append((source, target, mode == "rw"))
         elif plan is not None and flag == "--mask":
             plan.masks.append(value)
-        elif flag in ("--cgroup-procs", "--setenv"):
+        elif flag in ("--cgroup-procs", "--setenv", "--stats-file"):
             flags[flag] = flags[flag] + "\0" + value if flag in flags else value
         else:
             flags[flag] = value
@@ -267,8 +311,9 @@ def parse(args: list[str]) -> "tuple[dict[str, str], list[str], _confine.Plan | 
 def run_init(
     flags: dict[str, str], argv: list[str], cwd: str, plan: "_confine.Plan | None", status_fd: int
 ) -> int:
-    """PID 1 of the job's namespaces: join the cgroup, build the sandbox's root, supervise the command."""
+    """PID 1 of the job's namespaces: make the others, join the cgroup, build the root, supervise."""
     try:
+        check(libc().unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET), "creating namespaces")
         join_cgroups(flags["--cgroup-procs"].split("\0") if "--cgroup-procs" in flags else [])
         if plan is not None:
             os.umask(0)
@@ -278,7 +323,11 @@ def run_init(
             else:
                 _confine.build_root(plan)
         setup_namespace_inside(flags.get("--hostname", "job"), mount_proc=plan is None)
-        return supervise(argv, cwd, plan, status_fd, pid_namespace=True)
+        terminal = ""
+        if "--tty" in flags:
+            owner = (plan.uid, plan.gid) if plan is not None else None
+            terminal = open_terminal(status_fd, flags["--tty"], owner)
+        return supervise(argv, cwd, plan, status_fd, terminal)
     except SetupError as e:
         report(status_fd, f"failed setup {e.errno} {e}")
     except OSError as e:
@@ -288,49 +337,74 @@ def run_init(
     return 126
 
 
+def run_command(
+    flags: dict[str, str], argv: list[str], cwd: str, plan: "_confine.Plan | None", err_w: int
+) -> None:
+    """Without namespaces: the holder's child joins the cgroup, leads a process group of its own, execs."""
+    terminal = ""
+    try:
+        join_cgroups(flags["--cgroup-procs"].split("\0") if "--cgroup-procs" in flags else [])
+        # A group of its own: a stop signals the job's group, never the holder. (With a terminal the
+        # command's own session, made before exec, is that group: setsid refuses a group leader.)
+        if "--tty" in flags:
+            terminal = open_terminal(err_w, flags["--tty"], None)
+        else:
+            os.setpgid(0, 0)
+    except SetupError as e:
+        os.write(err_w, f"setup {e.errno} {e}".encode())
+        os._exit(126)
+    except OSError as e:
+        os.write(err_w, f"setup {e.errno or 0} opening a terminal: {e.strerror}".encode())
+        os._exit(126)
+    exec_command(argv, cwd, plan, err_w, terminal)
+
+
 def main(args: list[str]) -> int:
+    """The holder: set up the pipes and the spool, fork the job's first process, hold it until it ends."""
     flags, argv, plan = parse(args)
-    status_fd = int(flags["--status-fd"])
+    ctl_fd = int(flags["--ctl-fd"])
     namespaces = "--namespaces" in flags
     cwd = flags.get("--cwd", "/")
     if "--setenv" in flags:
         ENVIRON.update(entry.split("=", 1) for entry in flags["--setenv"].split("\0"))  # type: ignore[misc]
-    os.set_inheritable(status_fd, False)
-    # Block rather than ignore: a stop can come as soon as the command runs, before the forwarding
+    os.set_inheritable(ctl_fd, False)
+    # A server that went away must never kill the holder through a write to its socket.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    # Block rather than ignore: a stop can come as soon as the command runs, before init's forwarding
     # handlers exist; blocked, it stays pending and reaches them once they are installed. (An ignored
     # signal would be lost, and init of a PID namespace drops signals it has no handler for.)
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     try:
-        if not namespaces:
-            join_cgroups(flags["--cgroup-procs"].split("\0") if "--cgroup-procs" in flags else [])
-            return supervise(argv, cwd, plan, status_fd, pid_namespace=False)
-        c = libc()
-        check(
-            c.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID),
-            "creating namespaces",
-        )
-        init = os.fork()
-        if init == 0:
-            os._exit(run_init(flags, argv, cwd, plan, status_fd))
-        report(status_fd, f"pid {init}")
-
-        def forward_to_init(signum: int, _frame: object) -> None:
-            try:
-                os.kill(init, signum)
-            except ProcessLookupError:
-                pass
-
-        for sig in FORWARDED:
-            signal.signal(sig, forward_to_init)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
-        _, status = os.waitpid(init, 0)
-        if os.WIFSIGNALED(status):
-            # init was killed (stop after the grace period, OOM): the command went with it.
-            report(status_fd, f"signal {os.WTERMSIG(status)}")
-        return 0
+        holder = _holder.Holder(ctl_fd, flags)
+        if namespaces:
+            # Only the holder's children enter it: the holder stays in the host's PID namespace.
+            check(libc().unshare(CLONE_NEWPID), "creating the PID namespace")
+        child = os.fork()
     except SetupError as e:
-        report(status_fd, f"failed setup {e.errno} {e}")
+        report(ctl_fd, f"failed setup {e.errno} {e}")
         return 126
+    except OSError as e:
+        report(ctl_fd, f"failed setup {e.errno or 0} {e.strerror}")
+        return 126
+    if child == 0:
+        status_w = holder.into_child()
+        if namespaces:
+            os._exit(run_init(flags, argv, cwd, plan, status_w))
+        run_command(flags, argv, cwd, plan, status_w)
+    holder.forked(child)
+
+    def forward(signum: int, _frame: object) -> None:
+        # Someone (root) signalled the holder: the job's first process passes it on.
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+    code: int = holder.run(namespaces=namespaces)
+    return code
 
 
 def seccomp_program(path: str) -> bytes:
@@ -373,25 +447,24 @@ def prepare_template(args: list[str]) -> None:
         sys.stderr.write(f"jobworker fork server: no sandbox template, jobs build their own root: {e}\n")
 
 
-def launch(fds: "array.array[int]", cwd: str, env: list[str], args: list[str]) -> int:
-    """In a fork of the fork server: become the job's launcher (stdio from the request, then main)."""
+def launch(ctl_fd: int, cwd: str, env: list[str], args: list[str]) -> int:
+    """In a fork of the fork server: become the job's holder (a session of its own, then main)."""
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.setsid()
-        null = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(fds[0], 1)
-        os.dup2(fds[1], 2)
-        for fd in (null, fds[0], fds[1]):
-            if fd > 2:
-                os.close(fd)
+        # The holder outlives the server: nothing of the server's stdio may reach it.
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1):
+            os.dup2(null, fd)
+        if null > 2:
+            os.close(null)
         ENVIRON.clear()
         ENVIRON.update(entry.split("=", 1) for entry in env)  # type: ignore[misc]
-        return main(["--status-fd", str(fds[2]), "--cwd", cwd, *args])
+        return main(["--ctl-fd", str(ctl_fd), "--cwd", cwd, *args])
     except OSError as e:
-        report(fds[2], f"failed setup {e.errno or 0} {e.strerror}")
+        report(ctl_fd, f"failed setup {e.errno or 0} {e.strerror}")
     except BaseException as e:
-        report(fds[2], f"failed setup 0 {type(e).__name__}")
+        report(ctl_fd, f"failed setup 0 {type(e).__name__}")
     return 126
 
 
@@ -400,12 +473,16 @@ def fork_server(control_fd: int) -> int:
 
     A fork of this small, single-threaded, already-initialised interpreter skips the interpreter start-up
     that otherwise dominates a job's start latency. Requests arrive on a SOCK_SEQPACKET socket: one message
-    ``cwd NUL n NUL env1 ... NUL envn NUL shim-arg ...`` carrying the job's stdout, stderr and status pipes
-    as SCM_RIGHTS; the reply is the launcher's pid. EOF (the engine went away) ends the server.
+    ``cwd NUL n NUL env1 ... NUL envn NUL shim-arg ...`` carrying the holder's end of its socket to the
+    engine as SCM_RIGHTS; the reply is the holder's pid. EOF (the engine went away) ends the server.
     """
     libc()  # loaded once here, inherited by every launcher
+    # Every holder and init is a fork of this process: the collector must not touch (and so copy) the pages
+    # of the objects they share; none of them makes cycles worth collecting.
+    gc.freeze()
+    gc.disable()
     sock = _socket.socket(fileno=control_fd)
-    fd_bytes = array.array("i").itemsize * 3
+    fd_bytes = array.array("i").itemsize
 
     def reap(_signum: int, _frame: object) -> None:
         while True:
@@ -428,7 +505,7 @@ def fork_server(control_fd: int) -> int:
             if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
                 fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
         fields = [os.fsdecode(f) for f in data.split(b"\0")]
-        if len(fds) != 3 or len(fields) < 2:
+        if len(fds) != 1 or len(fields) < 2 or not fields[1].isdigit():
             for fd in fds:
                 os.close(fd)
             sock.send(b"0")
@@ -440,7 +517,7 @@ def fork_server(control_fd: int) -> int:
         pid = os.fork()
         if pid == 0:
             sock.close()
-            os._exit(launch(fds, cwd, env, args))
+            os._exit(launch(fds[0], cwd, env, args))
         for fd in fds:
             os.close(fd)
         sock.send(b"%d" % pid)

@@ -5,6 +5,7 @@ JobError
 ├── StartError              the command could not be started (not found, not executable, bad cwd)
 ├── JobNotFoundError        no job with that id
 ├── JobNotRunningError      the operation needs a running job (stop of a finished job)
+├── InputUnavailableError   the job's stdin cannot be written now (not open, closed, another writer)
 ├── CapacityError           the server's job limit is reached
 │   ├── QuotaError          the caller's own share (running jobs, stored output) is used up
 │   └── StorageFullError    the state disk has no room for another job's record
@@ -38,6 +39,10 @@ class JobNotFoundError(JobError):
 
 class JobNotRunningError(JobError):
     """The job has already ended."""
+
+
+class InputUnavailableError(JobError):
+    """The job's stdin was not opened at start, is closed, or has a writer already."""
 
 
 class JobRunningError(JobError):

@@ -95,6 +95,11 @@ class JobSpec:
     cwd: str | None = None
     limits: Limits = field(default_factory=Limits)
     owner: str = ""
+    # Keep the job's stdin open for input (JobManager.open_input); else it reads /dev/null.
+    stdin: bool = False
+    # A terminal of (rows, columns) for the job: its stdin, stdout and stderr are one pty (output is all
+    # stdout); implies stdin.
+    terminal: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,9 @@ class JobStatus:
     # Set when output_truncated; output_dropped_bytes counts what the job wrote that was not stored.
     truncation_reason: TruncationReason | None = None
     output_dropped_bytes: int = 0
+    # Started with its stdin open / on a terminal.
+    stdin: bool = False
+    tty: bool = False
 
 
 @dataclass(frozen=True)

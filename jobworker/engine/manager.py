@@ -19,11 +19,12 @@ from collections.abc import AsyncGenerator, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobworker.engine import records, validation
+from jobworker.engine import output, records, validation
 from jobworker.engine.cgroups import CgroupDriver, CgroupError, JobCgroup, detect_driver, null_driver
 from jobworker.engine.errors import (
     CapacityError,
     EngineClosedError,
+    InputUnavailableError,
     InvalidSpecError,
     JobNotRunningError,
     LimitsUnsupportedError,
@@ -50,8 +51,16 @@ from jobworker.engine.sandbox import (
     SandboxConfig,
     SandboxUnavailableError,
 )
-from jobworker.engine.spawn import ForkServer, ForkServerKeeper, Launched, LaunchError, LaunchSpec
-from jobworker.engine.supervisor import JobSupervisor
+from jobworker.engine.spawn import (
+    ForkServer,
+    ForkServerKeeper,
+    HolderFiles,
+    HolderLink,
+    JobInput,
+    LaunchError,
+    LaunchSpec,
+)
+from jobworker.engine.supervisor import JobSupervisor, ending, load_exit
 from jobworker.engine.table import JobRow, JobTable, with_output
 
 log = logging.getLogger("jobworker.engine")
@@ -67,6 +76,8 @@ _DISK_FULL_MESSAGE = "the server's state disk is full: no job can start until sp
 _MIN_FREE_BYTES = 2 * MAX_RECORD
 # Bounds the wait for the shim to report "started"; a healthy start takes milliseconds.
 _START_TIMEOUT = 30.0
+# Bounds the wait for a running job's holder to tell its state to a restarted server.
+_ATTACH_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -142,7 +153,7 @@ class JobManager:
         self._table = JobTable(config)
 
     async def open(self) -> None:
-        """Prepare the state directory, cgroups and namespaces, and reload past jobs."""
+        """Prepare the state directory, cgroups and namespaces, reload past jobs and reattach running ones."""
         cfg = self._config
         validation.check_limit_settings(cfg.default_limits, cfg.max_limits)
         (cfg.state_dir / "jobs").mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -152,33 +163,103 @@ class JobManager:
             self._driver = detect_driver(prefix=cfg.cgroup_prefix)
         else:
             self._driver = null_driver("cgroups disabled by configuration")
-        try:
-            removed = await asyncio.to_thread(self._driver.cleanup_stale)
-            if removed:
-                log.info("removed stale job cgroups", extra={"count": removed})
-        except CgroupError as e:
-            log.warning("could not remove every stale job cgroup", extra={"error": str(e)})
         if self._driver.supports_limits():
             self._default_limits = cfg.default_limits
         elif not cfg.default_limits.is_empty():
             log.warning("default limits are not enforced", extra={"reason": self._driver.reason})
         if cfg.isolation is Isolation.STRICT:
-            await self._open_sandbox()
-        else:
-            log.warning("isolation none: jobs run with the server's own privileges (trusted hosts only)")
-            self._namespaces = await self._probe_namespaces()
+            if cfg.namespaces is False:
+                raise SandboxUnavailableError("strict isolation needs namespaces")
+            sandbox = Sandbox(cfg.sandbox, cfg.state_dir, extra_masks=(str(cfg.state_dir),))
+            await asyncio.to_thread(sandbox.prepare)
+            self._sandbox = sandbox
+        # Before any new job (the probe included) takes a uid: reattached jobs hold theirs.
+        held = await self._reattach(await self._table.load())
+        try:
+            removed = await asyncio.to_thread(self._driver.cleanup_stale, held)
+            if removed:
+                log.info("removed stale job cgroups", extra={"count": removed})
+        except CgroupError as e:
+            log.warning("could not remove every stale job cgroup", extra={"error": str(e)})
+        try:
+            if self._sandbox is not None:
+                await self._open_sandbox(self._sandbox)
+            else:
+                log.warning("isolation none: jobs run with the server's own privileges (trusted hosts only)")
+                self._namespaces = await self._probe_namespaces()
+        except BaseException:
+            await asyncio.gather(*(job.supervisor.detach() for job in self._table if job.supervisor))
+            raise
         if cfg.fork_server:
             self._fork_servers = ForkServerKeeper()
             self._fork_servers.get()
-        await self._table.load()
 
-    async def _open_sandbox(self) -> None:
-        """Prepare strict isolation and start one job through it (SandboxUnavailableError if that fails)."""
-        cfg = self._config
-        if cfg.namespaces is False:
-            raise SandboxUnavailableError("strict isolation needs namespaces")
-        sandbox = Sandbox(cfg.sandbox, cfg.state_dir, extra_masks=(str(cfg.state_dir),))
-        await asyncio.to_thread(sandbox.prepare)
+    async def _reattach(self, found: builtins.list[JobRow]) -> set[str]:
+        """Follow again the jobs an earlier server left running; returns the ids of those still held.
+
+        A job whose holder still lives is RUNNING again; one that ended meanwhile gets its real end from
+        its exit file; one whose holder died is LOST with what its spool holds."""
+        began = time.monotonic()
+        results = await asyncio.gather(*(self._reattach_one(job) for job in found))
+        held = {job.status.id for job, attached in zip(found, results, strict=True) if attached}
+        if found:
+            log.info(
+                "reattached jobs",
+                extra={
+                    "running": len(held),
+                    "ended": len(found) - len(held),
+                    "seconds": round(time.monotonic() - began, 3),
+                },
+            )
+        return held
+
+    async def _reattach_one(self, job: JobRow) -> bool:
+        job_id, directory = job.status.id, job.directory
+        assert job.spool is not None
+        try:
+            cgroup: JobCgroup = self._driver.attach(job_id)
+        except CgroupError:
+            cgroup = null_driver("").attach(job_id)
+        link: HolderLink | None = None
+        if not (directory / records.EXIT).exists():
+            with contextlib.suppress(OSError):
+                link = await HolderLink.attach(directory / records.SOCKET, _ATTACH_TIMEOUT)
+        if link is not None and not link.status.closed.done():
+            uid = link.status.uid
+            if uid is not None and self._sandbox is not None:
+                self._sandbox.claim_uid(uid)
+                job.uid = uid
+            job.status = dataclasses.replace(job.status, pid=link.pid or job.status.pid)
+            self._supervise(job, link, cgroup)
+            self._table.add(job)
+            return True
+        if link is not None:
+            link.close()
+        facts = await asyncio.to_thread(load_exit, directory)
+        if facts is None:
+            await asyncio.to_thread(job.spool.recover)
+        else:
+            reason = output.reason_of(facts.truncated) if facts.truncated is not None else None
+            job.spool.restore(facts.stdout_bytes, facts.stderr_bytes, facts.dropped_bytes, reason)
+        end = ending(facts, cgroup)
+        job.spool.finish()
+        job.status = with_output(
+            dataclasses.replace(
+                job.status,
+                state=end.state,
+                exit_code=end.exit_code,
+                signal=end.signal,
+                ended_at=end.ended_at,
+                usage=end.usage,
+            ),
+            job.spool,
+        )
+        self._table.add(job)
+        self._table.save(job, ended=True)
+        return False
+
+    async def _open_sandbox(self, sandbox: Sandbox) -> None:
+        """Start one job in strict isolation and confine devices; SandboxUnavailableError if it fails."""
         uid, gid = sandbox.acquire_uid()
         try:
             await _probe(sandbox.shim_args(uid, gid))
@@ -190,7 +271,6 @@ class JobManager:
             devices = await asyncio.to_thread(self._driver.confine_devices, DEVICE_RULES)
         except CgroupError as e:
             raise SandboxUnavailableError(f"cannot restrict the jobs' devices: {e}") from None
-        self._sandbox = sandbox
         self._namespaces = True
         log.info("strict isolation", extra={"detail": sandbox.description, "devices_cgroup": devices})
 
@@ -306,18 +386,21 @@ class JobManager:
             namespaces=self._namespaces,
             hostname=f"job-{job_id[:8]}",
             sandbox_args=sandbox_args,
+            files=_holder_files(directory, self._config.output_cap_bytes),
+            stats_files=cgroup.stats_files,
+            stdin=spec.stdin,
+            terminal=spec.terminal,
         )
         try:
             # Whatever was set up is undone, newest first, unless the command runs.
             async with contextlib.AsyncExitStack() as undo:
                 undo.push_async_callback(_remove_cgroup, cgroup)
-                spool = OutputSpool(directory / records.SPOOL, self._config.output_cap_bytes)
-                undo.callback(spool.finish)
-                # Before the command runs: a disk that cannot take the record refuses the job.
-                await asyncio.to_thread(_save_first_record, directory, status)
-                launched = await Launched.start(launch, self._usable_fork_server())
-                undo.push_async_callback(_abandon, launched)
-                await launched.wait_started(_START_TIMEOUT)
+                # Before the command runs: a disk that cannot take the spool or the record refuses the job.
+                await asyncio.to_thread(_prepare_job_files, directory, status)
+                spool = OutputSpool(directory / records.SPOOL)
+                link = await HolderLink.start(launch, self._usable_fork_server())
+                undo.push_async_callback(_abandon, link)
+                await link.wait_started(_START_TIMEOUT)
                 undo.pop_all()
         except LaunchError as e:
             raise _launch_error(spec, cwd, e) from None
@@ -325,19 +408,23 @@ class JobManager:
             _raise_capacity(e)
             raise StartError(f"cannot start {spec.command!r}: {e.strerror or e}") from None
 
-        status = dataclasses.replace(status, pid=launched.status.pid, started_at=time.time())
+        status = dataclasses.replace(status, pid=link.pid)
         job = JobRow(status=status, directory=directory, spool=spool, uid=uid)
-        job.supervisor = JobSupervisor(
-            launched,
-            cgroup,
-            spool,
-            namespaces=self._namespaces,
-            on_end=lambda s: self._ended(job, s),
-        )
+        self._supervise(job, link, cgroup)
         self._table.add(job)
         self._table.save(job)
         log.info("job started", extra={"job_id": job_id, "owner": spec.owner, "pid": status.pid})
         return status
+
+    def _supervise(self, job: JobRow, link: HolderLink, cgroup: JobCgroup) -> None:
+        assert job.spool is not None
+        job.supervisor = JobSupervisor(
+            link,
+            cgroup,
+            job.spool,
+            job.directory,
+            on_end=lambda s: self._ended(job, s),
+        )
 
     def _ended(self, job: JobRow, sup: JobSupervisor) -> None:
         job.status = with_output(
@@ -418,6 +505,28 @@ class JobManager:
         """Delete the ended jobs (of `owner`, or every owner's) that ended before `ended_before`."""
         return [self.delete(job_id) for job_id in self._table.ended_before(ended_before, owner)]
 
+    async def open_input(self, job_id: str) -> JobInput:
+        """A writer to a running job's stdin (one at a time); InputUnavailableError when there can be none."""
+        job = self._table.get(job_id)
+        if job.supervisor is None:
+            raise JobNotRunningError(f"job {job_id} has already ended ({job.status.state.value})")
+        if not job.status.stdin:
+            raise InputUnavailableError("the job was not started with its stdin open (start it with -i)")
+        try:
+            return await JobInput.open(job.directory / records.SOCKET)
+        except OSError as e:
+            raise InputUnavailableError(f"the job's stdin cannot be reached: {e.strerror or e}") from None
+
+    def resize_terminal(self, job_id: str, rows: int, cols: int) -> None:
+        """Set the window size of a running job's terminal (its foreground process gets SIGWINCH)."""
+        validation.check_terminal_size(rows, cols)
+        job = self._table.get(job_id)
+        if not job.status.tty:
+            raise InputUnavailableError("the job has no terminal (start it with -t)")
+        if job.supervisor is None:
+            raise JobNotRunningError(f"job {job_id} has already ended ({job.status.state.value})")
+        job.supervisor.tell(f"winsize {rows} {cols}")
+
     def signal(self, job_id: str, number: int) -> JobStatus:
         """Send one of SIGNALS to a running job's command, without stopping it; returns its status."""
         sig = validation.check_signal(number)
@@ -447,15 +556,24 @@ class JobManager:
         assert job.spool is not None
         return job.spool.follow(selection, offset, follow=follow)
 
-    async def close(self, grace_seconds: float | None = None) -> None:
-        """Refuse new jobs and stop every running one (SIGTERM, SIGKILL after the grace period)."""
+    async def close(self, grace_seconds: float | None = None, *, stop_jobs: bool = True) -> None:
+        """Refuse new jobs; stop every running one (SIGTERM, SIGKILL after the grace period), or with
+        stop_jobs False leave them running with their holders for the next server to reattach."""
         self._closed = True
         grace = self._config.default_grace_seconds if grace_seconds is None else grace_seconds
         running = [job.supervisor for job in self._table if job.supervisor is not None]
-        await asyncio.gather(*(sup.stop(grace) for sup in running), return_exceptions=True)
+        if stop_jobs:
+            await asyncio.gather(*(sup.stop(grace) for sup in running), return_exceptions=True)
+        else:
+            await asyncio.gather(*(sup.detach() for sup in running), return_exceptions=True)
         await self._table.close()
         if self._fork_servers is not None:
             await asyncio.to_thread(self._fork_servers.close)
+        left = sum(1 for job in self._table if not job.done.is_set())
+        if left:
+            # Their cgroups and prepared view stay: the next server reattaches them.
+            log.info("jobs left running for the next server", extra={"count": left})
+            return
         if self._sandbox is not None:
             # After the fork servers: their mount namespaces held the prepared view on this directory.
             self._sandbox.close()
@@ -490,13 +608,24 @@ def _launch_error(spec: JobSpec, cwd: str, error: LaunchError) -> StartError | I
     return StartError(f"cannot start {spec.command!r}: {error}")
 
 
-def _save_first_record(directory: Path, status: JobStatus) -> None:
-    """Write a new job's record (in a thread); OSError ENOSPC when the disk has no room for the job."""
+def _prepare_job_files(directory: Path, status: JobStatus) -> None:
+    """Write a new job's record and empty spool (in a thread); OSError ENOSPC when the disk has no room."""
     vfs = os.statvfs(directory)
     free = (vfs.f_bfree if os.geteuid() == 0 else vfs.f_bavail) * vfs.f_frsize
     if free < _MIN_FREE_BYTES:
         raise OSError(errno.ENOSPC, f"{free} bytes free on the state disk")
+    output.create(directory / records.SPOOL)
     records.save(directory, status)
+
+
+def _holder_files(directory: Path, cap_bytes: int) -> HolderFiles:
+    return HolderFiles(
+        spool=directory / records.SPOOL,
+        index=directory / records.INDEX,
+        exit_file=directory / records.EXIT,
+        socket=directory / records.SOCKET,
+        cap_bytes=cap_bytes,
+    )
 
 
 def _raise_capacity(error: OSError) -> None:
@@ -513,11 +642,11 @@ async def _probe(sandbox_args: tuple[str, ...]) -> None:
     spec = LaunchSpec(
         (true,), validation.job_environment({}), "/", namespaces=True, sandbox_args=sandbox_args
     )
-    launched = await Launched.start(spec)
+    link = await HolderLink.start(spec)
     try:
-        await launched.wait_started(_START_TIMEOUT)
+        await link.wait_started(_START_TIMEOUT)
     finally:
-        await launched.status.closed
+        await link.status.closed
 
 
 def _starting_status(job_id: str, spec: JobSpec, cwd: str, limits: Limits) -> JobStatus:
@@ -532,6 +661,8 @@ def _starting_status(job_id: str, spec: JobSpec, cwd: str, limits: Limits) -> Jo
         pid=0,
         started_at=time.time(),
         limits=limits,
+        stdin=spec.stdin or spec.terminal is not None,
+        tty=spec.terminal is not None,
     )
 
 
@@ -541,12 +672,12 @@ async def _remove_cgroup(cgroup: JobCgroup) -> None:
         await asyncio.to_thread(cgroup.remove)
 
 
-async def _abandon(launched: Launched) -> None:
-    """Kill a shim whose start failed and wait for it, so no process or fd outlives a failed Start."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(launched.pgid, signal.SIGKILL)
+async def _abandon(link: HolderLink) -> None:
+    """Kill a job whose start failed and wait for its holder, so nothing outlives a failed Start."""
+    link.send_signal(signal.SIGKILL, group=False)
+    if link.holder_pid:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(link.holder_pid, signal.SIGKILL)
     with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(asyncio.shield(launched.status.closed), 10)
-    for fd in (launched.stdout_fd, launched.stderr_fd):
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        await asyncio.wait_for(asyncio.shield(link.status.closed), 10)
+    link.close()

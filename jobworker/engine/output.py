@@ -1,28 +1,22 @@
-"""The output spool: a job's stdout and stderr in one append-only file, read by any number of followers.
+"""The output spool as the server reads it: a job's stdout and stderr in one file, for many followers.
 
-File format (reloadable after a restart): a sequence of records, each a 5-byte header ``<B stream><I length>``
-followed by ``length`` bytes. Stream 1 is stdout, 2 is stderr, 0xFF marks the point where output stopped
-being stored: length 0 at the output cap, or length 1 with one byte naming the reason (_MARK_REASONS). Records
-appear in the order the engine drained them, which preserves the interleaving of the two streams as far as two
-pipes can tell it.
-
-The writer never waits for readers: followers read the file by offset and are woken through an asyncio event.
-Only whole records count as committed, so readers never see a torn one. When the disk refuses a write (ENOSPC,
-EIO) the torn tail is cut off, the spool stops storing (later output is counted and dropped) and the mark is
-written if the disk still takes five bytes, else kept in memory for followers (and in the job's record).
+The file format and its writer are in ``_spoolfile`` (the job's holder writes the file, not the server).
+While the job runs, the holder reports how far it got (spawn.SpoolProgress): only what it reported counts
+as committed, so followers never see a torn record. Followers read the file by offset and are woken through
+an asyncio event. A spool whose holder is gone is read as far as its whole records go.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import struct
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
+from jobworker.engine import _spoolfile as fmt
 from jobworker.engine.job import (
     OutputChunk,
     OutputEvent,
@@ -31,42 +25,52 @@ from jobworker.engine.job import (
     StreamSelection,
     TruncationReason,
 )
+from jobworker.engine.spawn import SpoolProgress
 
 log = logging.getLogger("jobworker.engine")
 
-_HEADER = struct.Struct("<BI")
-_TRUNCATED = 0xFF
-# The payload byte of a mark that is not the cap's (which has none), and back.
-_MARK_REASONS = {TruncationReason.DISK_FULL: 1, TruncationReason.DISK_ERROR: 2}
-_REASON_OF_MARK = {code: reason for reason, code in _MARK_REASONS.items()}
-# Errors that mean the disk has no room; any other write error is a disk error.
-_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_REASONS = {
+    fmt.REASON_CAP: TruncationReason.OUTPUT_CAP,
+    fmt.REASON_DISK_FULL: TruncationReason.DISK_FULL,
+    fmt.REASON_DISK_ERROR: TruncationReason.DISK_ERROR,
+}
+
+
+def reason_of(code: int) -> TruncationReason:
+    """The truncation reason a mark's code (_spoolfile.REASON_*) names."""
+    return _REASONS.get(code, TruncationReason.DISK_ERROR)
+
+
 # Followers read the file in blocks of this size and merge adjacent records of one stream into chunks of
 # at most _MAX_CHUNK (the size of one gRPC message). Both bound what each of many followers holds at once.
 _MAX_CHUNK = 64 * 1024
-# The engine appends at most this much per record (one drain read), so one block holds whole records.
-MAX_RECORD = 256 * 1024
+MAX_RECORD = fmt.MAX_RECORD
 _READ_BLOCK = MAX_RECORD + 64
+_SCAN_BLOCK = 64 * 1024
+
+
+def create(path: Path) -> None:
+    """Make a new job's empty spool (its holder appends to it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        if os.write(fd, fmt.MAGIC) != len(fmt.MAGIC):
+            raise OSError(28, os.strerror(28))
+    finally:
+        os.close(fd)
 
 
 class OutputSpool:
-    """Append-only record of one job's output with a size cap; one writer, many followers."""
+    """One job's spool for its followers: live (a holder reports progress) or complete on disk."""
 
-    def __init__(self, path: Path, cap_bytes: int, *, create: bool = True) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self._cap = cap_bytes
-        flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
-        self._fd: int | None = os.open(path, flags, 0o600)
-        self._committed = 0
+        self._header, self._start = _format_of(path)
+        self._committed = self._start
         self._bytes = {Stream.STDOUT: 0, Stream.STDERR: 0}
         self._dropped = 0
         self._truncated: TruncationReason | None = None
-        # False when the truncation mark could not be written: followers then get it from memory.
-        self._mark_in_file = True
         self._complete = False
         self._changed = asyncio.Event()
-        if not create:
-            self._recover()
 
     @property
     def stdout_bytes(self) -> int:
@@ -89,120 +93,81 @@ class OutputSpool:
         """Output the job wrote that was not stored (past the cap or refused by the disk)."""
         return self._dropped
 
-    def append(self, stream: Stream, data: bytes) -> None:
-        """Store data (up to the cap; the rest is dropped and a truncation mark written once)."""
-        if self._fd is None or self._complete or not data:
+    def update(self, progress: SpoolProgress) -> None:
+        """The holder's latest report: what it stored (never less than before)."""
+        if progress.committed < self._committed:
             return
-        if self._truncated is not None:
-            self._dropped += len(data)
-            return
-        room = max(0, self._cap - self.stdout_bytes - self.stderr_bytes)
-        kept = data[:room]
-        records: list[bytes] = [_HEADER.pack(stream.value, len(kept)), kept] if kept else []
-        if len(kept) < len(data):
-            records.append(_HEADER.pack(_TRUNCATED, 0))
-        error = self._write(records)
-        if error is not None:
-            self._dropped += len(data)
-            self._refused(error)
-            return
-        self._committed += sum(len(r) for r in records)
-        self._bytes[stream] += len(kept)
-        if len(kept) < len(data):
-            self._dropped += len(data) - len(kept)
-            self._truncated = TruncationReason.OUTPUT_CAP
+        self._committed = progress.committed
+        self._bytes[Stream.STDOUT] = progress.stdout_bytes
+        self._bytes[Stream.STDERR] = progress.stderr_bytes
+        self._dropped = progress.dropped_bytes
+        if progress.truncated is not None and self._truncated is None:
+            self._truncated = reason_of(progress.truncated)
         self._wake()
 
-    def mark_truncated(self, reason: TruncationReason) -> None:
-        """Note a truncation the file does not show (its mark could not be written), from the job's record."""
+    def mark_truncated(self, reason: TruncationReason, dropped: int | None = None) -> None:
+        """Note a truncation the file does not show (its mark could not be written), from a record."""
+        if dropped is not None:
+            self._dropped = dropped
         if self._truncated is None:
             self._truncated = reason
-            self._mark_in_file = False
             self._wake()
 
-    def _write(self, records: list[bytes]) -> OSError | None:
-        """Append records whole, or cut the file back to the last whole record and return the error."""
-        assert self._fd is not None
-        total = sum(len(r) for r in records)
-        try:
-            written = os.writev(self._fd, records)
-            if written < total:
-                # A short write to a regular file means the disk filled up; the rest says so or fits.
-                written += os.write(self._fd, b"".join(records)[written:])
-            if written < total:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        except OSError as e:
-            # Shrinking needs no space; should even that fail, readers still stop at _committed and a
-            # restarted server cuts the torn tail off (_recover).
+    def recover(self) -> None:
+        """Count what the file holds in whole records, and cut off a torn last one (its holder is gone)."""
+        committed, counts, truncated = _scan(self.path, self._header, self._start)
+        if os.stat(self.path).st_size > committed:
             with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self._committed)
-            return e
-        return None
-
-    def _refused(self, error: OSError) -> None:
-        """The disk refused output: stop storing, and mark the point (in the file if it still fits)."""
-        reason = TruncationReason.DISK_FULL if error.errno in _FULL_ERRNOS else TruncationReason.DISK_ERROR
-        self._truncated = reason
-        mark = [_HEADER.pack(_TRUNCATED, 1), bytes((_MARK_REASONS[reason],))]
-        if self._write(mark) is None:
-            self._committed += _HEADER.size + 1
-        else:
-            self._mark_in_file = False
-        log.warning(
-            "job output no longer stored",
-            extra={"path": str(self.path), "reason": reason.value, "error": str(error)},
-        )
+                os.truncate(self.path, committed)
+        self._committed = committed
+        self._bytes = counts
+        if truncated is not None:
+            self._truncated = truncated
         self._wake()
+
+    def restore(
+        self, stdout_bytes: int, stderr_bytes: int, dropped: int, reason: TruncationReason | None
+    ) -> None:
+        """An ended job's spool as its final record counts it: whole up to its end."""
+        self._committed = max(self._start, os.stat(self.path).st_size)
+        self._bytes = {Stream.STDOUT: stdout_bytes, Stream.STDERR: stderr_bytes}
+        self._dropped = dropped
+        if reason is not None:
+            self._truncated = reason
+        self._complete = True
 
     def finish(self) -> None:
         """Mark the output complete (the job ended); followers drain what is left and stop."""
         self._complete = True
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
         self._wake()
 
     def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def _recover(self) -> None:
-        """Rebuild counters from the file after a restart; a torn last record is cut off."""
-        size = 0
-        for stream_id, length, pos in _scan_headers(self.path):
-            if stream_id == _TRUNCATED:
-                self._truncated = _mark_reason(self.path, pos, length)
-            else:
-                self._bytes[Stream(stream_id)] += length
-            size += _HEADER.size + length
-        if self._fd is not None:
-            # Readers stop at _committed whatever the file holds, so a disk that refuses even this is fine.
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, size)
-        self._committed = size
-
     async def follow(
         self, selection: StreamSelection, offset: int = 0, *, follow: bool = True
     ) -> AsyncGenerator[OutputEvent, None]:
         """Yield output of the selected view from offset; with follow, until the spool is complete."""
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        header = self._header
         try:
-            pos = 0  # file position of the next unread record
+            pos = self._start  # file position of the next unread record
             view = 0  # bytes of the selected view before that record
-            marked = False  # the in-memory truncation mark was delivered
+            marked = False  # a truncation mark was delivered (from the file, or from memory)
             while True:
                 committed = self._committed
                 changed = self._changed
                 while pos < committed:
                     block = os.pread(fd, min(_READ_BLOCK, committed - pos), pos)
-                    consumed, view, events = _parse_block(block, selection, view, offset)
+                    consumed, view, events = _parse_block(block, header, selection, view, offset)
                     if consumed == 0:
                         # A record larger than the block: read exactly it.
-                        header = os.pread(fd, _HEADER.size, pos)
-                        if len(header) == _HEADER.size:
-                            _, length = _HEADER.unpack(header)
-                            block = os.pread(fd, _HEADER.size + length, pos)
-                            consumed, view, events = _parse_block(block, selection, view, offset)
+                        head = os.pread(fd, header.size, pos)
+                        if len(head) == header.size:
+                            length = header.unpack(head)[1]
+                            block = os.pread(fd, header.size + length, pos)
+                            consumed, view, events = _parse_block(block, header, selection, view, offset)
                     if consumed == 0:
                         # Only whole records are committed, so the file was changed under us: end the
                         # stream rather than read the same bytes again.
@@ -210,12 +175,15 @@ class OutputSpool:
                         return
                     pos += consumed
                     for event in events:
+                        if isinstance(event, OutputTruncated):
+                            marked = True
                         yield event
                     if not events:
                         # Blocks of the other stream only: let the loop run between them.
                         await asyncio.sleep(0)
                 reason = self._truncated
-                if reason is not None and not self._mark_in_file and not marked and pos >= self._committed:
+                # A mark the disk refused is known from the holder's report or the job's record only.
+                if reason is not None and not marked and pos >= self._committed:
                     marked = True
                     if view >= offset:
                         yield OutputTruncated(view, reason)
@@ -229,8 +197,22 @@ class OutputSpool:
             os.close(fd)
 
 
+def _format_of(path: Path) -> tuple[struct.Struct, int]:
+    """The record header of the file at path and where its first record starts (version 1 or 2)."""
+    with path.open("rb") as f:
+        head = f.read(len(fmt.MAGIC))
+    if head == fmt.MAGIC:
+        return fmt.HEADER, len(fmt.MAGIC)
+    return fmt.HEADER_V1, 0
+
+
+def _mark(block: bytes | memoryview, at: int, length: int) -> TruncationReason:
+    """The reason a truncation mark names (version 1's cap mark has no payload)."""
+    return _REASONS.get(block[at] if length else fmt.REASON_CAP, TruncationReason.OUTPUT_CAP)
+
+
 def _parse_block(
-    block: bytes, selection: StreamSelection, view: int, offset: int
+    block: bytes, header: struct.Struct, selection: StreamSelection, view: int, offset: int
 ) -> tuple[int, int, list[OutputEvent]]:
     """Turn whole records of block into events; returns (bytes consumed, new view offset, events)."""
     events: list[OutputEvent] = []
@@ -247,25 +229,24 @@ def _parse_block(
             events.append(OutputChunk(pending_stream, pending_offset, data))
         pending, pending_stream, pending_size = [], None, 0
 
-    while pos + _HEADER.size <= len(block):
-        stream_id, length = _HEADER.unpack_from(block, pos)
-        end = pos + _HEADER.size + length
+    while pos + header.size <= len(block):
+        stream_id, length = header.unpack_from(block, pos)[:2]
+        end = pos + header.size + length
         if end > len(block):
             break
-        if stream_id == _TRUNCATED:
+        if stream_id == fmt.TRUNCATED:
             flush()
             if view >= offset:
-                code = block[pos + _HEADER.size] if length else 0
-                events.append(OutputTruncated(view, _REASON_OF_MARK.get(code, TruncationReason.OUTPUT_CAP)))
+                events.append(OutputTruncated(view, _mark(block, pos + header.size, length)))
         else:
             stream = Stream(stream_id)
             if selection.includes(stream):
                 start = max(0, offset - view)
-                for piece in range(pos + _HEADER.size + start, end, _MAX_CHUNK):
+                for piece in range(pos + header.size + start, end, _MAX_CHUNK):
                     data = block[piece : min(end, piece + _MAX_CHUNK)]
                     if pending_stream is not stream or pending_size + len(data) > _MAX_CHUNK:
                         flush()
-                        pending_stream, pending_offset = stream, view + (piece - pos - _HEADER.size)
+                        pending_stream, pending_offset = stream, view + (piece - pos - header.size)
                     pending.append(data)
                     pending_size += len(data)
                 view += length
@@ -274,27 +255,31 @@ def _parse_block(
     return pos, view, events
 
 
-def _scan_headers(path: Path) -> list[tuple[int, int, int]]:
-    """(stream id, length, position) of every whole record in a spool file."""
-    records: list[tuple[int, int, int]] = []
-    size = path.stat().st_size
+def _scan(
+    path: Path, header: struct.Struct, start: int
+) -> tuple[int, dict[Stream, int], TruncationReason | None]:
+    """Where the whole records of a spool file end, bytes per stream in them, and its truncation mark.
+
+    Reads headers only (in blocks), so counting a big spool of big records is cheap."""
+    counts = {Stream.STDOUT: 0, Stream.STDERR: 0}
+    truncated: TruncationReason | None = None
+    pos = start
     with path.open("rb") as f:
-        pos = 0
-        while pos + _HEADER.size <= size:
-            f.seek(pos)
-            stream_id, length = _HEADER.unpack(f.read(_HEADER.size))
-            if pos + _HEADER.size + length > size or stream_id not in (1, 2, _TRUNCATED):
+        size = os.fstat(f.fileno()).st_size
+        block, block_at = b"", pos
+        while pos + header.size <= size:
+            # The header and a mark's payload byte must be in the block.
+            if pos + header.size + 1 > block_at + len(block):
+                f.seek(pos)
+                block, block_at = f.read(_SCAN_BLOCK), pos
+            at = pos - block_at
+            stream_id, length = header.unpack_from(block, at)[:2]
+            end = pos + header.size + length
+            if stream_id not in (fmt.STDOUT, fmt.STDERR, fmt.TRUNCATED) or end > size:
                 break
-            records.append((stream_id, length, pos))
-            pos += _HEADER.size + length
-    return records
-
-
-def _mark_reason(path: Path, pos: int, length: int) -> TruncationReason:
-    """The reason a truncation mark at pos names (the cap's mark has no payload)."""
-    if not length:
-        return TruncationReason.OUTPUT_CAP
-    with path.open("rb") as f:
-        f.seek(pos + _HEADER.size)
-        code = f.read(1)
-    return _REASON_OF_MARK.get(code[0] if code else 0, TruncationReason.OUTPUT_CAP)
+            if stream_id == fmt.TRUNCATED:
+                truncated = _mark(block, at + header.size, length)
+            else:
+                counts[Stream(stream_id)] += length
+            pos = end
+    return pos, counts, truncated

@@ -15,7 +15,7 @@ import errno
 import json
 import math
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,10 @@ from jobworker.engine.job import JobState, JobStatus, Limits, TruncationReason, 
 
 RECORD = "job.json"
 SPOOL = "output.spool"
+INDEX = "output.idx"
+# Written by the job's holder when the job has ended (format in _holder.py), and its reattach socket.
+EXIT = "exit"
+SOCKET = "holder.sock"
 _TEMP = RECORD + ".tmp"
 _RESERVE = RECORD + ".reserve"
 _VERSION = 1
@@ -126,3 +130,64 @@ def _expect(data: dict[str, Any], key: str, kind: type, *, optional: bool = Fals
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok:
         raise ValueError(f"{key} is not a valid {kind.__name__}")
+
+
+@dataclass(frozen=True)
+class ExitFacts:
+    """What a job's holder wrote when the job ended: the truth about its end, whoever was listening."""
+
+    ended_at: float
+    exit_code: int | None
+    signal: int | None
+    stop_requested: bool
+    stdout_bytes: int
+    stderr_bytes: int
+    dropped_bytes: int
+    # The _spoolfile.REASON_* code, None when nothing was dropped.
+    truncated: int | None
+    # The cgroup usage files the holder kept before removing the cgroup: path -> content.
+    stats: dict[str, str]
+
+
+_EXIT_INTS = ("exit", "signal", "stdout_bytes", "stderr_bytes", "dropped_bytes")
+
+
+def load_exit(directory: Path) -> ExitFacts | None:
+    """The holder's exit file, None when there is none; ValueError when it is malformed."""
+    try:
+        text = (directory / EXIT).read_text(encoding="ascii")
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError:
+        raise ValueError("exit file is not ASCII") from None
+    fields: dict[str, str] = {}
+    stats: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "stat":
+            path, _, content = value.partition(" ")
+            stats[bytes.fromhex(path).decode()] = bytes.fromhex(content).decode(errors="replace")
+        elif key in fields:
+            raise ValueError(f"exit file repeats {key}")
+        else:
+            fields[key] = value
+    if fields.get("version") != "1":
+        raise ValueError("unknown exit file version")
+    ints = {key: int(fields[key]) for key in _EXIT_INTS if key in fields}
+    if any(value < 0 for key, value in ints.items() if key != "exit"):
+        raise ValueError("negative count in exit file")
+    truncated = fields.get("truncated", "-")
+    ended_at = float(fields["ended_at"])
+    if not math.isfinite(ended_at):
+        raise ValueError("ended_at is not a time")
+    return ExitFacts(
+        ended_at=ended_at,
+        exit_code=ints.get("exit"),
+        signal=ints.get("signal"),
+        stop_requested=fields.get("stop_requested") == "1",
+        stdout_bytes=ints.get("stdout_bytes", 0),
+        stderr_bytes=ints.get("stderr_bytes", 0),
+        dropped_bytes=ints.get("dropped_bytes", 0),
+        truncated=None if truncated == "-" else int(truncated),
+        stats=stats,
+    )

@@ -236,6 +236,11 @@ class UidPool:
         """Return uid once the job's processes are gone."""
         self._free.append(uid)
 
+    def claim(self, uid: int) -> None:
+        """Take uid out of the free ones: a job reattached after a restart runs as it."""
+        with contextlib.suppress(ValueError):
+            self._free.remove(uid)
+
 
 def check_uid_range(uids: range) -> None:
     """Refuse a range that holds root or uids the host already has users for."""
@@ -409,6 +414,11 @@ class Sandbox:
     def release_uid(self, uid: int) -> None:
         if self._pool is not None:
             self._pool.release(uid)
+
+    def claim_uid(self, uid: int) -> None:
+        """Mark uid in use by a job started by an earlier server run (see UidPool.claim)."""
+        if self._pool is not None:
+            self._pool.claim(uid)
 
     def shim_args(self, uid: int, gid: int) -> tuple[str, ...]:
         """The shim flags that confine one job."""

@@ -1,4 +1,4 @@
-"""The process model: launch a job through the shim and follow its status pipe.
+"""The process model: launch a job through the shim, and talk to its holder (started now or earlier).
 
 Start latency is dominated by the shim's interpreter start (``python -I -S``); the engine itself never runs
 Python code between fork and exec, so launching is safe from the multi-threaded gRPC server.
@@ -9,26 +9,47 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from jobworker.engine._holder import INPUT_FRAME, MAX_INPUT_FRAME
+from jobworker.engine.errors import InputUnavailableError
 
 log = logging.getLogger("jobworker.engine")
 
 SHIM = Path(__file__).with_name("_shim.py")
 # Bigger requests (huge argv or environments) take the direct path.
 _FORK_SERVER_MAX_REQUEST = 1 << 16
-# Large pipes mean fewer wake-ups of the drainer for chatty jobs; the kernel caps it at pipe-max-size.
-_PIPE_SIZE = 1 << 20
-_F_SETPIPE_SZ = 1031
 # A fork server that keeps dying is restarted at most this often (seconds); starts in between go direct.
 _RESTART_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class HolderFiles:
+    """Where a job's holder writes: the spool and its index, the exit file, the socket it listens on."""
+
+    spool: Path
+    index: Path
+    exit_file: Path
+    socket: Path
+    cap_bytes: int
+
+    def args(self) -> list[str]:
+        return [
+            "--spool", str(self.spool),
+            "--index", str(self.index),
+            "--exit-file", str(self.exit_file),
+            "--socket", str(self.socket),
+            "--cap", str(self.cap_bytes),
+        ]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -46,17 +67,42 @@ class LaunchSpec:
     hostname: str = "job"
     # Shim flags of strict isolation (jobworker.engine.sandbox); empty for none.
     sandbox_args: tuple[str, ...] = ()
+    # None: the holder drains the output and stores nothing (the start-up probe).
+    files: HolderFiles | None = None
+    # The cgroup files whose contents the holder keeps as the job's final usage.
+    stats_files: tuple[str, ...] = ()
+    # Keep the job's stdin open for input (else /dev/null); a terminal of (rows, cols) implies it.
+    stdin: bool = False
+    terminal: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class SpoolProgress:
+    """How far the holder got writing the spool (an ``out`` report)."""
+
+    committed: int = 0
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    dropped_bytes: int = 0
+    # None while storing; else the _spoolfile.REASON_* code.
+    truncated: int | None = None
 
 
 @dataclass
 class ShimStatus:
-    """What the shim reported over the status pipe so far."""
+    """What the holder reported so far."""
 
     pid: int = 0
+    # Whether the job has namespaces (signals for the whole job go to init; else to the process group).
+    namespaces: bool = False
+    uid: int | None = None
     started: asyncio.Future[None] = field(default_factory=lambda: _new_future())
     exit_code: int | None = None
     signal: int | None = None
-    # Set once every shim process has closed the pipe: the job's processes are gone.
+    stop_requested: bool = False
+    # The holder wrote the exit file and said so.
+    ended: bool = False
+    # Set once the holder closed its socket: it has exited, or another server took the job over.
     closed: asyncio.Future[None] = field(default_factory=lambda: _new_future())
 
 
@@ -111,8 +157,8 @@ class ForkServer:
             self.alive = False
         return self.alive
 
-    async def fork(self, spec: LaunchSpec, shim_args: list[str], fds: tuple[int, int, int]) -> int:
-        """Start a launcher for spec; returns its pid. Raises OSError when the fork server is unusable."""
+    async def fork(self, spec: LaunchSpec, shim_args: list[str], ctl_fd: int) -> int:
+        """Start a holder for spec; returns its pid. Raises OSError when the fork server is unusable."""
         env = [f"{k}={v}" for k, v in spec.env.items()]
         fields = [spec.cwd, str(len(env)), *env, *shim_args]
         payload = b"\0".join(os.fsencode(f) for f in fields)
@@ -123,7 +169,9 @@ class ForkServer:
             if not self.alive:
                 raise OSError("the fork server has exited")
             try:
-                self._sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                self._sock.sendmsg(
+                    [payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [ctl_fd]))]
+                )
                 reply = await loop.sock_recv(self._sock, 32)
             except OSError:
                 self.alive = False
@@ -190,64 +238,69 @@ class ForkServerKeeper:
             self._current = None
 
 
-class Launched:
-    """A running launcher: its status, and the read ends of the job's stdout and stderr."""
+def _shim_args(spec: LaunchSpec) -> list[str]:
+    args: list[str] = []
+    for path in spec.procs_files:
+        args += ["--cgroup-procs", path]
+    for path in spec.stats_files:
+        args += ["--stats-file", path]
+    if spec.files is not None:
+        args += spec.files.args()
+    if spec.terminal is not None:
+        args += ["--tty", f"{spec.terminal[0]}:{spec.terminal[1]}"]
+    elif spec.stdin:
+        args += ["--stdin"]
+    if spec.namespaces:
+        args += ["--namespaces", "--hostname", spec.hostname]
+    return [*args, *spec.sandbox_args, "--", *spec.argv]
+
+
+class HolderLink:
+    """The engine's connection to one job's holder: its reports, and the job's signals.
+
+    Made by launching a job (start) or by connecting to the holder of a job started by an earlier server
+    (attach); either way the holder first tells the whole state so far.
+    """
 
     def __init__(
-        self, pid: int, process: subprocess.Popen[bytes] | None, status_fd: int, out_fd: int, err_fd: int
+        self, sock: socket.socket, process: subprocess.Popen[bytes] | None = None, holder_pid: int = 0
     ) -> None:
-        self._pid = pid
+        self._sock = sock
         self._process = process
-        self.stdout_fd = out_fd
-        self.stderr_fd = err_fd
+        # Known when this engine launched the holder; its process group holds init too.
+        self.holder_pid = holder_pid
         self.status = ShimStatus()
-        self._status_fd = status_fd
+        self.progress = SpoolProgress()
+        # Called with each spool report (followers wake, counters move).
+        self.on_progress: Callable[[SpoolProgress], None] | None = None
         self._buffer = b""
         self._exec_seen = False
-        asyncio.get_running_loop().add_reader(status_fd, self._on_status)
+        self._pidfd = -1
+        sock.setblocking(False)
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
 
     @classmethod
-    async def start(cls, spec: LaunchSpec, fork_server: ForkServer | None = None) -> Launched:
+    async def start(cls, spec: LaunchSpec, fork_server: ForkServer | None = None) -> HolderLink:
         """Launch spec through the fork server when it is usable, else through a fresh shim process."""
-        status_r, status_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        for fd in (out_r, err_r):
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
-        shim_args: list[str] = []
-        for path in spec.procs_files:
-            shim_args += ["--cgroup-procs", path]
-        if spec.namespaces:
-            shim_args += ["--namespaces", "--hostname", spec.hostname]
-        shim_args += [*spec.sandbox_args, "--", *spec.argv]
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        shim_args = _shim_args(spec)
         process: subprocess.Popen[bytes] | None = None
         try:
             pid = 0
             if fork_server is not None and fork_server.running():
                 try:
-                    pid = await fork_server.fork(spec, shim_args, (out_w, err_w, status_w))
+                    pid = await fork_server.fork(spec, shim_args, theirs.fileno())
                 except OSError as e:
                     log.warning("fork server unusable, launching directly", extra={"error": str(e)})
             if not pid:
                 # Popen returns once the child has exec'd: fast enough not to need a thread.
+                command = [sys.executable, "-I", "-S", str(SHIM), "--ctl-fd", str(theirs.fileno())]
+                command += ["--cwd", spec.cwd, *_setenv_args(spec.env), *shim_args]
                 process = subprocess.Popen(  # noqa: ASYNC220
-                    [
-                        sys.executable,
-                        "-I",
-                        "-S",
-                        str(SHIM),
-                        "--status-fd",
-                        str(status_w),
-                        "--cwd",
-                        spec.cwd,
-                        *_setenv_args(spec.env),
-                        *shim_args,
-                    ],
+                    command,
                     stdin=subprocess.DEVNULL,
-                    stdout=out_w,
-                    stderr=err_w,
-                    pass_fds=(status_w,),
+                    stdout=subprocess.DEVNULL,
+                    pass_fds=(theirs.fileno(),),
                     # The shim runs as root: the caller's variables (LD_PRELOAD, ...) go to the command only.
                     env={},
                     cwd="/",
@@ -255,20 +308,51 @@ class Launched:
                 )
                 pid = process.pid
         except BaseException:
-            for fd in (status_r, out_r, err_r):
-                os.close(fd)
+            ours.close()
             raise
         finally:
-            for fd in (status_w, out_w, err_w):
-                os.close(fd)
-        os.set_blocking(out_r, False)
-        os.set_blocking(err_r, False)
-        return cls(pid, process, status_r, out_r, err_r)
+            theirs.close()
+        return cls(ours, process, pid)
+
+    @classmethod
+    async def attach(cls, path: Path, limit_seconds: float) -> HolderLink:
+        """Connect to the holder listening at path and take its state; OSError when none does (it exited).
+
+        Returns once the holder told its state (or closed the connection: the job has just ended)."""
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            # Through the directory's descriptor: a state dir's path may be longer than a socket address.
+            sock.connect(f"/proc/self/fd/{dir_fd}/{path.name}")
+            sock.sendall(b"ctl\n")
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            os.close(dir_fd)
+        link = cls(sock)
+        told = asyncio.get_running_loop().create_future()
+
+        def on_progress(_progress: SpoolProgress) -> None:
+            if not told.done():
+                told.set_result(None)
+
+        link.on_progress = on_progress
+        try:
+            await asyncio.wait_for(
+                asyncio.wait([told, link.status.closed], return_when=asyncio.FIRST_COMPLETED), limit_seconds
+            )
+        except TimeoutError:
+            link.close()
+            raise OSError(f"the job's holder did not answer within {limit_seconds:g} s") from None
+        finally:
+            link.on_progress = None
+        return link
 
     @property
-    def pgid(self) -> int:
-        """The job's process group (the launcher is its leader)."""
-        return self._pid
+    def pid(self) -> int:
+        """Host pid of init (of the command without namespaces); 0 until the holder said."""
+        return self.status.pid
 
     async def wait_started(self, limit_seconds: float) -> None:
         """Return once the command runs; raise LaunchError when it could not be started."""
@@ -277,28 +361,71 @@ class Launched:
         except TimeoutError:
             raise LaunchError(0, f"the job did not start within {limit_seconds:g} s") from None
 
-    def _on_status(self) -> None:
+    def send_signal(self, sig: int, *, group: bool) -> None:
+        """Send sig to init (group: to the command's process group, without namespaces)."""
+        st = self.status
+        if not st.pid or (group and (st.exit_code is not None or st.signal is not None)):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group:
+                os.killpg(self.status.pid, sig)
+            elif self._pidfd >= 0:
+                # Through a pidfd: the pid of a process that has just been reaped may be reused.
+                signal.pidfd_send_signal(self._pidfd, sig)
+            else:
+                os.kill(self.status.pid, sig)
+
+    def tell(self, line: str) -> None:
+        """Send one line to the holder (``stopping``); lost when it is gone."""
+        with contextlib.suppress(OSError):
+            self._sock.send(line.encode() + b"\n")
+
+    def close(self) -> None:
+        """Stop listening (the holder keeps the job; a later server reattaches)."""
+        if self._sock.fileno() >= 0:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def _on_readable(self) -> None:
         try:
-            data = os.read(self._status_fd, 4096)
+            data = self._sock.recv(65536)
         except BlockingIOError:
             return
+        except OSError:
+            data = b""
         if not data:
-            self._close_status()
+            self._on_closed()
             return
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")
+        progressed = False
         for line in lines:
-            self._handle(line.decode(errors="replace"))
+            progressed = self._handle(line.decode(errors="replace")) or progressed
+        if progressed:
+            self.tell("k")
+            if self.on_progress is not None:
+                self.on_progress(self.progress)
 
-    def _handle(self, line: str) -> None:
+    def _handle(self, line: str) -> bool:
+        """Take one report; True when it was spool progress."""
         word, _, rest = line.partition(" ")
         st = self.status
-        # With namespaces, init's "started" can overtake the launcher's "pid": the job counts as
-        # started once both are known, so a stop right after Start can always address init.
+        # init's "started" can come before the holder's "pid" was read: the job counts as started once
+        # both are known, so a stop right after Start can always address init.
         if word == "pid":
             st.pid = int(rest)
+            if self._pidfd < 0:
+                with contextlib.suppress(OSError):
+                    self._pidfd = os.pidfd_open(st.pid)
             if self._exec_seen and not st.started.done():
                 st.started.set_result(None)
+        elif word == "uid":
+            st.uid = int(rest)
+        elif word == "ns":
+            st.namespaces = rest == "1"
         elif word == "started" and not st.started.done():
             self._exec_seen = True
             if st.pid:
@@ -312,19 +439,91 @@ class Launched:
                 st.exit_code = int(rest)
             else:
                 st.signal = int(rest)
+        elif word == "out":
+            self.progress = _parse_progress(rest)
+            return True
+        elif word == "end":
+            st.ended = True
+        return False
 
-    def _close_status(self) -> None:
-        asyncio.get_running_loop().remove_reader(self._status_fd)
-        os.close(self._status_fd)
-        # Every launcher process is gone. A directly spawned one is our child: reap it now (the fork
-        # server reaps its own).
+    def _on_closed(self) -> None:
+        self.close()
+        # A directly spawned holder is our child: reap it (the fork server reaps its own).
         code = self._process.wait() if self._process is not None else 0
         st = self.status
         if not st.started.done():
             # Killed before it could say why: in practice a limit (memory, pids) too small to start at all.
             message = "the job was killed while starting (are its memory or pids limits too small?)"
             st.started.set_exception(LaunchError(0, message))
-        if st.exit_code is None and st.signal is None and code < 0:
+        if st.exit_code is None and st.signal is None and code < 0 and st.ended:
             st.signal = -code
         if not st.closed.done():
             st.closed.set_result(None)
+
+
+def _parse_progress(rest: str) -> SpoolProgress:
+    committed, out, err, dropped, reason = rest.split(" ")
+    return SpoolProgress(
+        int(committed), int(out), int(err), int(dropped), None if reason == "-" else int(reason)
+    )
+
+
+_INPUT_REFUSALS = {
+    "busy": "another client is writing to the job's stdin",
+    "no-stdin": "the job was not started with its stdin open (start it with -i)",
+    "closed": "the job's stdin is closed",
+}
+
+
+class JobInput:
+    """A connection to a job's holder that writes to the job's stdin (at most one at a time per job).
+
+    Writes wait while the job does not read: the holder buffers one frame, the socket a little more.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    @classmethod
+    async def open(cls, path: Path) -> JobInput:
+        """Connect to the holder listening at path; InputUnavailableError when it refuses input."""
+        loop = asyncio.get_running_loop()
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, f"/proc/self/fd/{dir_fd}/{path.name}")
+            await loop.sock_sendall(sock, b"input\n")
+            answer = b""
+            while not answer.endswith(b"\n") and len(answer) < 64:
+                more = await asyncio.wait_for(loop.sock_recv(sock, 64 - len(answer)), 5)
+                if not more:
+                    break
+                answer += more
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            os.close(dir_fd)
+        word = answer.decode(errors="replace").strip()
+        if word != "ok":
+            sock.close()
+            raise InputUnavailableError(_INPUT_REFUSALS.get(word, "the job's holder refused input"))
+        return cls(sock)
+
+    async def write(self, data: bytes) -> None:
+        """Send data to the job's stdin; returns once the holder took it (it may wait for the job)."""
+        loop = asyncio.get_running_loop()
+        view = memoryview(data)
+        for start in range(0, len(view), MAX_INPUT_FRAME):
+            piece = view[start : start + MAX_INPUT_FRAME]
+            await loop.sock_sendall(self._sock, INPUT_FRAME.pack(len(piece)) + piece)
+
+    async def end(self) -> None:
+        """End of input: the job reads EOF (a terminal gets ^D) once it has read what came before."""
+        await asyncio.get_running_loop().sock_sendall(self._sock, INPUT_FRAME.pack(0))
+        self.close()
+
+    def close(self) -> None:
+        """Stop writing without ending the input: the job's stdin stays open for another writer."""
+        self._sock.close()

@@ -1,68 +1,66 @@
-"""One running job: its launched process, cgroup, output drainers and the path to a final status."""
+"""One running job as the server sees it: its holder's reports, its cgroup, and the path to a final state.
+
+The job's holder (spawn, _holder) owns the pipes and writes the spool and the exit file; the supervisor
+follows it: spool progress wakes followers, the end comes from the exit file. A supervisor can be
+detached (the server shuts down and leaves the job running) and a later one reattached.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
+from jobworker.engine import records
 from jobworker.engine.cgroups import CgroupStats, JobCgroup
 from jobworker.engine.errors import JobStuckError
-from jobworker.engine.job import JobState, Stream, Usage
-from jobworker.engine.output import MAX_RECORD, OutputSpool
-from jobworker.engine.spawn import Launched
+from jobworker.engine.job import JobState, Usage
+from jobworker.engine.output import OutputSpool
+from jobworker.engine.spawn import HolderLink
 
 log = logging.getLogger("jobworker.engine")
 
-_DRAIN_READ = MAX_RECORD
-# After the job's processes are gone, output still in the pipes is drained; a process that escaped the job
-# (only possible without namespaces and cgroups) could hold a pipe open forever, so give up after this long.
-_DRAIN_AFTER_EXIT_TIMEOUT = 2.0
 # How long stop() waits for the kernel to take the job down after SIGKILL.
 _KILL_TIMEOUT = 10.0
 
 
 class JobSupervisor:
-    """Drains a job's output into its spool and turns the shim's report into a final state."""
+    """Follows a job's holder until the job has ended, and turns its end into a final state."""
 
     def __init__(
         self,
-        launched: Launched,
+        link: HolderLink,
         cgroup: JobCgroup,
         spool: OutputSpool,
+        directory: Path,
         *,
-        namespaces: bool,
         on_end: Callable[[JobSupervisor], None],
     ) -> None:
-        self._launched = launched
+        self._link = link
         self._cgroup = cgroup
         self._spool = spool
-        self._namespaces = namespaces
+        self._directory = directory
         self._on_end = on_end
         self._stop_requested = False
+        self._detached = False
         self.state = JobState.RUNNING
         self.exit_code: int | None = None
         self.signal: int | None = None
         self.ended_at: float | None = None
         self.final_usage: Usage | None = None
         self.done = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        self._drained = {
-            Stream.STDOUT: loop.create_future(),
-            Stream.STDERR: loop.create_future(),
-        }
-        self._fds = {Stream.STDOUT: launched.stdout_fd, Stream.STDERR: launched.stderr_fd}
-        for stream, fd in self._fds.items():
-            loop.add_reader(fd, self._drain, stream)
-        self._task = asyncio.create_task(self._supervise(), name=f"job-supervisor-{launched.pgid}")
+        spool.update(link.progress)
+        link.on_progress = spool.update
+        self._task = asyncio.create_task(self._supervise(), name=f"job-supervisor-{link.pid}")
 
     @property
     def pid(self) -> int:
-        return self._launched.status.pid
+        return self._link.pid
 
     def usage(self) -> Usage:
         """Resources used so far (live while running, final afterwards)."""
@@ -76,50 +74,22 @@ class JobSupervisor:
         except Exception:  # stats are best effort; a vanished cgroup must not fail a status call
             return None
 
-    def _drain(self, stream: Stream) -> None:
-        fd = self._fds[stream]
-        try:
-            data = os.read(fd, _DRAIN_READ)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            self._spool.append(stream, data)
-        else:
-            self._close_pipe(stream)
-
-    def _close_pipe(self, stream: Stream) -> None:
-        fd = self._fds[stream]
-        if fd < 0:
-            return
-        asyncio.get_running_loop().remove_reader(fd)
-        os.close(fd)
-        self._fds[stream] = -1
-        if not self._drained[stream].done():
-            self._drained[stream].set_result(None)
-
     def signal_job(self, sig: int) -> None:
         """Deliver sig to the whole job: init forwards it to every process of its namespace."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if self._namespaces and self.pid:
-                os.kill(self.pid, sig)
-            else:
-                os.killpg(self._launched.pgid, sig)
+        self._link.send_signal(sig, group=not self._link.status.namespaces)
 
     def signal_command(self, sig: int) -> None:
         """Deliver sig to the job's command only: through init, which forwards it, under a PID namespace;
         straight to it otherwise (the pid is the command's then). The stop signals reach the whole job."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if self.pid:
-                os.kill(self.pid, sig)
+        self._link.send_signal(sig, group=False)
+
+    def tell(self, line: str) -> None:
+        """Pass one line of the holder's protocol on (a terminal's window size)."""
+        self._link.tell(line)
 
     async def kill(self) -> None:
         """SIGKILL every process of the job, including those that left its process group."""
         self.signal_job(signal.SIGKILL)
-        if not self._namespaces:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._launched.pgid, signal.SIGKILL)
         try:
             await asyncio.to_thread(self._cgroup.kill)
         except Exception as e:  # the process-level kill above already happened
@@ -130,6 +100,8 @@ class JobSupervisor:
         if self.done.is_set():
             return
         self._stop_requested = True
+        # Into the exit file: a job stopped just before a server restart still ends STOPPED.
+        self._link.tell("stopping")
         self.signal_job(signal.SIGTERM)
         try:
             await asyncio.wait_for(self.done.wait(), grace_seconds)
@@ -143,50 +115,104 @@ class JobSupervisor:
                     "(stuck in the kernel, e.g. on IO); the stop goes on in the background"
                 ) from None
 
+    async def detach(self) -> None:
+        """Stop following the job and leave it running with its holder (a later server reattaches)."""
+        if self.done.is_set():
+            return
+        self._detached = True
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._link.close()
+
     async def _supervise(self) -> None:
         try:
-            await self._launched.status.closed
-            # The job's main process tree is gone; take down anything it left behind.
-            if not self._namespaces:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self._launched.pgid, signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self._cgroup.kill)
-            try:
-                await asyncio.wait_for(asyncio.gather(*self._drained.values()), _DRAIN_AFTER_EXIT_TIMEOUT)
-            except TimeoutError:
-                log.warning("output pipe held open after the job ended; closing it")
-            for stream in (Stream.STDOUT, Stream.STDERR):
-                self._close_pipe(stream)
-            stats = self._read_stats()
-            self.final_usage = _usage(stats)
-            self._decide_state(stats)
-            try:
-                await asyncio.to_thread(self._cgroup.remove)
-            except Exception as e:
-                log.warning("cgroup removal failed", extra={"error": str(e)})
+            await self._link.status.closed
+            # The exit file is the truth, whether or not the holder had time to say "end" to us.
+            facts = await asyncio.to_thread(load_exit, self._directory)
+            if facts is None:
+                await self._holder_lost()
+            st = self._link.status
+            end = ending(
+                facts,
+                self._cgroup,
+                stop_requested=self._stop_requested,
+                exit_code=st.exit_code,
+                signal_number=st.signal,
+            )
+            self.state, self.exit_code, self.signal = end.state, end.exit_code, end.signal
+            self.ended_at, self.final_usage = end.ended_at, end.usage
         finally:
-            self.ended_at = time.time()
-            if self.state is JobState.RUNNING:
-                self.state = JobState.LOST
-            self._spool.finish()
-            self._on_end(self)
-            self.done.set()
+            if not self._detached:
+                if self.ended_at is None:
+                    self.ended_at = time.time()
+                if self.state is JobState.RUNNING:
+                    self.state = JobState.LOST
+                self._spool.finish()
+                self._on_end(self)
+                self.done.set()
 
-    def _decide_state(self, stats: CgroupStats | None) -> None:
-        st = self._launched.status
-        self.exit_code, self.signal = st.exit_code, st.signal
-        oom = stats is not None and stats.oom_kills > 0 and st.signal == signal.SIGKILL
-        if self._stop_requested:
-            self.state = JobState.STOPPED
-        elif oom:
-            self.state = JobState.OOM_KILLED
-        elif st.exit_code is not None:
-            self.state = JobState.EXITED
-        elif st.signal is not None:
-            self.state = JobState.SIGNALED
-        else:
-            self.state = JobState.LOST
+    async def _holder_lost(self) -> None:
+        """The holder died before the job's end was recorded: take down what is left, count what is stored."""
+        self.signal_job(signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self._cgroup.kill)
+        try:
+            await asyncio.to_thread(self._cgroup.remove)
+        except Exception as e:
+            log.warning("cgroup removal failed", extra={"error": str(e)})
+        await asyncio.to_thread(self._spool.recover)
+
+
+def load_exit(directory: Path) -> records.ExitFacts | None:
+    """The job's exit file; None (with a warning) when it is missing or unreadable."""
+    try:
+        return records.load_exit(directory)
+    except (OSError, ValueError) as e:
+        log.warning("unreadable exit file", extra={"path": str(directory), "error": str(e)})
+        return None
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a job ended."""
+
+    state: JobState
+    exit_code: int | None
+    signal: int | None
+    ended_at: float
+    usage: Usage
+
+
+def ending(
+    facts: records.ExitFacts | None,
+    cgroup: JobCgroup,
+    *,
+    stop_requested: bool = False,
+    exit_code: int | None = None,
+    signal_number: int | None = None,
+) -> Ending:
+    """A job's final state from its holder's exit file, or from what is known without one (the exit
+    status the holder reported before it died, if any: else the job is LOST)."""
+    stats: CgroupStats | None = None
+    ended_at = time.time()
+    if facts is not None:
+        exit_code, signal_number, ended_at = facts.exit_code, facts.signal, facts.ended_at
+        stop_requested = stop_requested or facts.stop_requested
+        with contextlib.suppress(Exception):  # usage is best effort
+            stats = cgroup.stats_from(facts.stats)
+    oom = stats is not None and stats.oom_kills > 0 and signal_number == signal.SIGKILL
+    if exit_code is None and signal_number is None:
+        state = JobState.LOST
+    elif stop_requested:
+        state = JobState.STOPPED
+    elif oom:
+        state = JobState.OOM_KILLED
+    elif exit_code is not None:
+        state = JobState.EXITED
+    else:
+        state = JobState.SIGNALED
+    return Ending(state, exit_code, signal_number, ended_at, _usage(stats))
 
 
 def _usage(stats: CgroupStats | None) -> Usage:

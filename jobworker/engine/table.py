@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import logging
 import shutil
-import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,51 +108,44 @@ class JobTable:
         await asyncio.gather(*self._saves)
         await asyncio.gather(*self._deletions)
 
-    async def load(self) -> None:
-        """The past jobs in the state directory, each ended (a job running at the last stop is LOST)."""
+    async def load(self) -> list[JobRow]:
+        """The past jobs in the state directory: ended ones join the table, those whose record says
+        RUNNING are returned (the engine reattaches them, or records how they ended)."""
         jobs, self._unreadable = await asyncio.to_thread(self._scan, self._config.state_dir / "jobs")
+        running = [job for job in jobs if job.status.state is JobState.RUNNING]
         for job in jobs:
-            job.done.set()
-            self._jobs[job.status.id] = job
+            if job.status.state is not JobState.RUNNING:
+                job.done.set()
+                self._jobs[job.status.id] = job
         ended = sorted(self._jobs.values(), key=lambda j: (j.status.ended_at or 0, j.status.started_at))
         self._ended_ids.extend(j.status.id for j in ended)
         self.apply_retention()
+        return running
 
     def _scan(self, jobs_dir: Path) -> tuple[list[JobRow], list[Path]]:
         """Past jobs from their directories (in a thread); directories that cannot be read come second.
 
-        Nothing found here stops the server from starting: a broken directory is skipped with a warning,
-        and a record that cannot be rewritten (a full disk) keeps its new status in memory.
+        Nothing found here stops the server from starting: a broken directory is skipped with a warning.
         """
         jobs: list[JobRow] = []
         unreadable: list[Path] = []
         for directory in sorted(jobs_dir.iterdir()):
             try:
                 status = records.load(directory)
-                spool = OutputSpool(directory / records.SPOOL, self._config.output_cap_bytes, create=False)
+                spool = OutputSpool(directory / records.SPOOL)
             except (OSError, ValueError, TypeError, KeyError) as e:
                 log.warning(
                     "skipping unreadable job directory", extra={"path": str(directory), "error": str(e)}
                 )
                 unreadable.append(directory)
                 continue
-            spool.finish()
-            if status.truncation_reason is not None:
-                spool.mark_truncated(status.truncation_reason)
-            # The counts are what the spool holds, whatever the record last said.
-            status = dataclasses.replace(
-                status,
-                stdout_bytes=spool.stdout_bytes,
-                stderr_bytes=spool.stderr_bytes,
-                output_truncated=spool.truncated,
-                truncation_reason=spool.truncation_reason,
-            )
-            if status.state is JobState.RUNNING:
-                status = dataclasses.replace(status, state=JobState.LOST, ended_at=time.time())
-                try:
-                    records.save(directory, status)
-                except OSError as e:
-                    log.warning("cannot save job record", extra={"job_id": status.id, "error": str(e)})
+            if status.state is not JobState.RUNNING:
+                spool.restore(
+                    status.stdout_bytes,
+                    status.stderr_bytes,
+                    status.output_dropped_bytes or 0,
+                    status.truncation_reason,
+                )
             jobs.append(JobRow(status=status, directory=directory, spool=spool))
         return jobs, unreadable
 

@@ -55,6 +55,14 @@ def check_spec(spec: JobSpec) -> None:
             raise InvalidSpecError(f"environment variable {key} must not contain NUL bytes")
     if spec.cwd is not None and "\0" in spec.cwd:
         raise InvalidSpecError("cwd must not contain NUL bytes")
+    if spec.terminal is not None:
+        check_terminal_size(*spec.terminal)
+
+
+def check_terminal_size(rows: int, cols: int) -> None:
+    """A terminal's window size: what the kernel's struct winsize holds (1 to 65535 each)."""
+    if not (0 < rows <= 0xFFFF and 0 < cols <= 0xFFFF):
+        raise InvalidSpecError(f"terminal size {rows}x{cols} is out of range (rows and columns: 1 to 65535)")
 
 
 def effective_limits(requested: Limits, defaults: Limits, ceilings: Limits) -> Limits:

@@ -71,6 +71,7 @@ class JobWorkerServer:
         revocation: RevocationList | None,
         address: str,
         grace_seconds: float,
+        stop_jobs: bool = False,
         fleet: Fleet | None = None,
     ) -> None:
         self._server = server
@@ -81,6 +82,8 @@ class JobWorkerServer:
         self._revocation = revocation
         self._address = address
         self._grace = grace_seconds
+        # On shutdown: stop every job, or leave them running with their holders (live restore).
+        self._stop_jobs = stop_jobs
         self._fleet = fleet
         self._started = False
         self._closing: asyncio.Future[None] | None = None
@@ -140,7 +143,7 @@ class JobWorkerServer:
         return accepted
 
     async def shutdown(self, grace_seconds: float | None = None) -> None:
-        """Stop: health NOT_SERVING, no new calls, streams end, jobs stopped. Idempotent."""
+        """Stop: health NOT_SERVING, no new calls, streams end, jobs left running (or stopped). Idempotent."""
         if self._closing is None:
             grace = self._grace if grace_seconds is None else grace_seconds
             self._closing = asyncio.ensure_future(self._shutdown(grace))
@@ -155,7 +158,7 @@ class JobWorkerServer:
         stopping = asyncio.ensure_future(self._server.stop(grace + _STOP_MARGIN_SECONDS))
         self._service.begin_shutdown()
         try:
-            await self._manager.close(grace)
+            await self._manager.close(grace, stop_jobs=self._stop_jobs)
         finally:
             await stopping
         _log.info("stopped")
@@ -200,7 +203,7 @@ async def build_server(config: ServerConfig, *, manager: engine.JobManager | Non
         try:
             fleet = Fleet(config.fleet, config.credential_files, manager, config.listen)
         except (OSError, ValueError) as exc:
-            await manager.close(0)
+            await manager.close(0, stop_jobs=False)
             raise ServerStartError(f"fleet: {exc}") from exc
         server.add_generic_rpc_handlers((fleet.handler(service),))
     health_servicer = health.aio.HealthServicer()
@@ -215,7 +218,8 @@ async def build_server(config: ServerConfig, *, manager: engine.JobManager | Non
     else:
         reason = "the address is in use or invalid"
     if port == 0:
-        await manager.close(0)
+        # Jobs an earlier server left (reattached by open) keep running for the next attempt.
+        await manager.close(0, stop_jobs=False)
         raise ServerStartError(f"cannot listen on {config.listen}: {reason}")
     if fleet is not None and config.fleet is not None and not config.fleet.address:
         fleet.membership.address = _bound_address(config.listen, port)
@@ -228,6 +232,7 @@ async def build_server(config: ServerConfig, *, manager: engine.JobManager | Non
         revocation=revocation,
         address=_bound_address(config.listen, port),
         grace_seconds=config.grace_seconds,
+        stop_jobs=config.stop_jobs_on_shutdown,
         fleet=fleet,
     )
 

@@ -51,6 +51,8 @@ class ServerConfig:
     ca: Path
     state_dir: Path
     grace_seconds: float = _ENGINE["default_grace_seconds"]
+    # SIGTERM stops every job (the first release's behaviour) instead of leaving them to the next server.
+    stop_jobs_on_shutdown: bool = False
     max_jobs: int = _ENGINE["max_running_jobs"]
     # Ended jobs kept with their output; the oldest beyond this are deleted.
     retain_jobs: int = _ENGINE["retained_jobs"]

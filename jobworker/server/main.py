@@ -232,6 +232,14 @@ def _fleet_config(options: dict[str, Any]) -> FleetConfig | None:
     default=default("grace_seconds"),
     help="Seconds between SIGTERM and SIGKILL when stopping jobs.",
 )
+@_option(
+    "--stop-jobs-on-shutdown",
+    "STOP_JOBS_ON_SHUTDOWN",
+    is_flag=True,
+    default=False,
+    help="On SIGTERM stop every job (SIGTERM, SIGKILL after --grace). By default jobs keep running and "
+    "the next jw-server on this state dir reattaches them.",
+)
 @_option("--max-jobs", "MAX_JOBS", type=_POSITIVE, default=default("max_jobs"), help="Running jobs allowed.")
 @_option(
     "--retain-jobs",
@@ -396,6 +404,7 @@ def main(ctx: click.Context, /, **options: Any) -> None:
         connection_age_grace_seconds=options["connection_age_grace"],
         state_dir=options["state_dir"],
         grace_seconds=options["grace"],
+        stop_jobs_on_shutdown=options["stop_jobs_on_shutdown"],
         max_jobs=options["max_jobs"],
         retain_jobs=options["retain_jobs"],
         output_cap_bytes=options["output_cap"],

@@ -457,7 +457,7 @@ class JobworkerServer:
     wait_for = staticmethod(wait_for)
 
     def jw_server_pid(self) -> int:
-        """jw-server's pid inside the container (tini is PID 1 and runs it)."""
+        """jw-server's pid inside the container (jobworker.pid1 is PID 1 and runs it)."""
         result = self.exec(["ps", "-o", "pid=", "-C", "jw-server"])
         pids = result.stdout.split()
         if result.exit_code != 0 or len(pids) != 1:

@@ -3,7 +3,9 @@
 The real compose.yaml is used in place; only the published port is overridden (compose.yaml pins
 127.0.0.1:50051, which may be busy, and has no variable for it) to an ephemeral loopback port.
 The project directory is a temp dir, so `./certs` is minted there, and the project name is unique.
-Runs of this test, also from concurrent pytest sessions, take turns through a file lock.
+Runs of these tests, also from concurrent pytest sessions, take turns through a file lock.
+One test uses the image under test; the other lets compose build its own image, as a plain
+`docker compose up -d` on a fresh clone does.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ from pathlib import Path
 
 import pytest
 
-COMPOSE_FILE = Path(__file__).resolve().parents[2] / "compose.yaml"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO_ROOT / "compose.yaml"
+WHEELS_DIR = REPO_ROOT / "docker" / "wheels"
+LOCAL_BASE_IMAGE = "jobworker-base:bookworm"
+HUB_BASE_IMAGE = "python:3.11-slim-bookworm"
+BUILD_TIMEOUT = 900
 LOCK_FILE = Path(tempfile.gettempdir()) / "jobworker-e2e-compose.lock"
 LOCK_TIMEOUT = 300.0
 UP_TIMEOUT = 120
@@ -80,18 +87,20 @@ def _compose_turn() -> Iterator[None]:
 class ComposeProject:
     """`docker compose` for one project: the real compose.yaml plus the port override."""
 
-    def __init__(self, directory: Path, image: str) -> None:
+    def __init__(
+        self, directory: Path, image: str, *, override: str = "", env: dict[str, str] | None = None
+    ) -> None:
         self.directory = directory
         self.name = f"jwe2e{uuid.uuid4().hex[:12]}"
-        override = directory / "compose.e2e.yaml"
-        override.write_text(PORT_OVERRIDE)
+        override_file = directory / "compose.e2e.yaml"
+        override_file.write_text(PORT_OVERRIDE + override)
         self._base = [
             "docker",
             "compose",
             "-f",
             str(COMPOSE_FILE),
             "-f",
-            str(override),
+            str(override_file),
             "--project-directory",
             str(directory),
             "-p",
@@ -102,6 +111,7 @@ class ComposeProject:
             "JW_IMAGE": image,
             "JW_UID": str(os.getuid()),
             "JW_GID": str(os.getgid()),
+            **(env or {}),
         }
 
     def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -157,4 +167,62 @@ def test_compose_stack_comes_up_healthy_and_runs_a_job(
             figure(f"docker compose {compose_version}: up --wait healthy in {took:.1f}s")
         finally:
             down = project.run("down", "-v", "--timeout", "10", timeout=120)
+    assert down.returncode == 0, down.stderr
+
+
+def _image_exists(name: str) -> bool:
+    result = subprocess.run(["docker", "image", "inspect", name], capture_output=True, check=False)
+    return result.returncode == 0
+
+
+def test_compose_builds_its_image_from_the_hosts_wheels(
+    compose_version: str,
+    tmp_path: Path,
+    jw_cli: Callable[..., subprocess.CompletedProcess[str]],
+    figure: Callable[[str], None],
+) -> None:
+    # compose needs a base it can find: Docker Hub's where it is reachable, else the local one.
+    base = next((b for b in (LOCAL_BASE_IMAGE, HUB_BASE_IMAGE) if _image_exists(b)), None)
+    if base is None:
+        pytest.skip(f"neither {LOCAL_BASE_IMAGE} nor {HUB_BASE_IMAGE} is on this engine (make image)")
+    if not any(WHEELS_DIR.glob("*.whl")):
+        wheels = subprocess.run(
+            ["bash", str(REPO_ROOT / "docker" / "build-wheels.sh")],
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT,
+            check=False,
+        )
+        assert wheels.returncode == 0, wheels.stderr
+    tag = f"jobworker:e2e-compose-{uuid.uuid4().hex[:8]}"
+    # The project directory is a temp dir, so the context must be named. The local base has every
+    # package the image needs: there the build runs with no network at all, which proves that pip
+    # installs from the wheels alone (python:3.11-slim needs apt, so it keeps the host network).
+    build = f"""\
+    build:
+      context: {REPO_ROOT}
+"""
+    if base == LOCAL_BASE_IMAGE:
+        build += "      network: none\n"
+    project = ComposeProject(tmp_path, tag, override=build, env={"JW_BASE_IMAGE": base})
+    with _compose_turn():
+        try:
+            started = time.monotonic()
+            up = project.run("up", "-d", "--wait", "--wait-timeout", str(UP_TIMEOUT), timeout=BUILD_TIMEOUT)
+            took = time.monotonic() - started
+            assert up.returncode == 0, f"{up.stderr}\n{project.logs()}"
+            assert _image_exists(tag), "compose did not build the image it was missing"
+
+            port = project.run("port", "server", str(CONTAINER_PORT))
+            assert port.returncode == 0, port.stderr
+            address = port.stdout.strip()
+            result = jw_cli(address, tmp_path / "certs", "run", "--", "echo", "built", identity="writer")
+            assert result.returncode == 0, f"{result.stderr}\n{project.logs()}"
+            assert result.stdout == "built\n"
+            network = "no network" if base == LOCAL_BASE_IMAGE else "host network for apt"
+            figure(f"docker compose {compose_version}: built on {base} ({network}), healthy in {took:.1f}s")
+        finally:
+            down = project.run("down", "-v", "--timeout", "10", timeout=120)
+            rm = ["docker", "image", "rm", "-f", tag]
+            subprocess.run(rm, capture_output=True, timeout=120, check=False)
     assert down.returncode == 0, down.stderr

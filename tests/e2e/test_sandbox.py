@@ -16,7 +16,7 @@ ATTACKS = {
     "writer2_key": "cat /certs/writer2.key | grep -q PRIVATE",
     "state_dir": "ls /var/lib/jobworker/jobs",
     "umount_proc": "umount /proc",
-    "host_processes": "ps -e -o comm= | grep -q -E 'tini|jw-server'",
+    "host_processes": "ps -e -o args= | grep -q -E 'jobworker[.]pid1|jw-serve[r]'",
     "nsenter": "nsenter -t 1 -n -u true",
     "mount": "mount -t tmpfs none /job",
     "unshare_user": "unshare -U -r true",

@@ -27,10 +27,10 @@ def test_container_becomes_healthy(server: JobworkerServer) -> None:
         health = server.state().get("Health") or {}
 
 
-def test_tini_is_pid_1_and_runs_jw_server(server: JobworkerServer) -> None:
-    result = server.exec(["ps", "-o", "comm=", "-p", "1"])
+def test_the_supervisor_is_pid_1_and_runs_jw_server(server: JobworkerServer) -> None:
+    result = server.exec(["cat", "/proc/1/cmdline"])
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.strip() == "tini"
+    assert result.stdout.split("\0")[:5] == ["python", "-m", "jobworker.pid1", "--", "jw-server"]
     parent = server.exec(["ps", "-o", "ppid=", "-p", str(server.jw_server_pid())])
     assert parent.exit_code == 0, parent.stderr
     assert int(parent.stdout) == 1
@@ -63,6 +63,8 @@ def test_sigterm_stops_server_and_its_jobs_gracefully(
     assert state["ExitCode"] == 0, f"exit code {state['ExitCode']}:\n{extra.logs()}"
     assert took < STOP_TIMEOUT
     assert '"msg": "stopped"' in extra.logs()
+    # PID 1 forwarded the SIGTERM and exited with jw-server's status; it did not restart it.
+    assert "jw-pid1:" not in extra.logs()
 
 
 def test_ip_lists_interfaces_inside(server: JobworkerServer) -> None:

@@ -199,6 +199,8 @@ class Fleet:
             f"--node-label=zone={ZONES[node]}",
             f"--lease-ttl={LEASE_TTL}",
             "--grace=2",
+            # The teardown's SIGTERM must end the jobs too (they outlive a plain stop, with their holders).
+            "--stop-jobs-on-shutdown",
         ]
         if not ROOT:
             argv += ["--no-cgroups", "--isolation=none"]

@@ -282,9 +282,12 @@ def test_killed_node_answers_unavailable_then_comes_back(fleet: Fleet) -> None:
             a.stop(job.id, grace_seconds=0)
         fleet.start_node("c")
         fleet.wait_fleet(alive=3, via=("a", "b"))
-        # Restarted, c lists the jobs it held; they ended with it (lost), but they are back, not gone.
+        # Restarted, c reattaches the jobs its holders kept running through the outage.
         back = wait_until("c's jobs to answer again", lambda: [b.status(j) for j in on_c], 15)
         assert {job.node for job in back} == {"c"}
+        assert {job.state for job in back} == {JobState.RUNNING}
+        for job_id in on_c:
+            b.stop(job_id, grace_seconds=0)
     finally:
         a.stop(on_a, grace_seconds=0)
 

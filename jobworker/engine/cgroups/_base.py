@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,6 +63,15 @@ class JobCgroup(Protocol):
         """Read CPU time, peak memory and OOM kills."""
         ...
 
+    @property
+    def stats_files(self) -> tuple[str, ...]:
+        """The files stats() reads (the job's holder keeps their contents before removing the cgroup)."""
+        ...
+
+    def stats_from(self, contents: Mapping[str, str]) -> CgroupStats:
+        """stats() from the contents of stats_files kept earlier (path -> text; absent ones missing)."""
+        ...
+
     def remove(self) -> None:
         """Kill what is left, wait (bounded) until empty and remove the directories; idempotent."""
         ...
@@ -82,8 +91,12 @@ class CgroupDriver(Protocol):
         """Make the job's cgroup(s) with limits applied, or raise CgroupError leaving nothing."""
         ...
 
-    def cleanup_stale(self) -> int:
-        """Remove job cgroups left by an earlier server run; return how many were removed."""
+    def cleanup_stale(self, keep: Collection[str] = ()) -> int:
+        """Remove job cgroups left by an earlier server run, but those of jobs in keep (still held)."""
+        ...
+
+    def attach(self, job_id: str) -> JobCgroup:
+        """The existing cgroup of a job an earlier server run started (its holder still lives)."""
         ...
 
     def confine_devices(self, rules: Sequence[str]) -> bool:
@@ -178,7 +191,11 @@ def read_text(path: str) -> str | None:
 
 def read_int(path: str) -> int | None:
     """Read a cgroupfs file holding one integer, or None when absent or unparsable."""
-    text = read_text(path)
+    return parse_int(read_text(path))
+
+
+def parse_int(text: str | None) -> int | None:
+    """The one integer a cgroupfs file holds, or None when absent or unparsable."""
     if text is None:
         return None
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from jobworker.engine.job import Limits
 
@@ -31,6 +31,15 @@ class NullJobCgroup:
         """Nothing measured."""
         return CgroupStats(cpu_seconds=None, memory_peak_bytes=None, oom_kills=0)
 
+    @property
+    def stats_files(self) -> tuple[str, ...]:
+        """Nothing to read."""
+        return ()
+
+    def stats_from(self, contents: Mapping[str, str]) -> CgroupStats:
+        """Nothing measured."""
+        return self.stats()
+
     def remove(self) -> None:
         """Nothing to remove."""
 
@@ -54,9 +63,13 @@ class NullDriver:
             raise CgroupError(f"resource limits cannot be enforced on this host: {self.reason}")
         return NullJobCgroup()
 
-    def cleanup_stale(self) -> int:
+    def cleanup_stale(self, keep: Collection[str] = ()) -> int:
         """Nothing to clean."""
         return 0
+
+    def attach(self, job_id: str) -> NullJobCgroup:
+        """A placeholder, like every job's here."""
+        return NullJobCgroup()
 
     def confine_devices(self, rules: Sequence[str]) -> bool:
         """No cgroups, no device controller."""

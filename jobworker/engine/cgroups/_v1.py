@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from jobworker.engine.job import Limits
@@ -26,9 +26,9 @@ from ._base import (
     check_limits,
     limit_writes,
     os_error_line,
+    parse_int,
     parse_keyed,
     parse_pids,
-    read_int,
     read_text,
     require_controllers,
 )
@@ -100,24 +100,46 @@ class V1JobCgroup:
             # Frozen tasks only act on the queued SIGKILL once thawed.
             write_or_raise(self._host, state_file, "THAWED")
 
+    @property
+    def stats_files(self) -> tuple[str, ...]:
+        """The files stats() reads: cpuacct.usage, memory.max_usage_in_bytes, memory.oom_control, failcnt."""
+        wanted = (
+            ("cpuacct", "cpuacct.usage"),
+            ("memory", "memory.max_usage_in_bytes"),
+            ("memory", "memory.oom_control"),
+            ("memory", "memory.failcnt"),
+        )
+        return tuple(os.path.join(self._dirs[c], name) for c, name in wanted if c in self._dirs)
+
     def stats(self) -> CgroupStats:
-        """cpuacct.usage, memory.max_usage_in_bytes and the OOM kill counter.
+        """CPU time, peak memory and OOM kills, read now."""
+        return self.stats_from(
+            {path: text for path in self.stats_files if (text := read_text(path)) is not None}
+        )
+
+    def stats_from(self, contents: Mapping[str, str]) -> CgroupStats:
+        """cpuacct.usage, memory.max_usage_in_bytes and the OOM kill counter, from stats_files' contents.
 
         Kernels before 4.13 have no ``oom_kill`` line in memory.oom_control; there oom_kills is 1
         once the memory limit was hit (memory.failcnt > 0), which with a SIGKILL is a strong hint.
         """
-        cpu_ns = self._read_int("cpuacct", "cpuacct.usage")
+
+        def text(controller: str, name: str) -> str | None:
+            if controller not in self._dirs:
+                return None
+            return contents.get(os.path.join(self._dirs[controller], name))
+
+        cpu_ns = parse_int(text("cpuacct", "cpuacct.usage"))
         oom_kills = 0
         if "memory" in self._dirs:
-            oom_text = read_text(os.path.join(self._dirs["memory"], "memory.oom_control"))
-            oom_line = parse_keyed(oom_text or "").get("oom_kill")
+            oom_line = parse_keyed(text("memory", "memory.oom_control") or "").get("oom_kill")
             if oom_line is not None and oom_line.isdigit():
                 oom_kills = int(oom_line)
-            elif (self._read_int("memory", "memory.failcnt") or 0) > 0:
+            elif (parse_int(text("memory", "memory.failcnt")) or 0) > 0:
                 oom_kills = 1
         return CgroupStats(
             cpu_seconds=cpu_ns / 1e9 if cpu_ns is not None else None,
-            memory_peak_bytes=self._read_int("memory", "memory.max_usage_in_bytes"),
+            memory_peak_bytes=parse_int(text("memory", "memory.max_usage_in_bytes")),
             oom_kills=oom_kills,
         )
 
@@ -139,11 +161,6 @@ class V1JobCgroup:
             for pid in pids:
                 self._host.kill(pid, signal.SIGKILL)
             self._host.sleep(_POLL_INTERVAL_S)
-
-    def _read_int(self, controller: str, name: str) -> int | None:
-        if controller not in self._dirs:
-            return None
-        return read_int(os.path.join(self._dirs[controller], name))
 
 
 class V1Driver:
@@ -219,15 +236,26 @@ class V1Driver:
         jobs_dir = next((h.jobs_dir for h in self.hierarchies if "devices" in h.controllers), None)
         if jobs_dir is None:
             return False
+        current = read_text(os.path.join(jobs_dir, "devices.list"))
+        if current is not None and set(current.split("\n")) - {""} == set(rules):
+            # Already in force (jobs an earlier run left running keep it): a v1 cgroup with children
+            # refuses a change of its default ("a"), even to the same.
+            return True
         write_or_raise(self._host, os.path.join(jobs_dir, "devices.deny"), "a")
         for rule in rules:
             write_or_raise(self._host, os.path.join(jobs_dir, "devices.allow"), rule)
         return True
 
-    def cleanup_stale(self) -> int:
-        """Kill and remove every job directory under our prefix in all hierarchies."""
-        job_ids = sorted({os.path.basename(p) for d in self.jobs_dirs for p in subdirs(d)})
+    def cleanup_stale(self, keep: Collection[str] = ()) -> int:
+        """Kill and remove every job directory under our prefix in all hierarchies, except keep's jobs."""
+        job_ids = sorted({os.path.basename(p) for d in self.jobs_dirs for p in subdirs(d)} - set(keep))
         return remove_all(self._job(job_id) for job_id in job_ids)
+
+    def attach(self, job_id: str) -> V1JobCgroup:
+        """The cgroup of a job that an earlier server started (its directories as they exist)."""
+        check_job_id(job_id)
+        # Every hierarchy it may have used; those it did not (or that its holder removed) read as empty.
+        return self._job(job_id)
 
     def _job(self, job_id: str, limits: Limits | None = None) -> V1JobCgroup:
         """The job's directories: in every hierarchy (to remove), or those limits need (to create)."""

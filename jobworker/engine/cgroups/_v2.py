@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from jobworker.engine.job import Limits
 from jobworker.engine.limits import Write
@@ -20,9 +20,9 @@ from ._base import (
     check_limits,
     limit_writes,
     os_error_line,
+    parse_int,
     parse_keyed,
     parse_pids,
-    read_int,
     read_text,
     require_controllers,
 )
@@ -84,15 +84,26 @@ class V2JobCgroup:
         finally:
             write_or_raise(self._host, freeze_file, "0")
 
+    @property
+    def stats_files(self) -> tuple[str, ...]:
+        """The files stats() reads: cpu.stat, memory.peak, memory.events."""
+        return tuple(os.path.join(self.path, name) for name in ("cpu.stat", "memory.peak", "memory.events"))
+
     def stats(self) -> CgroupStats:
+        """CPU time, peak memory and OOM kills, read now."""
+        return self.stats_from(
+            {path: text for path in self.stats_files if (text := read_text(path)) is not None}
+        )
+
+    def stats_from(self, contents: Mapping[str, str]) -> CgroupStats:
         """cpu.stat usage_usec, memory.peak (kernel 5.19+) and memory.events oom_kill."""
-        cpu_text = read_text(os.path.join(self.path, "cpu.stat"))
+        cpu_text = contents.get(os.path.join(self.path, "cpu.stat"))
         usage = parse_keyed(cpu_text).get("usage_usec") if cpu_text else None
-        events_text = read_text(os.path.join(self.path, "memory.events"))
+        events_text = contents.get(os.path.join(self.path, "memory.events"))
         oom = parse_keyed(events_text).get("oom_kill", "0") if events_text else "0"
         return CgroupStats(
             cpu_seconds=int(usage) / 1e6 if usage and usage.isdigit() else None,
-            memory_peak_bytes=read_int(os.path.join(self.path, "memory.peak")),
+            memory_peak_bytes=parse_int(contents.get(os.path.join(self.path, "memory.peak"))),
             oom_kills=int(oom) if oom.isdigit() else 0,
         )
 
@@ -200,9 +211,19 @@ class V2Driver:
         strict isolation reach only the nodes of their own /dev: every other mount they see is nodev)."""
         return False
 
-    def cleanup_stale(self) -> int:
-        """Kill and remove every job cgroup under jobs_dir; return how many there were."""
-        return remove_all(V2JobCgroup(self._host, path) for path in subdirs(self.jobs_dir))
+    def cleanup_stale(self, keep: Collection[str] = ()) -> int:
+        """Kill and remove every job cgroup under jobs_dir but keep's; return how many there were."""
+        kept = set(keep)
+        return remove_all(
+            V2JobCgroup(self._host, path)
+            for path in subdirs(self.jobs_dir)
+            if os.path.basename(path) not in kept
+        )
+
+    def attach(self, job_id: str) -> V2JobCgroup:
+        """The cgroup of a job that an earlier server started."""
+        check_job_id(job_id)
+        return V2JobCgroup(self._host, os.path.join(self.jobs_dir, job_id))
 
     def _limit_writes(self, limits: Limits) -> list[Write]:
         """The writes of limits; raises for a missing controller or kernel feature."""

@@ -134,8 +134,12 @@ def jw_server_command() -> list[str]:
     return [str(script)]
 
 
-def start_server(credentials: Pki, state_dir: Path, *extra: str, cgroups: bool = False) -> ServerProcess:
+def start_server(
+    credentials: Pki, state_dir: Path, *extra: str, cgroups: bool = False, stop_jobs: bool = True
+) -> ServerProcess:
     """Start jw-server on 127.0.0.1:0 and wait for its `listening` log line.
+
+    stop_jobs: SIGTERM stops its jobs (no test leaves jobs behind for a next server unless it says so).
 
     Without cgroups unless asked; with them under a cgroup prefix of its own, so it neither clears
     the job cgroups of servers started by concurrent test runs nor has its jobs cleared by them.
@@ -163,6 +167,7 @@ def start_server(credentials: Pki, state_dir: Path, *extra: str, cgroups: bool =
             "--grace",
             "5",
             "--cgroups" if cgroups else "--no-cgroups",
+            *(["--stop-jobs-on-shutdown"] if stop_jobs else []),
             *extra,
         ],
         stdin=subprocess.DEVNULL,

@@ -6,7 +6,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 from cli_fixtures import Jw, ServerProcess, start_server
 from test_cli_process import JwProcess
 
@@ -60,12 +59,12 @@ def test_wait_on_anothers_job_is_not_found(jw: Jw) -> None:
     assert jw("wait", job_id, user="rita").exit_code == 0
 
 
-def test_wait_ends_with_unavailable_when_the_server_shuts_down(jw: Jw, tmp_path: Path) -> None:
+def test_wait_gives_up_with_a_hint_when_the_server_stays_away(jw: Jw, tmp_path: Path) -> None:
     own: ServerProcess = start_server(jw.credentials, tmp_path / "state")
     try:
         mine = Jw(jw.runner, jw.credentials, own, jw.config_home)
         job_id = mine.start("sleep", "300")
-        proc = JwProcess(mine, "wait", job_id)
+        proc = JwProcess(mine, "--timeout", "2", "wait", job_id)
         try:
             time.sleep(1)
             assert proc.process.poll() is None
@@ -75,10 +74,7 @@ def test_wait_ends_with_unavailable_when_the_server_shuts_down(jw: Jw, tmp_path:
             proc.kill()
         assert code == 3, err
         assert b"shutting down" in err
+        assert b"reconnecting for up to 2 s" in err
+        assert f"wait again with: jw wait {job_id}".encode() in err
     finally:
         own.stop()
-
-
-@pytest.mark.parametrize("args", [["wait"], ["wait", "not-a-uuid"]])
-def test_wait_usage(jw: Jw, args: list[str]) -> None:
-    assert jw(*args).exit_code == 2

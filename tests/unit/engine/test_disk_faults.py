@@ -31,9 +31,12 @@ from jobworker.engine import (
     Stream,
     StreamSelection,
     TruncationReason,
+    _spoolfile,
+    output,
     records,
 )
 from jobworker.engine.output import MAX_RECORD, OutputSpool
+from jobworker.engine.spawn import SpoolProgress
 
 IS_ROOT = os.geteuid() == 0
 # A follower that spins without awaiting blocks the event loop: only a signal gets the test out.
@@ -199,43 +202,71 @@ def file_size_limit() -> Iterator[int]:
         signal.signal(signal.SIGXFSZ, previous_handler)
 
 
+class HeldSpool:
+    """A spool file written as a job's holder writes it, and read as the server reads it."""
+
+    def __init__(self, path: Path, cap: int = 1 << 30) -> None:
+        output.create(path)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self.writer = _spoolfile.SpoolWriter(self._fd, cap)
+        self.reader = OutputSpool(path)
+
+    def append(self, stream: Stream, data: bytes) -> None:
+        w = self.writer
+        w.append(stream.value, data, time.time_ns())
+        self.reader.update(
+            SpoolProgress(w.committed, w.stdout_bytes, w.stderr_bytes, w.dropped_bytes, w.truncated)
+        )
+
+    def finish(self) -> None:
+        os.close(self._fd)
+        self.reader.finish()
+
+
+_HEAD = len(_spoolfile.MAGIC)
+_RECORD = _spoolfile.HEADER.size
+
+
 async def test_a_torn_write_is_never_committed(tmp_path: Path, file_size_limit: int) -> None:
-    spool = OutputSpool(tmp_path / "spool", 1 << 30)
+    held = HeldSpool(tmp_path / "spool")
+    spool = held.reader
     with deadline(_TEST_DEADLINE):
-        spool.append(Stream.STDOUT, b"a" * 40000)
-        spool.append(Stream.STDERR, b"b" * 40000)  # only part of this record fits
-        spool.append(Stream.STDOUT, b"c" * 10)  # dropped, counted
+        held.append(Stream.STDOUT, b"a" * 40000)
+        held.append(Stream.STDERR, b"b" * 40000)  # only part of this record fits
+        held.append(Stream.STDOUT, b"c" * 10)  # dropped, counted
         assert (spool.stdout_bytes, spool.stderr_bytes) == (40000, 0)
         assert spool.truncation_reason is TruncationReason.DISK_FULL
         assert spool.dropped_bytes == 40010
-        # The torn record was cut off; the mark (six bytes) still fitted.
-        assert (tmp_path / "spool").stat().st_size == 5 + 40000 + 6
+        # The torn record was cut off; the mark (a header and one byte) still fitted.
+        assert (tmp_path / "spool").stat().st_size == _HEAD + _RECORD + 40000 + _RECORD + 1
         live = [e async for e in spool.follow(StreamSelection.BOTH, follow=False)]
-        spool.finish()
+        held.finish()
         done = [e async for e in spool.follow(StreamSelection.BOTH)]
     assert (
         live
         == done
         == [OutputChunk(Stream.STDOUT, 0, b"a" * 40000), OutputTruncated(40000, TruncationReason.DISK_FULL)]
     )
-    reloaded = OutputSpool(tmp_path / "spool", 1 << 30, create=False)
+    reloaded = OutputSpool(tmp_path / "spool")
+    reloaded.recover()
     assert (reloaded.stdout_bytes, reloaded.truncation_reason) == (40000, TruncationReason.DISK_FULL)
 
 
 async def test_a_mark_that_does_not_fit_reaches_followers_from_memory(
     tmp_path: Path, file_size_limit: int
 ) -> None:
-    spool = OutputSpool(tmp_path / "spool", 1 << 30)
+    held = HeldSpool(tmp_path / "spool")
+    size = file_size_limit - _HEAD - _RECORD
     with deadline(_TEST_DEADLINE):
-        spool.append(Stream.STDOUT, b"a" * (file_size_limit - 5))  # fills the file exactly
-        follower = spool.follow(StreamSelection.STDOUT, 100)
+        held.append(Stream.STDOUT, b"a" * size)  # fills the file exactly
+        follower = held.reader.follow(StreamSelection.STDOUT, 100)
         first = await anext(follower)
-        spool.append(Stream.STDOUT, b"more")
+        held.append(Stream.STDOUT, b"more")
         second = await anext(follower)
-        spool.finish()
+        held.finish()
         rest = [e async for e in follower]
-    assert first == OutputChunk(Stream.STDOUT, 100, b"a" * (file_size_limit - 105))
-    assert second == OutputTruncated(file_size_limit - 5, TruncationReason.DISK_FULL)
+    assert first == OutputChunk(Stream.STDOUT, 100, b"a" * (size - 100))
+    assert second == OutputTruncated(size, TruncationReason.DISK_FULL)
     assert rest == []
     assert (tmp_path / "spool").stat().st_size == file_size_limit
 
@@ -296,6 +327,8 @@ async def test_a_full_disk_at_start_up_does_not_stop_the_server(
     # As if the server had died while the job ran: a running record, and no room to rewrite it.
     directory = records.job_dir(small_disk, status.id)
     records.save(directory, dataclasses.replace(final, state=JobState.RUNNING, ended_at=None))
+    # ... and its holder died before it could write the exit file.
+    (directory / records.EXIT).unlink()
     for reserve in directory.glob("*.reserve"):
         reserve.unlink()
     await asyncio.to_thread(fill, small_disk)
@@ -313,11 +346,12 @@ async def test_a_full_disk_at_start_up_does_not_stop_the_server(
 
 
 async def test_a_follower_that_skips_the_other_stream_lets_the_loop_run(tmp_path: Path) -> None:
-    spool = OutputSpool(tmp_path / "spool", 1 << 30)
+    held = HeldSpool(tmp_path / "spool")
+    spool = held.reader
     for _ in range(64):
-        spool.append(Stream.STDOUT, b"x" * MAX_RECORD)
-    spool.append(Stream.STDERR, b"end")
-    spool.finish()
+        held.append(Stream.STDOUT, b"x" * MAX_RECORD)
+    held.append(Stream.STDERR, b"end")
+    held.finish()
     ticks = 0
 
     async def tick() -> None:

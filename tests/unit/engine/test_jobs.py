@@ -486,14 +486,13 @@ async def test_a_request_the_fork_server_refuses_is_an_error_and_it_stays_up() -
     server = ForkServer()
     try:
         spec = LaunchSpec(argv=("true",), env={}, cwd="/")
-        r, w = os.pipe()
+        # A request that does not parse (an environment count that is no number): "0", and it stays up.
+        null = os.open("/dev/null", os.O_RDONLY)
         try:
-            # Two descriptors where three belong: the fork server answers "0" and stays up.
             with pytest.raises(OSError, match="refused the request"):
-                await server.fork(spec, ["--", "true"], (r, w))  # type: ignore[arg-type]
+                await server.fork(dataclasses.replace(spec, cwd="/\0x"), ["--", "true"], null)
         finally:
-            os.close(r)
-            os.close(w)
+            os.close(null)
         assert server.alive
     finally:
         server.close()

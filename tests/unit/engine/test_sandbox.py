@@ -427,7 +427,7 @@ async def test_the_callers_environment_never_reaches_the_root_launcher(tmp_path:
         env = {"LD_PRELOAD": "/nonexistent/evil.so", "GREETING": "hi"}
         status = await mgr.start(JobSpec("sh", ("-c", "echo $GREETING; exec sleep 30"), env=env))
         assert await first_line(mgr, status.id) == "hi"
-        launcher = mgr._table.get(status.id).supervisor._launched.pgid  # type: ignore[union-attr]
+        launcher = mgr._table.get(status.id).supervisor._link.holder_pid  # type: ignore[union-attr]
         environ = await asyncio.to_thread(Path(f"/proc/{launcher}/environ").read_bytes)
         await mgr.stop(status.id, grace_seconds=0)
     finally:

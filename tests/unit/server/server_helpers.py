@@ -111,6 +111,8 @@ def server_config(certs: Pki, state_dir: Path, **overrides: Any) -> ServerConfig
         "grace_seconds": 2.0,
         # Engines in parallel test workers would clean up each other's job cgroups.
         "cgroups": False,
+        # No test leaves jobs behind for a next server, unless it says so.
+        "stop_jobs_on_shutdown": True,
     }
     values.update(overrides)
     return ServerConfig(**values)
@@ -300,8 +302,10 @@ class ServerProcess:
                 self.lines.append(pending)
 
 
-def spawn_server(certs: Pki, state_dir: Path, *extra: str) -> ServerProcess:
-    """Run `python -m jobworker.server` on 127.0.0.1:0 and wait until it listens."""
+def spawn_server(certs: Pki, state_dir: Path, *extra: str, stop_jobs: bool = True) -> ServerProcess:
+    """Run `python -m jobworker.server` on 127.0.0.1:0 and wait until it listens.
+
+    stop_jobs: SIGTERM stops its jobs (no test leaves jobs behind for a next server unless it says so)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JW_", "GRPC_"))}
     command = [
         sys.executable, "-m", "jobworker.server",
@@ -312,6 +316,7 @@ def spawn_server(certs: Pki, state_dir: Path, *extra: str) -> ServerProcess:
         "--state-dir", str(state_dir),
         "--grace", "1",
         "--no-cgroups",
+        *(["--stop-jobs-on-shutdown"] if stop_jobs else []),
         *extra,
     ]  # fmt: skip
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
