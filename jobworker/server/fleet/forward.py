@@ -8,6 +8,8 @@ come back with their own status; an unreachable peer answers UNAVAILABLE naming 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, cast
@@ -22,6 +24,8 @@ from jobworker.server.errors import ServiceError
 from jobworker.server.fleet.membership import NodeInfo
 
 STREAM_OUTPUT = "/jobworker.v1.JobWorker/StreamOutput"
+# Messages (64 KiB each at most) a relayed stream may hold between the owner and the client.
+RELAY_DEPTH = 8
 _CONNECT_FAILURE = "failed to connect to all addresses"
 # Calls that answer at once get this long; Wait, Stop and streams have no deadline of their own.
 UNARY_TIMEOUT_SECONDS = 10.0
@@ -114,21 +118,33 @@ class Peers:
     async def stream_output(
         self, node: NodeInfo, request: pb.StreamOutputRequest, caller: Caller
     ) -> AsyncGenerator[bytes, None]:
-        """Relay a StreamOutput from `node`, one encoded message at a time.
+        """Relay a StreamOutput from `node`, encoded messages as the owner sent them.
 
-        Nothing is read from the owner before the previous message was handed to the client's stream, so a
-        slow client holds this node to HTTP/2's flow-control windows, not to the job's output.
+        Reading from the owner and writing to the client overlap, through a queue of at most RELAY_DEPTH
+        messages: a slow client holds this node to that queue plus HTTP/2's flow-control windows, never to
+        the job's output.
         """
         self.stub(node)
         call = self._relays[node.address](request, metadata=_metadata(caller))
+        queue: asyncio.Queue[bytes | ServiceError | None] = asyncio.Queue(RELAY_DEPTH)
+
+        async def pump() -> None:
+            try:
+                while (message := await call.read()) is not grpc.aio.EOF:
+                    await queue.put(cast(bytes, message))
+            except grpc.aio.AioRpcError as exc:
+                await queue.put(_error(node, exc))
+                return
+            await queue.put(None)
+
+        reader = asyncio.create_task(pump())
         try:
-            while True:
-                try:
-                    message = await call.read()
-                except grpc.aio.AioRpcError as exc:
-                    raise _error(node, exc) from None
-                if message is grpc.aio.EOF:
-                    return
-                yield cast(bytes, message)
+            while (item := await queue.get()) is not None:
+                if isinstance(item, ServiceError):
+                    raise item
+                yield item
         finally:
+            reader.cancel()
             call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
