@@ -182,6 +182,10 @@ def _fleet_config(options: dict[str, Any]) -> FleetConfig | None:
         name = pki.identity_of(cert)
     if not pki.valid_name(name):
         raise ValueError(f"node name {name!r} is not valid: 1-64 of A-Z a-z 0-9 . _ -")
+    host = options["listen"].rpartition(":")[0].strip("[]")
+    if not options["node_address"] and host in ("", "0.0.0.0", "::"):
+        # Other nodes cannot dial a wildcard: they need the address this node is reached at.
+        raise ValueError(f"--listen {options['listen']} is a wildcard: give --node-address HOST:PORT")
     return FleetConfig(
         etcd=endpoints,
         node_name=name,

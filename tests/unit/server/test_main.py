@@ -403,6 +403,7 @@ def test_fleet_flags_map_to_the_fleet_config(
         (["--node-name", "a"], "--node-name needs --etcd"),
         (["--etcd", "https://e:2379", "--node-label", "zone"], "is not KEY=VALUE"),
         (["--etcd", "https://e:2379", "--node-name", "-a"], "node name '-a' is not valid"),
+        (["--etcd", "https://e:2379", "--listen", "0.0.0.0:50051"], "give --node-address"),
     ],
 )
 def test_bad_fleet_flags_are_usage_errors(
