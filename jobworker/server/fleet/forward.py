@@ -26,7 +26,8 @@ from jobworker.server.fleet.membership import NodeInfo
 STREAM_OUTPUT = "/jobworker.v1.JobWorker/StreamOutput"
 # Messages (64 KiB each at most) a relayed stream may hold between the owner and the client.
 RELAY_DEPTH = 8
-_CONNECT_FAILURE = "failed to connect to all addresses"
+# What grpc's own channel says when it could not reach a peer at all (the request was never sent).
+_CONNECT_FAILURES = ("failed to connect to all addresses", "errors resolving", "DNS resolution failed")
 # Calls that answer at once get this long; Wait, Stop and streams have no deadline of their own.
 UNARY_TIMEOUT_SECONDS = 10.0
 
@@ -43,7 +44,7 @@ def _error(node: NodeInfo, exc: grpc.aio.AioRpcError) -> ServiceError:
     detail = (exc.details() or "").splitlines()[0][:200] if exc.details() else exc.code().name
     unreachable = f"node {node.name} ({node.address}) is unreachable"
     # grpc's own connect-failure text would read to the client as its own connection failing.
-    if _CONNECT_FAILURE in detail:
+    if any(marker in detail for marker in _CONNECT_FAILURES):
         return PeerUnreachableError(grpc.StatusCode.UNAVAILABLE, unreachable)
     if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
         return ServiceError(grpc.StatusCode.UNAVAILABLE, unreachable)
