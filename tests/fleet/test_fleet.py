@@ -310,7 +310,7 @@ def test_one_etcd_member_down_the_fleet_keeps_working(fleet: Fleet) -> None:
     assert info.fleet.etcd_reachable
 
 
-def test_etcd_down_local_jobs_served_placement_refused(fleet: Fleet) -> None:
+def test_etcd_down_local_jobs_served_placement_refused_until_it_is_back(fleet: Fleet) -> None:
     a = fleet.client("a")
     local = _sleeper(a, node="a")
     remote = _sleeper(a, node="b")
@@ -330,3 +330,10 @@ def test_etcd_down_local_jobs_served_placement_refused(fleet: Fleet) -> None:
     # b's job was looked up before and is still forwarded from the cached record.
     assert a.status(remote).node == "b"
     a.stop(remote, grace_seconds=0)
+    # etcd back (same data): every node renews or replaces its lease, and placement works again.
+    for member in fleet.etcd:
+        fleet.start_etcd(member)
+    fleet.wait_fleet(alive=3, timeout=30)
+    again = a.start(*SLEEP)
+    assert again.node in NODES
+    a.stop(again.id, grace_seconds=0)
