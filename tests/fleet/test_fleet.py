@@ -9,10 +9,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import select
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import grpc
 import pytest
@@ -54,6 +56,13 @@ def test_thirty_jobs_started_through_one_node_spread_over_all_three(fleet: Fleet
         a.stop(job.id, grace_seconds=0)
 
 
+def _line(stream: IO[bytes], limit_s: float) -> bytes:
+    """One line of a pipe, failing (not hanging) when none comes within limit_s."""
+    ready, _, _ = select.select([stream], [], [], limit_s)
+    assert ready, f"no output within {limit_s:g}s"
+    return stream.readline()
+
+
 def test_status_logs_follow_and_stop_through_a_node_that_does_not_hold_the_job(fleet: Fleet) -> None:
     a, b = fleet.client("a"), fleet.client("b")
     job = a.start(
@@ -67,11 +76,15 @@ def test_status_logs_follow_and_stop_through_a_node_that_does_not_hold_the_job(f
     cert, key = fleet.certs.pair("alice")
     env.update(JW_CERT=str(cert), JW_KEY=str(key))
     with subprocess.Popen(
-        [sys.executable, "-m", "jobworker.cli", "logs", "-f", job.id], env=env, stdout=subprocess.PIPE
+        # Unbuffered: a line read must never sit in a Python buffer that select() cannot see.
+        [sys.executable, "-m", "jobworker.cli", "logs", "-f", job.id],
+        env=env,
+        stdout=subprocess.PIPE,
+        bufsize=0,
     ) as follow:
         try:
             assert follow.stdout is not None
-            assert [follow.stdout.readline() for _ in range(3)] == [b"0\n", b"1\n", b"2\n"]
+            assert [_line(follow.stdout, 20) for _ in range(3)] == [b"0\n", b"1\n", b"2\n"]
             stopped = b.stop(job.id, grace_seconds=0)
             assert stopped.state is JobState.STOPPED
             assert stopped.node == "c"
