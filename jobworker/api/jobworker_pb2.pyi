@@ -233,6 +233,26 @@ Global___Usage: _TypeAlias = Usage  # noqa: Y015
 class JobStatus(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
@@ -251,6 +271,10 @@ class JobStatus(_message.Message):
     CWD_FIELD_NUMBER: _builtins.int
     TRUNCATION_REASON_FIELD_NUMBER: _builtins.int
     OUTPUT_DROPPED_BYTES_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    STDIN_FIELD_NUMBER: _builtins.int
+    TTY_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
     NODE_UNREACHABLE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
@@ -274,6 +298,11 @@ class JobStatus(_message.Message):
     """
     output_dropped_bytes: _builtins.int
     """Output the job wrote that was not stored (counted since the server last started)."""
+    name: _builtins.str
+    """As given at Start; empty when none."""
+    stdin: _builtins.bool
+    """Started with its stdin open (WriteInput) / on a terminal (its output is all stdout)."""
+    tty: _builtins.bool
     node: _builtins.str
     """Fleet fields are numbered from 40 on, apart from the single-host ones.
     The fleet node that holds the job; empty from a server that is not in a fleet.
@@ -292,6 +321,8 @@ class JobStatus(_message.Message):
     def limits(self) -> Global___Limits: ...
     @_builtins.property
     def usage(self) -> Global___Usage: ...
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
         self,
         *,
@@ -313,12 +344,16 @@ class JobStatus(_message.Message):
         cwd: _builtins.str = ...,
         truncation_reason: _builtins.str = ...,
         output_dropped_bytes: _builtins.int = ...,
+        name: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        stdin: _builtins.bool = ...,
+        tty: _builtins.bool = ...,
         node: _builtins.str = ...,
         node_unreachable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "ended_at", b"ended_at", "exit_code", b"exit_code", "limits", b"limits", "signal", b"signal", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "args", b"args", "command", b"command", "cwd", b"cwd", "ended_at", b"ended_at", "exit_code", b"exit_code", "id", b"id", "limits", b"limits", "node", b"node", "node_unreachable", b"node_unreachable", "output_dropped_bytes", b"output_dropped_bytes", "output_truncated", b"output_truncated", "owner", b"owner", "pid", b"pid", "signal", b"signal", "started_at", b"started_at", "state", b"state", "stderr_bytes", b"stderr_bytes", "stdout_bytes", b"stdout_bytes", "truncation_reason", b"truncation_reason", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "args", b"args", "command", b"command", "cwd", b"cwd", "ended_at", b"ended_at", "exit_code", b"exit_code", "id", b"id", "labels", b"labels", "limits", b"limits", "name", b"name", "node", b"node", "node_unreachable", b"node_unreachable", "output_dropped_bytes", b"output_dropped_bytes", "output_truncated", b"output_truncated", "owner", b"owner", "pid", b"pid", "signal", b"signal", "started_at", b"started_at", "state", b"state", "stderr_bytes", b"stderr_bytes", "stdin", b"stdin", "stdout_bytes", b"stdout_bytes", "truncation_reason", b"truncation_reason", "tty", b"tty", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -332,11 +367,108 @@ class JobStatus(_message.Message):
 Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
 
 @_typing.final
+class TerminalSize(_message.Message):
+    """A terminal's window size."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    COLS_FIELD_NUMBER: _builtins.int
+    rows: _builtins.int
+    cols: _builtins.int
+    def __init__(
+        self,
+        *,
+        rows: _builtins.int = ...,
+        cols: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cols", b"cols", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TerminalSize: _TypeAlias = TerminalSize  # noqa: Y015
+
+@_typing.final
+class WriteInputRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    EOF_FIELD_NUMBER: _builtins.int
+    RESIZE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job; read from the first message only."""
+    data: _builtins.bytes
+    eof: _builtins.bool
+    """End of input, after this message's data."""
+    @_builtins.property
+    def resize(self) -> Global___TerminalSize:
+        """The terminal's new window size (jobs started with tty)."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        eof: _builtins.bool = ...,
+        resize: Global___TerminalSize | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resize", b"resize"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "eof", b"eof", "job_id", b"job_id", "resize", b"resize"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteInputRequest: _TypeAlias = WriteInputRequest  # noqa: Y015
+
+@_typing.final
+class WriteInputResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BYTES_WRITTEN_FIELD_NUMBER: _builtins.int
+    bytes_written: _builtins.int
+    """Bytes of data the job's stdin took."""
+    def __init__(
+        self,
+        *,
+        bytes_written: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_written", b"bytes_written"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteInputResponse: _TypeAlias = WriteInputResponse  # noqa: Y015
+
+@_typing.final
 class StartRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
     class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
         KEY_FIELD_NUMBER: _builtins.int
@@ -380,12 +512,27 @@ class StartRequest(_message.Message):
     ENV_FIELD_NUMBER: _builtins.int
     CWD_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    STDIN_FIELD_NUMBER: _builtins.int
+    TTY_FIELD_NUMBER: _builtins.int
+    TTY_SIZE_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
     NODE_LABELS_FIELD_NUMBER: _builtins.int
     command: _builtins.str
     """Executable: an absolute path or a name looked up in the job's PATH."""
     cwd: _builtins.str
     """Working directory; the server's default when empty."""
+    name: _builtins.str
+    """Unique among the owner's stored jobs (ALREADY_EXISTS otherwise) until the job is deleted: 1 to 128
+    letters, digits, '_', '.', '-', starting with a letter or digit. Empty: no name.
+    """
+    stdin: _builtins.bool
+    """Keep the job's stdin open for WriteInput (otherwise it reads /dev/null)."""
+    tty: _builtins.bool
+    """Run the job on a terminal (a pty in its sandbox: stdin, stdout and stderr; implies stdin) of this
+    window size (24x80 when unset).
+    """
     node: _builtins.str
     """Fleet placement constraints (ignored by a server that is not in a fleet): run on this node only,
     and/or only on nodes carrying every one of these labels.
@@ -399,6 +546,12 @@ class StartRequest(_message.Message):
     @_builtins.property
     def limits(self) -> Global___Limits: ...
     @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Keys as Kubernetes label keys ([prefix/]name), values up to 256 characters; at most 64 labels."""
+
+    @_builtins.property
+    def tty_size(self) -> Global___TerminalSize: ...
+    @_builtins.property
     def node_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
         self,
@@ -408,12 +561,17 @@ class StartRequest(_message.Message):
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         cwd: _builtins.str = ...,
         limits: Global___Limits | None = ...,
+        name: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        stdin: _builtins.bool = ...,
+        tty: _builtins.bool = ...,
+        tty_size: Global___TerminalSize | None = ...,
         node: _builtins.str = ...,
         node_labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "tty_size", b"tty_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "cwd", b"cwd", "env", b"env", "limits", b"limits", "node", b"node", "node_labels", b"node_labels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "cwd", b"cwd", "env", b"env", "labels", b"labels", "limits", b"limits", "name", b"name", "node", b"node", "node_labels", b"node_labels", "stdin", b"stdin", "tty", b"tty", "tty_size", b"tty_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -607,19 +765,45 @@ Global___DeleteResponse: _TypeAlias = DeleteResponse  # noqa: Y015
 class PruneRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ENDED_BEFORE_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def ended_before(self) -> _timestamp_pb2.Timestamp:
         """Jobs that ended before this time; unset: now (every ended job)."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only jobs that have every one of these labels with these values."""
 
     def __init__(
         self,
         *,
         ended_before: _timestamp_pb2.Timestamp | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ended_before", b"ended_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_before", b"ended_before"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_before", b"ended_before", "labels", b"labels"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -696,23 +880,53 @@ Global___SignalResponse: _TypeAlias = SignalResponse  # noqa: Y015
 class ListRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     STATES_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     owner: _builtins.str
     """Only jobs of this owner (admins and readers); ignored for writers, who only ever see their own."""
+    name: _builtins.str
+    """Only jobs of this name (one per owner)."""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[Global___JobState.ValueType]:
         """Only jobs in these states; all when empty."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only jobs that have every one of these labels with these values."""
 
     def __init__(
         self,
         *,
         states: _abc.Iterable[Global___JobState.ValueType] | None = ...,
         owner: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "owner", b"owner", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,9 +14,25 @@ from typing import Any, TypeVar
 import click
 from click.shell_completion import CompletionItem
 
-from jobworker.cli._exit import ConnectionExit, ExitCode, JwError, exit_code_help, exit_for
+from jobworker.cli._exit import (
+    ConnectionExit,
+    ExitCode,
+    JwError,
+    PreconditionExit,
+    exit_code_help,
+    exit_for,
+)
 from jobworker.cli._follow import OutputPump
-from jobworker.cli._params import DURATION, ENV_ENTRY, NODE_LABEL, POINT_IN_TIME, POSITIVE_DURATION, LimitType
+from jobworker.cli._input import StdinSource, follow_resizes, pump_stdin, raw_terminal, terminal_size
+from jobworker.cli._params import (
+    DURATION,
+    ENV_ENTRY,
+    LABEL,
+    POINT_IN_TIME,
+    POSITIVE_DURATION,
+    LimitType,
+    label_map,
+)
 from jobworker.cli._reconnect import Reconnect
 from jobworker.cli._render import (
     job_details,
@@ -40,6 +58,7 @@ from jobworker.client import (
     StreamEnd,
     StreamEndReason,
     StreamSelection,
+    TerminalSize,
     load_config,
 )
 
@@ -56,9 +75,19 @@ $XDG_CONFIG_HOME/jw/config.toml. Sizes use binary units (k=1024, M=1024k);
 durations look like 500ms, 10s, 1m30s.
 
 \b
+A JOB argument is a job's full id, its name, or a unique prefix of its id,
+tried in that order (a name: your own job first). Only jobs you may see
+count; a reference that fits several is refused, listing them.
+
+\b
 Shell completion (bash; zsh_source and fish_source for other shells):
   eval "$(_JW_COMPLETE=bash_source jw)"
 """
+)
+
+_JOB_ARGUMENT_HELP = (
+    "JOB is a job's full id, its name (your own job first), or a unique prefix of its id, "
+    "tried in that order; only jobs you may see count."
 )
 
 # Options stop at the command: `jw run -- ls -la` and `jw run ls -la` both pass -la to ls.
@@ -136,15 +165,21 @@ def _complete_job_id(ctx: click.Context, param: click.Parameter, incomplete: str
             jobs = client.list()
     except Exception:
         return []
-    return [
+    items = [
         CompletionItem(job.id, help=f"{job.state.value}  {job.command}")
         for job in jobs
         if job.id.startswith(incomplete)
     ]
+    items += [
+        CompletionItem(job.name, help=f"{job.state.value}  {job.command}")
+        for job in jobs
+        if job.name and job.name.startswith(incomplete)
+    ]
+    return items
 
 
 def _job_id_argument(f: F) -> F:
-    return click.argument("job_id", metavar="ID", shell_complete=_complete_job_id)(f)
+    return click.argument("job_id", metavar="JOB", shell_complete=_complete_job_id)(f)
 
 
 def _json_option(f: F) -> F:
@@ -167,11 +202,41 @@ def _job_options(f: F) -> F:
             "this shell's value. Jobs never inherit the server's environment.",
         ),
         click.option("--cwd", metavar="DIR", help="Working directory of the job on the server."),
+        click.option(
+            "-i",
+            "--interactive",
+            "stdin",
+            is_flag=True,
+            help="Keep the job's stdin open: jw run copies this stdin to it (binary-safe, end of file "
+            "passed on); after jw start, jw attach does.",
+        ),
+        click.option(
+            "-t",
+            "--tty",
+            is_flag=True,
+            help="Run the job on a terminal of this terminal's size (its stdin, stdout and stderr; all its "
+            "output is stdout). With -i and a terminal here, jw run puts it in raw mode and passes resizes.",
+        ),
+        click.option(
+            "--name",
+            metavar="NAME",
+            help="Name the job, to refer to it by name: unique among your stored jobs until it is "
+            "deleted; letters, digits, '_', '.', '-', starting with a letter or digit (max 128).",
+        ),
+        click.option(
+            "--label",
+            "-l",
+            "labels",
+            type=LABEL,
+            multiple=True,
+            help="Label the job KEY=VALUE (repeatable), to select jobs by with jw list/prune -l. "
+            "Keys as Kubernetes label keys ([prefix/]name); at most 64 labels.",
+        ),
         click.option("--node", metavar="NAME", help="In a fleet: run on this node (jw nodes lists them)."),
         click.option(
             "--node-label",
             "node_labels",
-            type=NODE_LABEL,
+            type=LABEL,
             multiple=True,
             help="In a fleet: run only on a node with this label, KEY=VALUE (repeatable: all must match).",
         ),
@@ -193,6 +258,10 @@ class JobSpec:
     env: dict[str, str]
     cwd: str | None
     limits: Limits | None
+    name: str | None
+    labels: dict[str, str]
+    stdin: bool = False
+    tty: TerminalSize | None = None
     node: str | None = None
     node_labels: dict[str, str] | None = None
 
@@ -207,8 +276,12 @@ class JobSpec:
             env=dict(options["env"]),
             cwd=options["cwd"],
             limits=None if limits == Limits() else limits,
+            stdin=options["stdin"],
+            tty=terminal_size() if options["tty"] else None,
+            name=options["name"],
+            labels=label_map(options["labels"], "--label"),
             node=options["node"],
-            node_labels=dict(options["node_labels"]) or None,
+            node_labels=label_map(options["node_labels"], "--node-label") or None,
         )
 
     def start(self, client: Client) -> JobInfo:
@@ -219,6 +292,10 @@ class JobSpec:
             env=self.env,
             cwd=self.cwd,
             limits=self.limits,
+            stdin=self.stdin,
+            tty=self.tty,
+            name=self.name,
+            labels=self.labels,
             node=self.node,
             node_labels=self.node_labels,
         )
@@ -365,10 +442,39 @@ def run(ctx: click.Context, /, stop_on_interrupt: bool, **options: Any) -> None:
     """Start a job, stream its output and exit with its exit code.
 
     Output is copied byte for byte: the job's stdout to stdout, its stderr to stderr.
-    Ctrl-C detaches (the job keeps running) unless --stop-on-interrupt is given.
+    Ctrl-C detaches (the job keeps running) unless --stop-on-interrupt is given; with -it on a
+    terminal, Ctrl-C goes to the job like any key.
+
+    \b
+    Examples:  echo hello | jw run -i -- tr a-z A-Z
+               jw run -it -- bash
     """
     client = _connect(ctx)
-    job = JobSpec.from_options(options).start(client)
+    spec = JobSpec.from_options(options)
+    job = spec.start(client)
+    with _attached(client, job.id, stdin=spec.stdin, tty=spec.tty is not None):
+        _run_follow(ctx, client, job, stop_on_interrupt)
+
+
+@contextlib.contextmanager
+def _attached(client: Client, job_id: str, *, stdin: bool, tty: bool) -> Iterator[None]:
+    """While inside: our stdin goes to the job (stdin), our terminal raw and its size followed (tty)."""
+    if not stdin:
+        yield
+        return
+    source = StdinSource()
+    pump_stdin(client, job_id, source)
+    with contextlib.ExitStack() as stack:
+        if tty and sys.stdin.isatty():
+            stack.enter_context(raw_terminal(sys.stdin.fileno()))
+            stack.enter_context(follow_resizes(source))
+        try:
+            yield
+        finally:
+            source.stop()
+
+
+def _run_follow(ctx: click.Context, client: Client, job: JobInfo, stop_on_interrupt: bool) -> None:
     pump = OutputPump(job.id)
     try:
         end = _follow(ctx, client, pump, "both", follow=True, reached=True)
@@ -388,6 +494,33 @@ def run(ctx: click.Context, /, stop_on_interrupt: bool, **options: Any) -> None:
         # SIGTERM the stop delivered. The rest of its output is still printed.
         _follow(ctx, client, pump, "both", follow=True, reached=True)
         ctx.exit(ExitCode.INTERRUPTED)
+    ctx.exit(_job_exit_code(end.job or client.status(job.id)))
+
+
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
+@_job_id_argument
+@click.pass_context
+def attach(ctx: click.Context, job_id: str) -> None:
+    """Write this stdin to a running job's (started with -i or -t) and print its output from now on;
+    exit with its exit code when it ends.
+
+    On a job's terminal this terminal goes raw, as with jw run -it. Ctrl-C (without a terminal) or
+    closing this terminal detaches: the job's stdin stays open for the next jw attach; end of file
+    (Ctrl-D, the end of a pipe) closes it.
+    """
+    client = _connect(ctx)
+    job = client.status(job_id)
+    if not job.state.is_final and not job.stdin:
+        raise PreconditionExit(f"job {job.id} was not started with its stdin open (jw start -i)")
+    if job.state.is_final:
+        raise PreconditionExit(f"job {job.id} has already ended ({job.state.value})")
+    pump = OutputPump(job.id, job.stdout_bytes + job.stderr_bytes)
+    with _attached(client, job.id, stdin=True, tty=job.tty):
+        try:
+            end = _follow(ctx, client, pump, "both", follow=True, reached=True)
+        except KeyboardInterrupt:
+            click.echo(f"jw: detached; job {job.id} keeps running", err=True)
+            ctx.exit(ExitCode.INTERRUPTED)
     ctx.exit(_job_exit_code(end.job or client.status(job.id)))
 
 
@@ -427,11 +560,11 @@ def logs(
 
 def _job_ids_argument(f: F) -> F:
     return click.argument(
-        "job_ids", metavar="ID...", nargs=-1, required=True, shell_complete=_complete_job_id
+        "job_ids", metavar="JOB...", nargs=-1, required=True, shell_complete=_complete_job_id
     )(f)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @_job_ids_argument
 @click.pass_context
 def wait(ctx: click.Context, job_ids: tuple[str, ...]) -> None:
@@ -478,7 +611,7 @@ def _each(ctx: click.Context, job_ids: tuple[str, ...], act: Callable[[str], Job
         ctx.exit(failure.exit_code)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @_job_ids_argument
 @click.option(
     "--grace",
@@ -493,7 +626,7 @@ def stop(ctx: click.Context, job_ids: tuple[str, ...], grace: float | None, as_j
     _each(ctx, job_ids, lambda job_id: client.stop(job_id, grace_seconds=grace), as_json)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @_job_ids_argument
 @_json_option
 @click.pass_context
@@ -506,6 +639,17 @@ def rm(ctx: click.Context, job_ids: tuple[str, ...], as_json: bool) -> None:
     _each(ctx, job_ids, client.delete, as_json)
 
 
+def _selector_option(what: str) -> Callable[[F], F]:
+    return click.option(
+        "--label",
+        "-l",
+        "labels",
+        type=LABEL,
+        multiple=True,
+        help=f"Only {what} with label KEY=VALUE (repeatable: all must match).",
+    )
+
+
 @jw.command()
 @click.option(
     "--until",
@@ -513,11 +657,14 @@ def rm(ctx: click.Context, job_ids: tuple[str, ...], as_json: bool) -> None:
     help="Only jobs that ended before this time: RFC 3339 (2026-12-01T10:00:00Z) or a duration "
     "ago (10m, 1h30m).  [default: now]",
 )
+@_selector_option("jobs")
 @_json_option
 @click.pass_context
-def prune(ctx: click.Context, until: datetime | None, as_json: bool) -> None:
+def prune(
+    ctx: click.Context, until: datetime | None, labels: tuple[tuple[str, str], ...], as_json: bool
+) -> None:
     """Delete your ended jobs (an admin's: everyone's) and their output; print each id deleted."""
-    jobs = _connect(ctx).prune(until)
+    jobs = _connect(ctx).prune(until, labels=label_map(labels, "--label"))
     if as_json:
         _echo_json([job_json(job) for job in jobs])
     else:
@@ -525,7 +672,7 @@ def prune(ctx: click.Context, until: datetime | None, as_json: bool) -> None:
             click.echo(job.id)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @click.option(
     "-s",
     "--signal",
@@ -547,7 +694,7 @@ def kill(ctx: click.Context, signal_name: str, job_ids: tuple[str, ...], as_json
     _each(ctx, job_ids, lambda job_id: client.signal(job_id, signal_name), as_json)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @_job_id_argument
 @_json_option
 @click.pass_context
@@ -569,16 +716,31 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     help="Only jobs in this state (repeatable).",
 )
 @click.option("--owner", help="Only jobs of this owner (readers and admins).")
+@_selector_option("jobs")
+@click.option("--name", metavar="NAME", help="Only the job of this name (one per owner).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the job ids.")
 @_json_option
 @click.pass_context
 def list_jobs(
-    ctx: click.Context, states: tuple[str, ...], owner: str | None, quiet: bool, as_json: bool
+    ctx: click.Context,
+    states: tuple[str, ...],
+    owner: str | None,
+    labels: tuple[tuple[str, str], ...],
+    name: str | None,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """List jobs, newest first (alias: ps)."""
     if quiet and as_json:
         raise click.UsageError("--quiet and --json are mutually exclusive")
-    jobs = newest_first(_connect(ctx).list(states=[JobState(s) for s in states], owner=owner))
+    jobs = newest_first(
+        _connect(ctx).list(
+            states=[JobState(s) for s in states],
+            owner=owner,
+            labels=label_map(labels, "--label"),
+            name=name,
+        )
+    )
     if as_json:
         _echo_json([job_json(job) for job in jobs])
     elif quiet:

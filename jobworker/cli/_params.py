@@ -130,8 +130,8 @@ class EnvEntryType(_EnvParam):
         return name, content
 
 
-class NodeLabelType(_EnvParam):
-    """`KEY=VALUE`: a label a fleet node must carry."""
+class LabelType(_EnvParam):
+    """`KEY=VALUE` of a label or a label selector; the server checks the key and value rules."""
 
     name = "KEY=VALUE"
 
@@ -140,33 +140,43 @@ class NodeLabelType(_EnvParam):
     ) -> tuple[str, str]:
         if isinstance(value, tuple):
             return value
-        text = str(value)
-        key, sep, content = text.partition("=")
+        key, sep, content = str(value).partition("=")
         if not key or not sep:
-            self.fail(f"{text!r} is not KEY=VALUE", param, ctx)
+            self.fail(f"{str(value)[:64]!r} is not KEY=VALUE", param, ctx)
         return key, content
+
+
+def label_map(pairs: tuple[tuple[str, str], ...], param: str) -> dict[str, str]:
+    """The labels of repeated `param` options; a key given twice with two values is a usage error."""
+    labels: dict[str, str] = {}
+    for key, value in pairs:
+        if labels.get(key, value) != value:
+            raise click.UsageError(f"{param} {key} is given twice, with different values")
+        labels[key] = value
+    return labels
 
 
 SIZE = SizeType()
 DURATION = DurationType()
 POSITIVE_DURATION = DurationType(allow_zero=False)
 ENV_ENTRY = EnvEntryType()
-NODE_LABEL = NodeLabelType()
+LABEL = LabelType()
 POINT_IN_TIME = PointInTimeType()
 
 __all__ = [
     "DURATION",
     "ENV_ENTRY",
-    "NODE_LABEL",
+    "LABEL",
     "POINT_IN_TIME",
     "POSITIVE_DURATION",
     "SIZE",
     "DurationType",
     "EnvEntryType",
+    "LabelType",
     "LimitType",
-    "NodeLabelType",
     "PointInTimeType",
     "SizeType",
+    "label_map",
     "parse_duration",
     "parse_size",
 ]

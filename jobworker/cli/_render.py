@@ -123,6 +123,8 @@ def job_json(job: JobInfo) -> dict[str, Any]:
         "cwd": job.cwd,
         "truncation_reason": job.truncation_reason or None,
         "output_dropped_bytes": job.output_dropped_bytes,
+        "name": job.name or None,
+        "labels": dict(sorted(job.labels.items())),
         "node": job.node or None,
         "node_unreachable": job.node_unreachable,
     }
@@ -141,7 +143,7 @@ def job_table(jobs: Sequence[JobInfo], now: datetime) -> str:
     """The `jw list` table, in the order given (the caller sorts: newest_first)."""
     # A fleet's listing says where each job runs; a single server's stays as it was.
     fleet = any(job.node for job in jobs)
-    header: tuple[str, ...] = ("ID", "OWNER", "STATE", "EXIT", "STARTED", "DURATION", "COMMAND")
+    header: tuple[str, ...] = ("ID", "NAME", "OWNER", "STATE", "EXIT", "STARTED", "DURATION", "COMMAND")
     if fleet:
         header = ("ID", "NODE", *header[1:])
     rows = [header]
@@ -150,6 +152,7 @@ def job_table(jobs: Sequence[JobInfo], now: datetime) -> str:
         unreachable = job.node_unreachable
         row: tuple[str, ...] = (
             job.id,
+            job.name or "-",
             job.owner,
             "unknown" if unreachable else job.state.value,
             outcome(job),
@@ -199,6 +202,8 @@ def job_details(job: JobInfo, now: datetime) -> str:
             output += f", {format_size(job.output_dropped_bytes)} dropped"
     fields = [
         ("ID", job.id),
+        ("Name", job.name or "-"),
+        ("Labels", " ".join(f"{k}={v}" for k, v in sorted(job.labels.items())) or "-"),
         ("Owner", job.owner),
         ("Command", command_line(job)),
         ("State", describe_state(job)),

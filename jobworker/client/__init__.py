@@ -17,6 +17,7 @@ from jobworker.client._client import Client
 from jobworker.client._config import ClientConfig, default_config_path, load_config
 from jobworker.client._connection import DEFAULT_TIMEOUT
 from jobworker.client._errors import (
+    AlreadyExistsError,
     AuthenticationError,
     ClientError,
     ConfigError,
@@ -44,12 +45,14 @@ from jobworker.client._types import (
     StreamEnd,
     StreamEndReason,
     StreamSelection,
+    TerminalSize,
     Usage,
 )
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "LIMIT_FIELDS",
+    "AlreadyExistsError",
     "AsyncClient",
     "AuthenticationError",
     "Client",
@@ -78,6 +81,7 @@ __all__ = [
     "StreamEnd",
     "StreamEndReason",
     "StreamSelection",
+    "TerminalSize",
     "Usage",
     "default_config_path",
     "load_config",

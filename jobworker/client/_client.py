@@ -26,6 +26,7 @@ from jobworker.client._types import (
     OutputEvent,
     ServerInfo,
     StreamSelection,
+    TerminalSize,
 )
 
 
@@ -65,14 +66,33 @@ class Client:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         limits: Limits | None = None,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        stdin: bool = False,
+        tty: TerminalSize | None = None,
         node: str | None = None,
         node_labels: Mapping[str, str] | None = None,
     ) -> JobInfo:
         """Start `command` with `args`; return the new job's status.
 
-        In a fleet, `node` and `node_labels` constrain where it runs (a node name; labels it must carry).
+        `name` must be unique among our stored jobs; `labels` are KEY=VALUE pairs to select jobs by.
+        stdin keeps the job's stdin open for write_input; tty runs it on a terminal of that size (its
+        stdin, stdout and stderr; its output is all stdout). In a fleet, `node` and `node_labels` constrain
+        where it runs (a node name; labels the node must carry).
         """
-        request = _convert.start_request(command, args, env, cwd, limits, node, node_labels)
+        request = _convert.start_request(
+            command,
+            args,
+            env,
+            cwd,
+            limits,
+            name=name,
+            labels=labels,
+            stdin=stdin,
+            tty=tty,
+            node=node,
+            node_labels=node_labels,
+        )
         self._conn.check_server(self._channel)
         with self._conn.translating():
             response = self._stub.Start(request, timeout=self._conn.timeout)
@@ -119,9 +139,14 @@ class Client:
             response = self._stub.Delete(_convert.delete_request(job_id), timeout=self._conn.timeout)
         return _convert.job_from_proto(response.job)
 
-    def prune(self, ended_before: datetime | None = None) -> builtins.list[JobInfo]:
-        """Delete our ended jobs (an admin's: everyone's) that ended before `ended_before` (None: now)."""
-        request = _convert.prune_request(ended_before)
+    def prune(
+        self, ended_before: datetime | None = None, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[JobInfo]:
+        """Delete our ended jobs (an admin's: everyone's) that ended before `ended_before` (None: now).
+
+        With `labels`, only jobs that have all of them.
+        """
+        request = _convert.prune_request(ended_before, labels)
         self._conn.check_server(self._channel)
         with self._conn.translating():
             response = self._stub.Prune(request, timeout=self._conn.timeout)
@@ -134,6 +159,17 @@ class Client:
         with self._conn.translating():
             response = self._stub.Signal(request, timeout=self._conn.timeout)
         return _convert.job_from_proto(response.job)
+
+    def write_input(self, job_id: str, source: Iterable[bytes | TerminalSize], *, eof: bool = True) -> int:
+        """Write `source` to a running job's stdin (bytes as they are, a TerminalSize as a resize of its
+        terminal) and, when it is used up and `eof`, end the input. Returns the bytes the job's stdin took.
+
+        Blocks as long as `source` does; a job that reads slowly slows it down. One writer at a time:
+        FailedPreconditionError when another one writes, or the job has no open stdin."""
+        self._conn.check_server(self._channel)
+        with self._conn.translating():
+            response = self._stub.WriteInput(_convert.input_requests(job_id, source, eof))
+        return response.bytes_written
 
     def wait(self, job_id: str, max_wait: float | None = None) -> JobInfo:
         """Block until the job has ended and return its final status.
@@ -152,9 +188,16 @@ class Client:
                 raise self._conn.error(exc) from exc
             return _convert.job_from_proto(response.job)
 
-    def list(self, states: Iterable[JobState] = (), owner: str | None = None) -> builtins.list[JobInfo]:
-        """Return the jobs visible to us, optionally only those in `states` or of `owner`."""
-        request = _convert.list_request(states, owner)
+    def list(
+        self,
+        states: Iterable[JobState] = (),
+        owner: str | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> builtins.list[JobInfo]:
+        """The jobs visible to us; optionally only in `states`, of `owner`, with all `labels`, of `name`."""
+        request = _convert.list_request(states, owner, labels, name)
         self._conn.check_server(self._channel)
         with self._conn.translating():
             response = self._stub.List(request, timeout=self._conn.timeout)

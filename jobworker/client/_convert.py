@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from jobworker.client._types import (
     StreamEnd,
     StreamEndReason,
     StreamSelection,
+    TerminalSize,
     Usage,
 )
 
@@ -108,6 +109,10 @@ def job_from_proto(message: pb.JobStatus) -> JobInfo:
         cwd=message.cwd,
         truncation_reason=message.truncation_reason,
         output_dropped_bytes=message.output_dropped_bytes,
+        stdin=message.stdin,
+        tty=message.tty,
+        name=message.name,
+        labels=dict(message.labels),
         node=message.node,
         node_unreachable=message.node_unreachable,
     )
@@ -208,21 +213,66 @@ def start_request(
     env: Mapping[str, str] | None,
     cwd: str | None,
     limits: Limits | None,
+    name: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    stdin: bool = False,
+    tty: TerminalSize | None = None,
     node: str | None = None,
     node_labels: Mapping[str, str] | None = None,
 ) -> pb.StartRequest:
-    """Build a StartRequest (node and node_labels: fleet placement constraints)."""
+    """Build a StartRequest; the server checks the name and labels (node, node_labels: fleet placement)."""
     request = pb.StartRequest(
         command=command,
         args=list(args),
         env=dict(env or {}),
         cwd=cwd or "",
+        name=name or "",
+        labels=dict(labels or {}),
+        stdin=stdin,
+        tty=tty is not None,
         node=node or "",
         node_labels=dict(node_labels or {}),
     )
     if limits is not None:
         request.limits.CopyFrom(limits_to_proto(limits))
+    if tty is not None:
+        request.tty_size.CopyFrom(pb.TerminalSize(rows=tty.rows, cols=tty.cols))
     return request
+
+
+# Data of one WriteInput message at most (the server's holder takes frames of this size).
+INPUT_CHUNK = 64 * 1024
+
+
+def input_requests(
+    job_id: str, source: Iterable[bytes | TerminalSize], eof: bool
+) -> Iterator[pb.WriteInputRequest]:
+    """The WriteInput messages of `source`: the first names the job; eof (if asked) after the source ends."""
+    yield pb.WriteInputRequest(job_id=job_id)
+    for item in source:
+        yield from _input_messages(item)
+    if eof:
+        yield pb.WriteInputRequest(eof=True)
+
+
+async def input_requests_async(
+    job_id: str, source: AsyncIterable[bytes | TerminalSize], eof: bool
+) -> AsyncIterator[pb.WriteInputRequest]:
+    """input_requests for an async source."""
+    yield pb.WriteInputRequest(job_id=job_id)
+    async for item in source:
+        for message in _input_messages(item):
+            yield message
+    if eof:
+        yield pb.WriteInputRequest(eof=True)
+
+
+def _input_messages(item: bytes | TerminalSize) -> Iterator[pb.WriteInputRequest]:
+    if isinstance(item, TerminalSize):
+        yield pb.WriteInputRequest(resize=pb.TerminalSize(rows=item.rows, cols=item.cols))
+        return
+    for start in range(0, len(item), INPUT_CHUNK):
+        yield pb.WriteInputRequest(data=item[start : start + INPUT_CHUNK])
 
 
 def status_request(job_id: str) -> pb.GetStatusRequest:
@@ -240,9 +290,9 @@ def delete_request(job_id: str) -> pb.DeleteRequest:
     return pb.DeleteRequest(job_id=job_id)
 
 
-def prune_request(ended_before: datetime | None) -> pb.PruneRequest:
+def prune_request(ended_before: datetime | None, labels: Mapping[str, str] | None = None) -> pb.PruneRequest:
     """Build a PruneRequest; None prunes every ended job (the server's now)."""
-    request = pb.PruneRequest()
+    request = pb.PruneRequest(labels=dict(labels or {}))
     if ended_before is not None:
         if ended_before.tzinfo is None:
             raise ValueError("ended_before must be timezone-aware")
@@ -263,14 +313,19 @@ def stop_request(job_id: str, grace_seconds: float | None) -> pb.StopRequest:
     return request
 
 
-def list_request(states: Iterable[JobState], owner: str | None) -> pb.ListRequest:
+def list_request(
+    states: Iterable[JobState],
+    owner: str | None,
+    labels: Mapping[str, str] | None = None,
+    name: str | None = None,
+) -> pb.ListRequest:
     """Build a ListRequest."""
     values: list[pb.JobState.ValueType] = []
     for state in states:
         if state not in _STATE_TO_PB:
             raise ValueError(f"cannot filter on job state {state.value!r}")
         values.append(_STATE_TO_PB[state])
-    return pb.ListRequest(states=values, owner=owner or "")
+    return pb.ListRequest(states=values, owner=owner or "", labels=dict(labels or {}), name=name or "")
 
 
 def stream_request(

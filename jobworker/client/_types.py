@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeAlias
@@ -95,6 +96,12 @@ class JobInfo:
     # Why output stopped being stored ("output cap reached", "state disk full", ...); "" if it was not.
     truncation_reason: str = ""
     output_dropped_bytes: int = 0
+    # Started with its stdin open (write_input) / on a terminal.
+    stdin: bool = False
+    tty: bool = False
+    # "" when the job has no name (or the server predates names).
+    name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
     # The fleet node holding the job ("" from a server not in a fleet); node_unreachable: that node's lease
     # expired, so only what Start recorded is known and state is UNKNOWN until the node is back.
     node: str = ""
@@ -218,3 +225,11 @@ class StreamEnd:
 
 
 OutputEvent: TypeAlias = OutputChunk | OutputTruncated | StreamEnd
+
+
+@dataclass(frozen=True)
+class TerminalSize:
+    """A terminal's window size: for a job started on a terminal, and a resize in write_input."""
+
+    rows: int
+    cols: int

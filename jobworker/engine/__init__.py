@@ -4,6 +4,7 @@ No gRPC and no CLI code lives here; the server adapts this surface to the wire.
 """
 
 from jobworker.engine.errors import (
+    AmbiguousJobError,
     CapacityError,
     EngineClosedError,
     InputUnavailableError,
@@ -14,6 +15,7 @@ from jobworker.engine.errors import (
     JobRunningError,
     JobStuckError,
     LimitsUnsupportedError,
+    NameInUseError,
     QuotaError,
     StartError,
     StorageFullError,
@@ -51,6 +53,7 @@ __all__ = [
     "DEFAULT_UID_RANGE",
     "LIMIT_KINDS",
     "SIGNALS",
+    "AmbiguousJobError",
     "CapacityError",
     "EngineClosedError",
     "EngineConfig",
@@ -72,6 +75,7 @@ __all__ = [
     "LimitKind",
     "Limits",
     "LimitsUnsupportedError",
+    "NameInUseError",
     "OutputChunk",
     "OutputEvent",
     "OutputTruncated",

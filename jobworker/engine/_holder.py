@@ -244,11 +244,16 @@ class Holder:
                     self._on_end(wait_status, namespaces=namespaces)
                     drain_deadline = time.monotonic() + DRAIN_AFTER_EXIT_S
             self._progress()
+            self._update_interest()
         for fd in self._streams:
             os.close(fd)
         return self._finish()
 
     def _dispatch(self, fd: int, events: int) -> None:
+        if fd == self._input_fd and fd not in self._streams:
+            # The stdin pipe: room for input, or its reader gone (then the write fails and drops it).
+            self._feed()
+            return
         if fd == self._input_fd and events & select.POLLOUT:
             self._feed()
             if not events & _IN:
@@ -455,24 +460,31 @@ class Holder:
     def _on_input(self) -> None:
         """Take input frames, one frame's data at a time: nothing more is read until it reached the job."""
         assert self._input is not None
+        if self._pending:
+            return
         try:
             data = self._input.recv(MAX_INPUT_FRAME + INPUT_FRAME.size - len(self._input_buffer))
         except BlockingIOError:
             return
         except OSError:
             data = b""
-        if not data:
+        self._input_buffer += data
+        self._next_frame()
+        if not data and self._input is not None:
             # Gone without the end-of-input frame: a writer that detached; stdin stays open for the next.
             self._drop_input()
-            return
-        self._input_buffer += data
-        if len(self._input_buffer) < INPUT_FRAME.size:
+
+    def _next_frame(self) -> None:
+        """Move the next whole buffered frame to pending (and feed it), or note the end of input."""
+        if self._pending or len(self._input_buffer) < INPUT_FRAME.size:
             return
         (length,) = INPUT_FRAME.unpack_from(self._input_buffer)
         if length > MAX_INPUT_FRAME:
+            self._input_buffer = b""
             self._drop_input()
             return
         if length == 0:
+            self._input_buffer = b""
             self._input_ended = True
             self._drop_input()
         elif len(self._input_buffer) < INPUT_FRAME.size + length:
@@ -480,8 +492,6 @@ class Holder:
         else:
             self._pending = self._input_buffer[INPUT_FRAME.size : INPUT_FRAME.size + length]
             self._input_buffer = self._input_buffer[INPUT_FRAME.size + length :]
-            # Until it is written: wait for room in the job's stdin instead of reading more.
-            self._poller.modify(self._input.fileno(), 0)
         self._feed()
 
     def _feed(self) -> None:
@@ -493,28 +503,15 @@ class Holder:
             try:
                 written = os.write(target, self._pending)
             except BlockingIOError:
-                break
+                return
             except OSError:
                 # The job closed its stdin (EPIPE) or its terminal went away: what it does not read is lost.
                 self._pending = b""
                 break
             self._pending = self._pending[written:]
-        waiting = bool(self._pending)
-        if target >= 0 and not self.tty:
-            if waiting:
-                self._poller.register(target, _OUT)
-            else:
-                try:
-                    self._poller.unregister(target)
-                except KeyError:
-                    pass
-        elif target >= 0:
-            self._poller.modify(target, _IN | _OUT if waiting else _IN)
-        if waiting:
-            return
-        if self._input is not None:
-            self._poller.modify(self._input.fileno(), _IN)
-        if self._input_ended and not self._input_closed:
+        if self._input_buffer:
+            self._next_frame()
+        elif self._input_ended and not self._input_closed:
             self._input_closed = True
             if self.tty and target >= 0:
                 try:
@@ -524,6 +521,24 @@ class Holder:
             elif target >= 0:
                 os.close(target)
                 self._input_fd = -1
+
+    def _update_interest(self) -> None:
+        """Before each poll: read input only while nothing waits for the job, wait for room while it does."""
+        pending = bool(self._pending)
+        if self._input is not None:
+            self._poller.modify(self._input.fileno(), 0 if pending else _IN)
+        target = self._input_fd
+        if target < 0:
+            return
+        if target in self._streams:  # a terminal's master: always read, and write when there is input
+            self._poller.modify(target, _IN | _OUT if pending else _IN)
+        elif pending:
+            self._poller.register(target, _OUT)
+        else:
+            try:
+                self._poller.unregister(target)
+            except KeyError:
+                pass
 
     def _out_line(self) -> str:
         w = self.writer

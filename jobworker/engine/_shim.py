@@ -452,9 +452,10 @@ def launch(ctl_fd: int, cwd: str, env: list[str], args: list[str]) -> int:
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.setsid()
-        # The holder outlives the server: nothing of the server's stdio may reach it.
+        # The holder outlives the server: nothing of the server's stdio may reach it (a pipe the server
+        # logs into would stay open as long as any job runs).
         null = os.open("/dev/null", os.O_RDWR)
-        for fd in (0, 1):
+        for fd in (0, 1, 2):
             os.dup2(null, fd)
         if null > 2:
             os.close(null)

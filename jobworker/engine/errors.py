@@ -3,7 +3,9 @@
 JobError
 ├── InvalidSpecError        bad input: empty command, NUL bytes, negative limits, over a ceiling
 ├── StartError              the command could not be started (not found, not executable, bad cwd)
-├── JobNotFoundError        no job with that id
+├── JobNotFoundError        no job with that id (or prefix, or name) that the caller may see
+├── AmbiguousJobError       a name or id prefix that fits several jobs the caller may see
+├── NameInUseError          the owner already has a stored job of that name
 ├── JobNotRunningError      the operation needs a running job (stop of a finished job)
 ├── InputUnavailableError   the job's stdin cannot be written now (not open, closed, another writer)
 ├── CapacityError           the server's job limit is reached
@@ -35,6 +37,14 @@ class JobNotFoundError(JobError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"job {job_id} not found")
         self.job_id = job_id
+
+
+class AmbiguousJobError(JobError):
+    """A job reference (an id prefix, or a name an admin sees in several owners' jobs) fits several jobs."""
+
+
+class NameInUseError(JobError):
+    """The owner already has a stored job of that name (ended jobs too, until they are deleted)."""
 
 
 class JobNotRunningError(JobError):

@@ -100,6 +100,9 @@ class JobSpec:
     # A terminal of (rows, columns) for the job: its stdin, stdout and stderr are one pty (output is all
     # stdout); implies stdin.
     terminal: tuple[int, int] | None = None
+    # Unique among the owner's stored jobs; "" for none (validation.check_name has the rule).
+    name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,8 @@ class JobStatus:
     # Started with its stdin open / on a terminal.
     stdin: bool = False
     tty: bool = False
+    name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

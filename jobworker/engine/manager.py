@@ -15,7 +15,7 @@ import shutil
 import signal
 import time
 import uuid
-from collections.abc import AsyncGenerator, Collection
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -328,6 +328,7 @@ class JobManager:
         strict = self._sandbox is not None
         env = validation.job_environment(spec.env, home=JOB_WORKDIR if strict else None)
         cwd = validation.check_cwd(spec.cwd or cfg.default_cwd or (JOB_WORKDIR if strict else "/"))
+        self._table.check_name(spec.owner, spec.name)
         # Last of the checks, so a Start that fails them never makes room by deleting old output.
         self._table.check_quota(spec.owner)
 
@@ -339,7 +340,7 @@ class JobManager:
             _raise_capacity(e)
             raise
         uid: int | None = None
-        with self._table.launching(job_id, spec.owner):
+        with self._table.launching(job_id, spec.owner, spec.name):
             try:
                 if self._sandbox is not None:
                     uid, gid = self._sandbox.acquire_uid()
@@ -459,19 +460,24 @@ class JobManager:
         """What `owner` holds now: running jobs, stored output bytes, ended jobs kept."""
         return self._table.usage_of(owner)
 
-    def owner(self, job_id: str) -> str:
-        """Who started the job (cheap: no usage is read, unlike status())."""
-        return self._table.get(job_id).status.owner
+    def resolve(self, ref: str, caller: str, may_see: Callable[[str], bool]) -> str:
+        """The id of the job `ref` (id, name or unique id prefix) names among those `may_see` allows."""
+        return self._table.resolve(ref, caller, may_see)
 
     def status(self, job_id: str) -> JobStatus:
         """A snapshot of one job (usage and output counters are live while it runs)."""
         return self._table.snapshot(self._table.get(job_id))
 
     def list(
-        self, *, states: Collection[JobState] | None = None, owner: str | None = None
+        self,
+        *,
+        states: Collection[JobState] | None = None,
+        owner: str | None = None,
+        name: str = "",
+        labels: Mapping[str, str] | None = None,
     ) -> list[JobStatus]:
-        """Jobs in start order, optionally only those in states and of owner."""
-        return self._table.statuses(states=states, owner=owner)
+        """Jobs in start order, optionally only those in states, of owner, called name, with all labels."""
+        return self._table.statuses(states=states, owner=owner, name=name, labels=labels)
 
     async def wait(self, job_id: str) -> JobStatus:
         """Return the final status once the job has ended."""
@@ -501,9 +507,11 @@ class JobManager:
         log.info("job deleted", extra={"job_id": job_id})
         return status
 
-    def prune(self, ended_before: float, owner: str | None = None) -> builtins.list[JobStatus]:
-        """Delete the ended jobs (of `owner`, or every owner's) that ended before `ended_before`."""
-        return [self.delete(job_id) for job_id in self._table.ended_before(ended_before, owner)]
+    def prune(
+        self, ended_before: float, owner: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[JobStatus]:
+        """Delete ended jobs (of `owner` or everyone, with all `labels`) that ended before `ended_before`."""
+        return [self.delete(job_id) for job_id in self._table.ended_before(ended_before, owner, labels)]
 
     async def open_input(self, job_id: str) -> JobInput:
         """A writer to a running job's stdin (one at a time); InputUnavailableError when there can be none."""
@@ -663,6 +671,8 @@ def _starting_status(job_id: str, spec: JobSpec, cwd: str, limits: Limits) -> Jo
         limits=limits,
         stdin=spec.stdin or spec.terminal is not None,
         tty=spec.terminal is not None,
+        name=spec.name,
+        labels=dict(spec.labels),
     )
 
 

@@ -298,8 +298,10 @@ class HolderLink:
                 command += ["--cwd", spec.cwd, *_setenv_args(spec.env), *shim_args]
                 process = subprocess.Popen(  # noqa: ASYNC220
                     command,
+                    # The holder outlives the server: none of the server's stdio may stay open in it.
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                     pass_fds=(theirs.fileno(),),
                     # The shim runs as root: the caller's variables (LD_PRELOAD, ...) go to the command only.
                     env={},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Mapping
 from typing import Any
@@ -31,6 +32,68 @@ SIGNALS: frozenset[signal.Signals] = frozenset(
 )
 
 
+# Job names, as docker's container names: a letter or digit, then letters, digits, '_', '.', '-'. A name
+# shaped like a job id is refused: a reference to it would always find the job with that id first.
+NAME_RULE = (
+    "1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit, not shaped like a job id"
+)
+_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
+_JOB_ID_SHAPE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+# Label keys, as Kubernetes label keys: an optional DNS-subdomain prefix and '/', then a name segment.
+LABEL_KEY_RULE = (
+    "an optional DNS subdomain prefix (lower case, at most 253 characters) and '/', then 1 to 63 "
+    "letters, digits, '-', '_' or '.', beginning and ending with a letter or digit"
+)
+_LABEL_PREFIX = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_LABEL_NAME = re.compile(r"[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?")
+MAX_LABEL_PREFIX = 253
+MAX_LABEL_NAME = 63
+# Values are free text (docker's are), bounded, on one line so listings stay readable.
+MAX_LABEL_VALUE = 256
+MAX_LABELS = 64
+
+
+def _shown(text: str, limit: int = 48) -> str:
+    """`text` fit for a one-line error message: bounded, control characters escaped."""
+    cut = text if len(text) <= limit else text[:limit] + "..."
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in cut)
+
+
+def check_name(name: str) -> None:
+    """Refuse a job name outside NAME_RULE ("" means no name and is allowed)."""
+    if name and (not _NAME.fullmatch(name) or _JOB_ID_SHAPE.fullmatch(name)):
+        raise InvalidSpecError(f"invalid job name '{_shown(name)}': a name is {NAME_RULE}")
+
+
+def check_labels(labels: Mapping[str, str], what: str = "label") -> None:
+    """Refuse label keys outside LABEL_KEY_RULE, values over MAX_LABEL_VALUE or with control characters."""
+    if len(labels) > MAX_LABELS:
+        raise InvalidSpecError(f"{len(labels)} {what}s, at most {MAX_LABELS} allowed")
+    for key, value in labels.items():
+        prefix, slash, segment = key.rpartition("/")
+        if not (
+            _LABEL_NAME.fullmatch(segment)
+            and len(segment) <= MAX_LABEL_NAME
+            and (not slash or (_LABEL_PREFIX.fullmatch(prefix) and len(prefix) <= MAX_LABEL_PREFIX))
+        ):
+            raise InvalidSpecError(f"invalid {what} key '{_shown(key)}': a key is {LABEL_KEY_RULE}")
+        if len(value) > MAX_LABEL_VALUE:
+            raise InvalidSpecError(
+                f"{what} {_shown(key)}: the value is longer than {MAX_LABEL_VALUE} characters"
+            )
+        if not value.isprintable():
+            raise InvalidSpecError(f"{what} {_shown(key)}: the value must not contain control characters")
+
+
+def check_job_ref(ref: str) -> None:
+    """Refuse what can be neither a job id, an id prefix nor a name (ids and prefixes fit the name rule)."""
+    if not ref:
+        raise InvalidSpecError("no job given: name a job by its id, a unique id prefix or its name")
+    if not _NAME.fullmatch(ref):
+        raise InvalidSpecError(f"'{_shown(ref)}' is neither a job id, an id prefix nor a job name")
+
+
 def check_signal(number: int) -> signal.Signals:
     """The signal `number` names if a job may be sent it; InvalidSpecError naming the allowed ones."""
     if number not in {int(s) for s in SIGNALS}:
@@ -57,6 +120,8 @@ def check_spec(spec: JobSpec) -> None:
         raise InvalidSpecError("cwd must not contain NUL bytes")
     if spec.terminal is not None:
         check_terminal_size(*spec.terminal)
+    check_name(spec.name)
+    check_labels(spec.labels)
 
 
 def check_terminal_size(rows: int, cols: int) -> None:

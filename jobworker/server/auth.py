@@ -60,6 +60,7 @@ ACCESS: Mapping[str, Mapping[pki.Role, Scope]] = {
     "/jobworker.v1.JobWorker/Delete": _WRITE,
     "/jobworker.v1.JobWorker/Prune": _WRITE,
     "/jobworker.v1.JobWorker/Signal": _WRITE,
+    "/jobworker.v1.JobWorker/WriteInput": _WRITE,
     # Fleet facts, like server facts.
     "/jobworker.v1.JobWorker/ListNodes": _ANY_ROLE,
 }

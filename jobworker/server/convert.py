@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -25,8 +24,6 @@ MAX_GRACE_SECONDS = 3600.0
 MAX_CHUNK_BYTES = 64 * 1024
 """Largest `OutputChunk.data` the server sends; longer engine chunks are split."""
 
-_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
-
 _STATES_TO_PROTO: dict[engine.JobState, pb.JobState.ValueType] = {
     engine.JobState.RUNNING: pb.JOB_STATE_RUNNING,
     engine.JobState.EXITED: pb.JOB_STATE_EXITED,
@@ -47,15 +44,6 @@ _STREAMS: dict[engine.Stream, pb.OutputStream.ValueType] = {
     engine.Stream.STDOUT: pb.OUTPUT_STREAM_STDOUT,
     engine.Stream.STDERR: pb.OUTPUT_STREAM_STDERR,
 }
-
-
-def job_id(value: str) -> str:
-    """Return the canonical (lower-case) job id, or raise INVALID_ARGUMENT unless it is a UUID4."""
-    canonical = value.lower()
-    if not _UUID4.fullmatch(canonical):
-        shown = value if len(value) <= 40 else value[:40] + "..."
-        raise invalid_argument(f"job id {shown!r} is not a UUID4")
-    return canonical
 
 
 def _utf8_len(text: str) -> int:
@@ -97,7 +85,22 @@ def spec_from_request(request: pb.StartRequest, owner: str) -> engine.JobSpec:
         cwd=request.cwd or None,
         limits=limits_from_proto(request.limits),
         owner=owner,
+        stdin=request.stdin,
+        terminal=terminal_size(request.tty_size) if request.tty else None,
+        name=request.name,
+        labels=dict(request.labels),
     )
+
+
+# What a terminal is when the client sends no size (as a terminal emulator starts).
+DEFAULT_TERMINAL = (24, 80)
+
+
+def terminal_size(size: pb.TerminalSize) -> tuple[int, int]:
+    """(rows, cols) of a TerminalSize; unset means the default, the engine checks the range."""
+    if size.rows == 0 and size.cols == 0:
+        return DEFAULT_TERMINAL
+    return size.rows, size.cols
 
 
 def grace_seconds(request: pb.StopRequest) -> float | None:
@@ -218,6 +221,10 @@ def status_to_proto(status: engine.JobStatus) -> pb.JobStatus:
         cwd=status.cwd,
         truncation_reason=status.truncation_reason.value if status.truncation_reason else "",
         output_dropped_bytes=status.output_dropped_bytes,
+        stdin=status.stdin,
+        tty=status.tty,
+        name=status.name,
+        labels=dict(status.labels),
     )
     if status.ended_at is not None:
         message.ended_at.CopyFrom(_timestamp(status.ended_at))

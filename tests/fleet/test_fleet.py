@@ -218,7 +218,7 @@ def test_jw_nodes_info_and_list_show_the_fleet(fleet: Fleet) -> None:
         info = _jw(fleet, "b", "rita", "info")
         assert f"node b at {fleet.address('b')} (labels zone=west); 3 of 3 nodes alive" in info.stdout
         listed = _jw(fleet, "b", "alice", "list")
-        assert listed.stdout.splitlines()[0].split()[:3] == ["ID", "NODE", "OWNER"]
+        assert listed.stdout.splitlines()[0].split()[:4] == ["ID", "NODE", "NAME", "OWNER"]
         assert any(line.split()[:2] == [job.id, "c"] for line in listed.stdout.splitlines())
     finally:
         fleet.client("a").stop(job.id, grace_seconds=0)

@@ -43,7 +43,7 @@ def _load_of(manager: engine.JobManager) -> Load:
 
 def _holds(manager: engine.JobManager, job_id: str) -> bool:
     try:
-        manager.owner(job_id)
+        manager.status(job_id)
     except engine.JobNotFoundError:
         return False
     return True

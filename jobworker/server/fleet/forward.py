@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -113,6 +113,15 @@ class Peers:
         call = getattr(self.stub(node), method)
         try:
             return await call(request, metadata=_metadata(caller), timeout=deadline)
+        except grpc.aio.AioRpcError as exc:
+            raise _error(node, exc) from None
+
+    async def write_input(
+        self, node: NodeInfo, requests: AsyncIterator[pb.WriteInputRequest], caller: Caller
+    ) -> Any:
+        """Relay a WriteInput to `node`: the caller's messages pass on as they come, under flow control."""
+        try:
+            return await self.stub(node).WriteInput(requests, metadata=_metadata(caller))
         except grpc.aio.AioRpcError as exc:
             raise _error(node, exc) from None
 

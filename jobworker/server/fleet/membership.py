@@ -81,6 +81,8 @@ class JobRecord:
     command: str
     args: tuple[str, ...]
     started_at: float
+    name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 def _decode(raw: bytes) -> dict[str, Any] | None:
@@ -382,6 +384,8 @@ def _job_record(raw: bytes) -> JobRecord | None:
             command=str(value["command"]),
             args=tuple(str(a) for a in value["args"]),
             started_at=float(value["started_at"]),
+            name=str(value.get("name", "")),
+            labels=_labels(value),
         )
     except (KeyError, TypeError, ValueError):
         return None

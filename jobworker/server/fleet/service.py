@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import Any, cast
 
@@ -28,6 +29,7 @@ from jobworker.server.fleet.placement import Placer, Request
 from jobworker.server.service import Context, JobWorkerService
 
 _Messages = AsyncGenerator[pb.StreamOutputResponse, None]
+_FULL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 # How long a List or Prune waits for each other node before showing its jobs as on an unreachable node.
 _FAN_OUT_TIMEOUT_SECONDS = 5.0
@@ -58,23 +60,25 @@ class FleetService:
         for job in jobs:
             job.node = self.name
 
-    def _held_here(self, job_id: str) -> bool:
-        try:
-            self._manager.owner(job_id)
-        except engine.JobNotFoundError:
-            return False
-        return True
+    async def _owner(self, ref: str) -> NodeInfo | None:
+        """The other node that holds the job, None to serve the call here (which may be NOT_FOUND).
 
-    async def _owner(self, raw_id: str) -> NodeInfo | None:
-        """The other node that holds the job, None to serve the call here (which may be NOT_FOUND)."""
+        Names and id prefixes resolve among this node's jobs; only a full id is looked up fleet-wide.
+        """
         caller = current_caller()
         if caller.via:
             return None
         try:
-            job_id = convert.job_id(raw_id)
-        except ServiceError:
+            self._manager.resolve(ref, caller.identity, caller.may_see)
+        except engine.JobNotFoundError:
+            pass
+        except engine.JobError:
+            # Ambiguous or malformed: the local answer says why.
             return None
-        if self._held_here(job_id):
+        else:
+            return None
+        job_id = ref.lower()
+        if not _FULL_ID.fullmatch(job_id):
             return None
         try:
             record = await self._membership.lookup_job(job_id)
@@ -223,6 +227,23 @@ class FleetService:
                     message.end.job.node = self.name
                 yield message
 
+    async def WriteInput(
+        self, requests: AsyncIterator[pb.WriteInputRequest], context: Context
+    ) -> pb.WriteInputResponse:
+        first = await anext(requests, None)
+        node = None if first is None else await self._owner(first.job_id)
+
+        async def replay() -> AsyncIterator[pb.WriteInputRequest]:
+            if first is not None:
+                yield first
+            async for request in requests:
+                yield request
+
+        if node is None:
+            return await self._local.WriteInput(replay(), context)
+        forwarded: pb.WriteInputResponse = await self._peers.write_input(node, replay(), current_caller())
+        return forwarded
+
     # -- calls about many jobs -----------------------------------------------------------------------
 
     def _others(self) -> tuple[list[NodeInfo], set[str]]:
@@ -251,12 +272,12 @@ class FleetService:
         # A job on an unreachable node has no known state, so a List filtered by state leaves it out.
         if unreachable and not request.states:
             owner = caller.owner_filter(convert.owner_filter(request.owner))
-            jobs.extend(await self._unreachable_jobs(unreachable, caller, owner))
+            jobs.extend(await self._unreachable_jobs(unreachable, caller, owner, request))
         jobs.sort(key=lambda j: (j.started_at.seconds, j.started_at.nanos, j.id))
         return pb.ListResponse(jobs=jobs)
 
     async def _unreachable_jobs(
-        self, nodes: set[str], caller: Caller, owner: str | None
+        self, nodes: set[str], caller: Caller, owner: str | None, request: pb.ListRequest
     ) -> list[pb.JobStatus]:
         try:
             records = await self._membership.job_records()
@@ -271,9 +292,15 @@ class FleetService:
                 started_at=_timestamp(record.started_at),
                 node=record.node,
                 node_unreachable=True,
+                name=record.name,
+                labels=dict(record.labels),
             )
             for job_id, record in records.items()
-            if record.node in nodes and caller.may_see(record.owner) and owner in (None, record.owner)
+            if record.node in nodes
+            and caller.may_see(record.owner)
+            and owner in (None, record.owner)
+            and request.name in ("", record.name)
+            and all(record.labels.get(k) == v for k, v in request.labels.items())
         ]
 
     async def Prune(self, request: pb.PruneRequest, context: Context) -> pb.PruneResponse:
@@ -342,7 +369,13 @@ def rpc_handler(servicer: FleetService) -> grpc.GenericRpcHandler:
         request = getattr(pb, method.input_type.name)
         response = getattr(pb, method.output_type.name)
         behavior = getattr(servicer, method.name)
-        if method.server_streaming:
+        if method.client_streaming:
+            handlers[method.name] = grpc.stream_unary_rpc_method_handler(
+                behavior,
+                request_deserializer=request.FromString,
+                response_serializer=response.SerializeToString,
+            )
+        elif method.server_streaming:
             serialize = _serialize_output if method.name == "StreamOutput" else response.SerializeToString
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 behavior, request_deserializer=request.FromString, response_serializer=serialize
@@ -363,6 +396,8 @@ def _record_of(job: pb.JobStatus) -> JobRecord:
         command=job.command,
         args=tuple(job.args),
         started_at=job.started_at.ToNanoseconds() / 1e9,
+        name=job.name,
+        labels=dict(job.labels),
     )
 
 

@@ -47,6 +47,8 @@ JOB_JSON_KEYS = [
     "cwd",
     "truncation_reason",
     "output_dropped_bytes",
+    "name",
+    "labels",
     "node",
     "node_unreachable",
 ]

@@ -27,6 +27,7 @@ def job(job_id: str, node: str = "", *, unreachable: bool = False) -> JobInfo:
 def test_a_single_servers_table_has_no_node_column() -> None:
     assert job_table([job("j1")], NOW).splitlines()[0].split() == [
         "ID",
+        "NAME",
         "OWNER",
         "STATE",
         "EXIT",
@@ -38,9 +39,9 @@ def test_a_single_servers_table_has_no_node_column() -> None:
 
 def test_a_fleets_table_names_each_jobs_node_and_the_unreachable_ones() -> None:
     lines = job_table([job("j1", "a"), job("j2", "c", unreachable=True)], NOW).splitlines()
-    assert lines[0].split()[:3] == ["ID", "NODE", "OWNER"]
-    assert lines[1].split()[:4] == ["j1", "a", "alice", "running"]
-    assert lines[2].split()[:5] == ["j2", "c", "(unreachable)", "alice", "unknown"]
+    assert lines[0].split()[:4] == ["ID", "NODE", "NAME", "OWNER"]
+    assert lines[1].split()[:5] == ["j1", "a", "-", "alice", "running"]
+    assert lines[2].split()[:6] == ["j2", "c", "(unreachable)", "-", "alice", "unknown"]
     assert "Node:" in job_details(job("j2", "c", unreachable=True), NOW)
     assert "unreachable: state unknown" in job_details(job("j2", "c", unreachable=True), NOW)
 

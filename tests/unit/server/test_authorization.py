@@ -103,7 +103,8 @@ def call(stub: Stub, rpc: str, job_id: str) -> Any:
 
 
 def test_every_jobworker_rpc_has_a_row() -> None:
-    assert {name.rsplit("/", 1)[1] for name in ACCESS} == set(RPCS)
+    # WriteInput, a client stream of requests, has no place in this matrix of single calls.
+    assert {name.rsplit("/", 1)[1] for name in ACCESS} == {*RPCS, "WriteInput"}
     assert all(name.startswith("/grpc.health.v1.Health/") for name in ROLELESS)
 
 
