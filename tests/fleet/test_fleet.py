@@ -31,6 +31,7 @@ from jobworker.client import (
     JobState,
     Limits,
     NotFoundError,
+    OutputChunk,
     PermissionDeniedError,
     ResourceExhaustedError,
 )
@@ -94,6 +95,22 @@ def test_status_logs_follow_and_stop_through_a_node_that_does_not_hold_the_job(f
             if follow.poll() is None:
                 follow.kill()
     assert a.status(job.id).state is JobState.STOPPED
+
+
+def test_input_and_names_through_a_node_that_does_not_hold_the_job(fleet: Fleet) -> None:
+    a, b = fleet.client("a"), fleet.client("b")
+    upper = "import sys; sys.stdout.write(sys.stdin.read().upper())"
+    job = a.start("python3", ["-c", upper], node="c", stdin=True, name="shout", labels={"team": "fleet"})
+    assert (job.node, job.name) == ("c", "shout")
+    assert b.write_input(job.id, [b"hello ", b"fleet"]) == len(b"hello fleet")
+    ended = b.wait(job.id)
+    assert ended.exit_code == 0
+    output = b"".join(e.data for e in b.stream(job.id) if isinstance(e, OutputChunk))
+    assert output == b"HELLO FLEET"
+    # The job's name and labels travel with it; a name resolves on the node holding the job.
+    assert [j.id for j in b.list(labels={"team": "fleet"})] == [job.id]
+    assert fleet.client("c").status("shout").id == job.id
+    b.delete(job.id)
 
 
 def test_start_constraints(fleet: Fleet) -> None:
