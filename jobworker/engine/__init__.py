@@ -20,6 +20,7 @@ from jobworker.engine.errors import (
     StartError,
     StorageFullError,
 )
+from jobworker.engine.events import EngineCounts, EngineEvents, EngineObserver
 from jobworker.engine.job import (
     JobSpec,
     JobState,
@@ -57,7 +58,10 @@ __all__ = [
     "CapacityError",
     "EngineClosedError",
     "EngineConfig",
+    "EngineCounts",
+    "EngineEvents",
     "EngineInfo",
+    "EngineObserver",
     "InputUnavailableError",
     "InvalidSpecError",
     "Isolation",

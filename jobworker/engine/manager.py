@@ -31,6 +31,7 @@ from jobworker.engine.errors import (
     StartError,
     StorageFullError,
 )
+from jobworker.engine.events import EngineEvents
 from jobworker.engine.job import (
     JobSpec,
     JobState,
@@ -151,6 +152,7 @@ class JobManager:
         self._default_limits = Limits()
         self._fork_servers: ForkServerKeeper | None = None
         self._table = JobTable(config)
+        self.events = EngineEvents(self._table)
 
     async def open(self) -> None:
         """Prepare the state directory, cgroups and namespaces, reload past jobs and reattach running ones."""
@@ -340,7 +342,7 @@ class JobManager:
             _raise_capacity(e)
             raise
         uid: int | None = None
-        with self._table.launching(job_id, spec.owner, spec.name):
+        with self._table.launching(job_id, spec.owner, spec.name), self.events.starting():
             try:
                 if self._sandbox is not None:
                     uid, gid = self._sandbox.acquire_uid()
@@ -440,6 +442,7 @@ class JobManager:
             job.spool,
         )
         job.supervisor = None
+        self.events.job_ended(job.status)
         # The job's processes are gone (the supervisor emptied its cgroup) and its files lived in tmpfs
         # mounts of its own mount namespace: nothing of the uid is left to inherit.
         if job.uid is not None and self._sandbox is not None:

@@ -59,11 +59,17 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         # One future shared by every open stream, so waiting for shutdown costs no task per stream.
         self._shutdown: asyncio.Future[None] | None = None
         self._streams = 0
+        self._streamed_bytes = 0
 
     @property
     def active_streams(self) -> int:
         """StreamOutput calls currently open."""
         return self._streams
+
+    @property
+    def streamed_bytes(self) -> int:
+        """Output bytes handed to StreamOutput callers since the service started."""
+        return self._streamed_bytes
 
     def begin_shutdown(self) -> None:
         """End every open stream with SERVER_SHUTDOWN; new streams end at once."""
@@ -250,6 +256,7 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
                     truncated = True
                 else:
                     position = max(position, event.offset + len(event.data))
+                    self._streamed_bytes += len(event.data)
                 for message in convert.event_to_proto(event):
                     yield message
         finally:

@@ -27,6 +27,7 @@ RPCS = (
     "Delete",
     "Prune",
     "Signal",
+    "WriteInput",
     "ListNodes",
 )
 # An admitted call that does not answer OK on a running job: what it answers instead.
@@ -35,6 +36,8 @@ ADMITTED = {
     "Wait": grpc.StatusCode.DEADLINE_EXCEEDED,
     # Only ended jobs can be deleted.
     "Delete": grpc.StatusCode.FAILED_PRECONDITION,
+    # The job was started without its stdin open.
+    "WriteInput": grpc.StatusCode.FAILED_PRECONDITION,
     # A server started without --etcd is in no fleet.
     "ListNodes": grpc.StatusCode.FAILED_PRECONDITION,
 }
@@ -52,6 +55,7 @@ MATRIX: dict[str, dict[str, grpc.StatusCode]] = {
         "Delete": DENIED,
         "Prune": DENIED,
         "Signal": DENIED,
+        "WriteInput": DENIED,
         "ListNodes": OK,
     },
     "walt": dict.fromkeys(RPCS, OK),
@@ -66,6 +70,7 @@ MATRIX: dict[str, dict[str, grpc.StatusCode]] = {
         "Delete": HIDDEN,
         "Prune": OK,
         "Signal": HIDDEN,
+        "WriteInput": HIDDEN,
         "ListNodes": OK,
     },
     "ada": dict.fromkeys(RPCS, OK),
@@ -99,12 +104,13 @@ def call(stub: Stub, rpc: str, job_id: str) -> Any:
         return stub.ListNodes(pb.ListNodesRequest())
     if rpc == "Wait":
         return stub.Wait(pb.WaitRequest(job_id=job_id), timeout=0.5)
+    if rpc == "WriteInput":
+        return stub.WriteInput(iter([pb.WriteInputRequest(job_id=job_id, data=b"x", eof=True)]))
     return stub.Stop(pb.StopRequest(job_id=job_id, grace_seconds=0))
 
 
 def test_every_jobworker_rpc_has_a_row() -> None:
-    # WriteInput, a client stream of requests, has no place in this matrix of single calls.
-    assert {name.rsplit("/", 1)[1] for name in ACCESS} == {*RPCS, "WriteInput"}
+    assert {name.rsplit("/", 1)[1] for name in ACCESS} == set(RPCS)
     assert all(name.startswith("/grpc.health.v1.Health/") for name in ROLELESS)
 
 

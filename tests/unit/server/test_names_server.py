@@ -83,16 +83,14 @@ async def test_every_rpc_that_takes_a_job_takes_its_name(connect: Connect, serve
     job = await start_job(stub, "/bin/true", name="every")
     await server.manager.wait(job.id)
     service = pb.DESCRIPTOR.services_by_name["JobWorker"]
-    # WriteInput takes a stream of requests (its first names the job); the unary calls are checked here.
-    methods = [
-        m for m in service.methods if "job_id" in m.input_type.fields_by_name and not m.client_streaming
-    ]
+    methods = [m for m in service.methods if "job_id" in m.input_type.fields_by_name]
     assert {m.name for m in methods} >= {"GetStatus", "Stop", "Wait", "Delete", "Signal", "StreamOutput"}
     extras = {"Signal": {"signal": "TERM"}}
     # Delete last: it takes the job away. Stop and Signal of an ended job are FAILED_PRECONDITION, which
     # says the name was resolved.
     for method in sorted(methods, key=lambda m: m.name == "Delete"):
         request_type = getattr(pb, method.input_type.name)
-        call = getattr(stub, method.name)(request_type(job_id="every", **extras.get(method.name, {})))
+        request = request_type(job_id="every", **extras.get(method.name, {}))
+        call = getattr(stub, method.name)(iter([request]) if method.client_streaming else request)
         code = await rpc_code(call)
         assert code in (grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION), (method.name, code)
