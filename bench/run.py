@@ -3,7 +3,8 @@
 Starts its own jw-server (127.0.0.1:0, temp state dir, fresh P-256 certificates, its own cgroup prefix) and a
 bare grpc.aio server, runs the cases, prints a table and writes bench/results/bench-<UTC time>.json and .md.
 
-    .venv/bin/python bench/run.py [--quick] [--only CASE ...] [--profile]   (cases: see --help)
+    .venv/bin/python bench/run.py [--quick] [--profile]
+        [--only start|stream|fanout|memory|churn|restart|logs|fleet ...]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 import _churn
 import _fanout
 import _fleet
+import _logs_seek
 import _memory
 import _restart
 import _start
@@ -63,6 +65,7 @@ CASES: dict[str, Case] = {
     "fanout": _fanout.run,
     "memory": _memory.run,
     "restart": _restart.run,
+    "logs": _logs_seek.run,
     "fleet": _fleet.run,
 }
 _CASE_TIMEOUT = 420.0

@@ -109,6 +109,8 @@ class _StreamEndReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Strea
     """follow was false and every byte stored so far was delivered."""
     STREAM_END_REASON_SERVER_SHUTDOWN: _StreamEndReason.ValueType  # 3
     """The server is shutting down."""
+    STREAM_END_REASON_LIMIT_REACHED: _StreamEndReason.ValueType  # 4
+    """The request's until time or limit_bytes was reached before the end of the output."""
 
 class StreamEndReason(_StreamEndReason, metaclass=_StreamEndReasonEnumTypeWrapper): ...
 
@@ -119,6 +121,8 @@ STREAM_END_REASON_CAUGHT_UP: StreamEndReason.ValueType  # 2
 """follow was false and every byte stored so far was delivered."""
 STREAM_END_REASON_SERVER_SHUTDOWN: StreamEndReason.ValueType  # 3
 """The server is shutting down."""
+STREAM_END_REASON_LIMIT_REACHED: StreamEndReason.ValueType  # 4
+"""The request's until time or limit_bytes was reached before the end of the output."""
 Global___StreamEndReason: _TypeAlias = StreamEndReason  # noqa: Y015
 
 @_typing.final
@@ -960,12 +964,34 @@ class StreamOutputRequest(_message.Message):
     STREAMS_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
+    TAIL_LINES_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     streams: Global___StreamSelection.ValueType
     offset: _builtins.int
     """Start at this byte offset of the selected view (0 = from the first byte)."""
     follow: _builtins.bool
     """Keep the stream open and deliver new output until the job ends."""
+    tail_lines: _builtins.int
+    """Start at the last this many lines of the selected view (newlines counted in arrival order; a last
+    line without a newline counts too). Unset: no tail; 0: only new output. Negative: INVALID_ARGUMENT.
+    """
+    since: _builtins.str
+    """Only output that arrived at or after / at or before this time: RFC 3339 ("2026-12-01T10:00:00Z") or a
+    duration ago on the server's clock ("10m", "1h30m"). Empty: no bound. Times are per record (one read
+    of the job's pipe), so a line the job wrote in two pieces may be cut. With follow, until ends the
+    stream once that time has passed. Spools of the first release have no times: FAILED_PRECONDITION.
+    """
+    until: _builtins.str
+    limit_bytes: _builtins.int
+    """Stop after this many bytes of the selected view (counted from where the stream starts); 0: no limit."""
+    timestamps: _builtins.bool
+    """Never merge output that arrived at different times into one chunk, so that each chunk's time is that of
+    every byte in it (for per-line timestamps). Chunks may be smaller.
+    """
     def __init__(
         self,
         *,
@@ -973,12 +999,19 @@ class StreamOutputRequest(_message.Message):
         streams: Global___StreamSelection.ValueType = ...,
         offset: _builtins.int = ...,
         follow: _builtins.bool = ...,
+        tail_lines: _builtins.int | None = ...,
+        since: _builtins.str = ...,
+        until: _builtins.str = ...,
+        limit_bytes: _builtins.int = ...,
+        timestamps: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines", "tail_lines", b"tail_lines"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "job_id", b"job_id", "offset", b"offset", "streams", b"streams"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines", "follow", b"follow", "job_id", b"job_id", "limit_bytes", b"limit_bytes", "offset", b"offset", "since", b"since", "streams", b"streams", "tail_lines", b"tail_lines", "timestamps", b"timestamps", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__tail_lines: _TypeAlias = _typing.Literal["tail_lines"]  # noqa: Y015
+    _WhichOneofArgType__tail_lines: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tail_lines) -> _WhichOneofReturnType__tail_lines | None: ...
 
 Global___StreamOutputRequest: _TypeAlias = StreamOutputRequest  # noqa: Y015
 
@@ -989,20 +1022,26 @@ class OutputChunk(_message.Message):
     STREAM_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
     stream: Global___OutputStream.ValueType
     offset: _builtins.int
     """Offset of data[0] in the selected view; resume with offset + len(data)."""
     data: _builtins.bytes
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When data[0] reached the server's spool; unset for output stored by the first release."""
+
     def __init__(
         self,
         *,
         stream: Global___OutputStream.ValueType = ...,
         offset: _builtins.int = ...,
         data: _builtins.bytes = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset", "stream", b"stream"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset", "stream", b"stream", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

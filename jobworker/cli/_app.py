@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -23,13 +24,15 @@ from jobworker.cli._exit import (
     exit_for,
 )
 from jobworker.cli._follow import OutputPump
-from jobworker.cli._input import StdinSource, follow_resizes, pump_stdin, raw_terminal, terminal_size
+from jobworker.cli._input import StdinPump, StdinSource, follow_resizes, raw_terminal, terminal_size
 from jobworker.cli._params import (
     DURATION,
     ENV_ENTRY,
     LABEL,
     POINT_IN_TIME,
     POSITIVE_DURATION,
+    SIZE,
+    TIME_TEXT,
     LimitType,
     label_map,
 )
@@ -55,6 +58,7 @@ from jobworker.client import (
     JobInfo,
     JobState,
     Limits,
+    OutputWindow,
     StreamEnd,
     StreamEndReason,
     StreamSelection,
@@ -305,8 +309,17 @@ def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2))
 
 
-def _resume_hint(job_id: str, offset: int, streams: StreamSelection) -> str:
+def _resume_hint(
+    job_id: str, offset: int, streams: StreamSelection, window: OutputWindow | None = None
+) -> str:
     selection = "" if streams == "both" else f" --{streams}"
+    if window is not None:
+        if isinstance(window.until, str):
+            selection += f" --until {shlex.quote(window.until)}"
+        if window.limit_bytes is not None:
+            selection += f" --limit-bytes {window.limit_bytes}"
+        if window.timestamps:
+            selection += " --timestamps"
     return f"jw logs -f{selection} --offset {offset} {job_id}"
 
 
@@ -324,8 +337,14 @@ def _follow(
     retry = Reconnect(_settings(ctx).timeout) if follow else None
     while True:
         before = pump.offset
+        window = pump.remaining_window
+        if window is None:
+            # The byte limit was used up before the server said so: the stream is done.
+            return StreamEnd(StreamEndReason.LIMIT_REACHED, truncated=False, job=None)
         try:
-            end = pump.pump(client.stream(pump.job_id, streams=streams, offset=pump.offset, follow=follow))
+            end = pump.pump(
+                client.stream(pump.job_id, streams=streams, offset=pump.offset, follow=follow, window=window)
+            )
         except ConnectionFailedError as exc:
             failure = exc.message
             reached = reached or exc.server_sent or pump.offset > before
@@ -341,7 +360,7 @@ def _follow(
                 retry.succeeded()
             if retry.again(f"{failure} while streaming job {pump.job_id}"):
                 continue
-        hint = _resume_hint(pump.job_id, pump.offset, streams)
+        hint = _resume_hint(pump.job_id, pump.offset, streams, pump.remaining_window)
         raise ConnectionExit(f"{failure} while streaming job {pump.job_id}; resume with: {hint}")
 
 
@@ -452,33 +471,47 @@ def run(ctx: click.Context, /, stop_on_interrupt: bool, **options: Any) -> None:
     client = _connect(ctx)
     spec = JobSpec.from_options(options)
     job = spec.start(client)
-    with _attached(client, job.id, stdin=spec.stdin, tty=spec.tty is not None):
-        _run_follow(ctx, client, job, stop_on_interrupt)
+    with _attached(client, job.id, stdin=spec.stdin, tty=spec.tty is not None) as pump:
+        _run_follow(ctx, client, job, stop_on_interrupt, pump)
 
 
 @contextlib.contextmanager
-def _attached(client: Client, job_id: str, *, stdin: bool, tty: bool) -> Iterator[None]:
+def _attached(client: Client, job_id: str, *, stdin: bool, tty: bool) -> Iterator[StdinPump | None]:
     """While inside: our stdin goes to the job (stdin), our terminal raw and its size followed (tty)."""
     if not stdin:
-        yield
+        yield None
         return
     source = StdinSource()
-    pump_stdin(client, job_id, source)
+    pump = StdinPump(client.config, client.timeout, job_id, source)
     with contextlib.ExitStack() as stack:
         if tty and sys.stdin.isatty():
             stack.enter_context(raw_terminal(sys.stdin.fileno()))
             stack.enter_context(follow_resizes(source))
         try:
-            yield
+            yield pump
+        except KeyboardInterrupt:
+            _refused(pump)
+            raise
         finally:
             source.stop()
+            # Its call ends at once now; closing the channel under a running call would wait for it.
+            pump.join()
 
 
-def _run_follow(ctx: click.Context, client: Client, job: JobInfo, stop_on_interrupt: bool) -> None:
+def _refused(pump: StdinPump | None) -> None:
+    """After a KeyboardInterrupt: raise the input's refusal if that, not a Ctrl-C, caused it."""
+    if pump is not None and pump.failure is not None:
+        raise exit_for(pump.failure) from None
+
+
+def _run_follow(
+    ctx: click.Context, client: Client, job: JobInfo, stop_on_interrupt: bool, stdin: StdinPump | None
+) -> None:
     pump = OutputPump(job.id)
     try:
         end = _follow(ctx, client, pump, "both", follow=True, reached=True)
     except KeyboardInterrupt:
+        _refused(stdin)
         if not stop_on_interrupt:
             click.echo(f"jw: detached; job {job.id} keeps running", err=True)
             click.echo(f"jw: reattach with: {_resume_hint(job.id, pump.offset, 'both')}", err=True)
@@ -515,10 +548,11 @@ def attach(ctx: click.Context, job_id: str) -> None:
     if job.state.is_final:
         raise PreconditionExit(f"job {job.id} has already ended ({job.state.value})")
     pump = OutputPump(job.id, job.stdout_bytes + job.stderr_bytes)
-    with _attached(client, job.id, stdin=True, tty=job.tty):
+    with _attached(client, job.id, stdin=True, tty=job.tty) as stdin:
         try:
             end = _follow(ctx, client, pump, "both", follow=True, reached=True)
         except KeyboardInterrupt:
+            _refused(stdin)
             click.echo(f"jw: detached; job {job.id} keeps running", err=True)
             ctx.exit(ExitCode.INTERRUPTED)
     ctx.exit(_job_exit_code(end.job or client.status(job.id)))
@@ -535,6 +569,29 @@ def attach(ctx: click.Context, job_id: str) -> None:
     default=0,
     help="Start at this byte of the selected output (both streams interleaved by default).",
 )
+@click.option(
+    "-n",
+    "--tail",
+    "tail_lines",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Start at the last N lines (0: only new output, with -f).",
+)
+@click.option(
+    "--since",
+    type=TIME_TEXT,
+    help="Only output that arrived at or after this time: RFC 3339 (2026-12-01T10:00:00Z) or a duration "
+    "ago (10m, 1h30m).",
+)
+@click.option(
+    "--until",
+    type=TIME_TEXT,
+    help="Only output that arrived at or before this time (same forms); with -f, stop once it has passed.",
+)
+@click.option(
+    "-t", "--timestamps", is_flag=True, help="Put each line's arrival time (RFC 3339, UTC) in front."
+)
+@click.option("--limit-bytes", type=SIZE, metavar="SIZE", help="Stop after this many bytes (e.g. 4096, 1M).")
 @click.pass_context
 def logs(
     ctx: click.Context,
@@ -543,17 +600,28 @@ def logs(
     stdout_only: bool,
     stderr_only: bool,
     offset: int,
+    tail_lines: int | None,
+    since: str | None,
+    until: str | None,
+    timestamps: bool,
+    limit_bytes: int | None,
 ) -> None:
     """Print a job's output; -f follows it until the job ends.
 
-    Output is copied byte for byte: the job's stdout to stdout, its stderr to stderr.
+    Output is copied byte for byte: the job's stdout to stdout, its stderr to stderr. --tail, --since and
+    --until pick a part of it (combined, the latest start wins; --offset resumes inside it). Times are when
+    the server stored each piece the job wrote, so a line written in two pieces may be cut at a boundary.
     """
     if stdout_only and stderr_only:
         raise click.UsageError("--stdout and --stderr are mutually exclusive; omit both for both")
     streams: StreamSelection = "stdout" if stdout_only else "stderr" if stderr_only else "both"
+    window = OutputWindow(
+        tail_lines=tail_lines, since=since, until=until, limit_bytes=limit_bytes, timestamps=timestamps
+    )
     client = _connect(ctx)
     try:
-        _follow(ctx, client, OutputPump(job_id, offset), streams, follow=follow, reached=False)
+        pump = OutputPump(job_id, offset, window=window)
+        _follow(ctx, client, pump, streams, follow=follow, reached=False)
     except KeyboardInterrupt:
         ctx.exit(ExitCode.INTERRUPTED)
 

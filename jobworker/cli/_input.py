@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import _thread
+import asyncio
 import contextlib
 import os
-import select
 import signal
 import sys
 import termios
 import threading
 import tty
-from collections.abc import Iterator
-
-import click
+from collections.abc import AsyncIterator, Iterator
 
 from jobworker.client import (
-    Client,
+    AsyncClient,
+    ClientConfig,
     ClientError,
+    EndOfInput,
     FailedPreconditionError,
     NotFoundError,
     TerminalSize,
@@ -25,10 +26,6 @@ from jobworker.client import (
 _CHUNK = 64 * 1024
 # What a terminal is when ours has no size (not a terminal): what terminal emulators start with.
 _DEFAULT_SIZE = TerminalSize(24, 80)
-
-
-class Detached(Exception):
-    """Ends the input without end of file: the job's stdin stays open for the next writer."""
 
 
 def terminal_size() -> TerminalSize:
@@ -42,10 +39,10 @@ def terminal_size() -> TerminalSize:
 
 
 class StdinSource:
-    """An iterator over our stdin for Client.write_input: data until end of file, resizes in between.
+    """Our stdin as an async source for AsyncClient.write_input: data until end of file, resizes between.
 
     A SIGWINCH handler (installed by follow_resizes) wakes it through a pipe, so a resize reaches the job
-    while it waits for input; stop() ends it without end of file.
+    while it waits for input; stop() ends it without end of file (the job's stdin stays open).
     """
 
     def __init__(self) -> None:
@@ -53,21 +50,31 @@ class StdinSource:
         self._resized = False
         self._stopped = False
 
-    def __iter__(self) -> Iterator[bytes | TerminalSize]:
+    async def items(self) -> AsyncIterator[bytes | TerminalSize | EndOfInput]:
+        """What to send, as it comes (run in the pump's own event loop)."""
+        loop = asyncio.get_running_loop()
         fd = sys.stdin.fileno()
         while True:
-            ready, _, _ = select.select([fd, self._wake_r], [], [])
-            if self._wake_r in ready:
+            ready: asyncio.Future[int] = loop.create_future()
+            for source in (fd, self._wake_r):
+                loop.add_reader(source, _resolve, ready, source)
+            try:
+                which = await ready
+            finally:
+                for source in (fd, self._wake_r):
+                    loop.remove_reader(source)
+            if which == self._wake_r:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 64)
             if self._stopped:
-                raise Detached
+                return  # without end of file: the job's stdin stays open for the next writer
             if self._resized:
                 self._resized = False
                 yield terminal_size()
-            if fd in ready:
+            if which == fd:
                 data = os.read(fd, _CHUNK)
                 if not data:
+                    yield EndOfInput()
                     return
                 yield data
 
@@ -88,21 +95,49 @@ class StdinSource:
             os.write(self._wake_w, b"s")
 
 
-def pump_stdin(client: Client, job_id: str, source: StdinSource) -> threading.Thread:
-    """Copy our stdin to the job in a thread (the main thread prints its output)."""
+def _resolve(future: asyncio.Future[int], value: int) -> None:
+    if not future.done():
+        future.set_result(value)
 
-    def pump() -> None:
+
+class StdinPump:
+    """Copies our stdin to the job in a thread of its own (with its own event loop and connection) while
+    the main thread prints its output; the call is over once join() returns.
+
+    A refusal (our role may not write, the job has no open stdin, another writer) interrupts the main
+    thread (a KeyboardInterrupt there), which then reports `failure` instead of a Ctrl-C; a job that
+    ended before it read everything is like a closed pipe: nothing to say.
+    """
+
+    def __init__(self, config: ClientConfig, timeout: float, job_id: str, source: StdinSource) -> None:
+        self.failure: ClientError | None = None
+        self._config, self._timeout, self._job_id, self._source = config, timeout, job_id, source
+        self._thread = threading.Thread(target=self._pump, name="jw-stdin", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
         try:
-            client.write_input(job_id, source)
-        except (FailedPreconditionError, NotFoundError):
-            pass  # the job ended (or closed its stdin) before it read everything: like a closed pipe
+            asyncio.run(self._write())
+        except NotFoundError:
+            pass  # deleted meanwhile: nothing left to write to
+        except FailedPreconditionError as exc:
+            if "ended" not in exc.message:
+                self._fail(exc)
         except ClientError as exc:
-            if not source.stopped:
-                click.echo(f"jw: stdin of job {job_id}: {exc.message}", err=True)
+            if not self._source.stopped:
+                self._fail(exc)
 
-    thread = threading.Thread(target=pump, name="jw-stdin", daemon=True)
-    thread.start()
-    return thread
+    async def _write(self) -> None:
+        async with AsyncClient(self._config, timeout=self._timeout) as client:
+            await client.write_input(self._job_id, self._source.items(), eof=False)
+
+    def join(self, timeout: float = 5.0) -> None:
+        """Wait (bounded) for the copy to end once its source was stopped."""
+        self._thread.join(timeout)
+
+    def _fail(self, exc: ClientError) -> None:
+        self.failure = exc
+        _thread.interrupt_main()
 
 
 @contextlib.contextmanager

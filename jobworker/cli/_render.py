@@ -125,6 +125,8 @@ def job_json(job: JobInfo) -> dict[str, Any]:
         "output_dropped_bytes": job.output_dropped_bytes,
         "name": job.name or None,
         "labels": dict(sorted(job.labels.items())),
+        "stdin": job.stdin,
+        "tty": job.tty,
         "node": job.node or None,
         "node_unreachable": job.node_unreachable,
     }
@@ -217,6 +219,7 @@ def job_details(job: JobInfo, now: datetime) -> str:
         ("Limits", _limits_text(job.limits)),
         ("Usage", ", ".join(usage) or "not measured"),
         ("Output", output),
+        ("Input", "terminal" if job.tty else "stdin open (jw attach)" if job.stdin else "none (/dev/null)"),
         ("Cwd", job.cwd or "-"),
     ]
     if job.node:

@@ -31,6 +31,7 @@ from jobworker.client._errors import (
 )
 from jobworker.client._limits import LIMIT_FIELDS, LimitField
 from jobworker.client._types import (
+    EndOfInput,
     FleetInfo,
     JobInfo,
     JobState,
@@ -40,6 +41,7 @@ from jobworker.client._types import (
     OutputEvent,
     OutputStream,
     OutputTruncated,
+    OutputWindow,
     Quota,
     ServerInfo,
     StreamEnd,
@@ -60,6 +62,7 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "ConnectionFailedError",
+    "EndOfInput",
     "FailedPreconditionError",
     "FleetInfo",
     "InvalidArgumentError",
@@ -73,6 +76,7 @@ __all__ = [
     "OutputEvent",
     "OutputStream",
     "OutputTruncated",
+    "OutputWindow",
     "PermissionDeniedError",
     "Quota",
     "ResourceExhaustedError",

@@ -19,12 +19,14 @@ from jobworker.client._config import ClientConfig
 from jobworker.client._connection import DEFAULT_TIMEOUT, Connection, connection_aged
 from jobworker.client._errors import ClientError
 from jobworker.client._types import (
+    EndOfInput,
     JobInfo,
     JobState,
     Limits,
     NodeInfo,
     OutputChunk,
     OutputEvent,
+    OutputWindow,
     ServerInfo,
     StreamSelection,
     TerminalSize,
@@ -166,7 +168,7 @@ class AsyncClient:
         return _convert.job_from_proto(response.job)
 
     async def write_input(
-        self, job_id: str, source: AsyncIterable[bytes | TerminalSize], *, eof: bool = True
+        self, job_id: str, source: AsyncIterable[bytes | TerminalSize | EndOfInput], *, eof: bool = True
     ) -> int:
         """Client.write_input with an async source."""
         await self._conn.check_server_async(self._channel)
@@ -213,29 +215,34 @@ class AsyncClient:
         streams: StreamSelection = "both",
         offset: int = 0,
         follow: bool = True,
+        window: OutputWindow | None = None,
     ) -> AsyncIterator[OutputEvent]:
-        """Yield the job's output from `offset`; with `follow`, live until the job ends.
+        """Yield the job's output from `offset` (within `window`); with `follow`, live until the job ends.
 
         A stream cut because the server retired an old connection resumes where it stopped, on a new
         connection, without the caller noticing.
         """
-        request = _convert.stream_request(job_id, streams, offset, follow)
+        request = _convert.stream_request(job_id, streams, offset, follow, window)
         return self._events(request)
 
     async def _events(self, request: Any) -> AsyncIterator[OutputEvent]:
         await self._conn.check_server_async(self._channel)
         call = self._stub.StreamOutput(request)
+        more = True
         while True:
             try:
                 async for response in call:
                     event = _convert.event_from_proto(response)
                     if isinstance(event, OutputChunk):
-                        request.offset = event.end_offset
+                        more = _convert.resume_after(request, event)
                     yield event
                 return
             except grpc.RpcError as exc:
                 if not connection_aged(exc):
                     raise self._conn.error(exc) from exc
+                if not more:
+                    yield _convert.LIMIT_END
+                    return
             finally:
                 call.cancel()
             call = self._stub.StreamOutput(request)

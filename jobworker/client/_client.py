@@ -18,12 +18,14 @@ from jobworker.client._config import ClientConfig
 from jobworker.client._connection import DEFAULT_TIMEOUT, Connection, connection_aged
 from jobworker.client._errors import ClientError
 from jobworker.client._types import (
+    EndOfInput,
     JobInfo,
     JobState,
     Limits,
     NodeInfo,
     OutputChunk,
     OutputEvent,
+    OutputWindow,
     ServerInfo,
     StreamSelection,
     TerminalSize,
@@ -37,6 +39,11 @@ class Client:
         self._conn = Connection(config, timeout)
         self._channel = grpc.secure_channel(config.server, self._conn.credentials, options=self._conn.options)
         self._stub = jobworker_pb2_grpc.JobWorkerStub(self._channel)
+
+    @property
+    def timeout(self) -> float:
+        """Seconds each call may take to connect and answer."""
+        return self._conn.timeout
 
     @property
     def config(self) -> ClientConfig:
@@ -160,9 +167,12 @@ class Client:
             response = self._stub.Signal(request, timeout=self._conn.timeout)
         return _convert.job_from_proto(response.job)
 
-    def write_input(self, job_id: str, source: Iterable[bytes | TerminalSize], *, eof: bool = True) -> int:
+    def write_input(
+        self, job_id: str, source: Iterable[bytes | TerminalSize | EndOfInput], *, eof: bool = True
+    ) -> int:
         """Write `source` to a running job's stdin (bytes as they are, a TerminalSize as a resize of its
-        terminal) and, when it is used up and `eof`, end the input. Returns the bytes the job's stdin took.
+        terminal, EndOfInput as its end) and, when it is used up and `eof`, end the input; a source that
+        ends without either leaves the job's stdin open for another writer. Returns the bytes it took.
 
         Blocks as long as `source` does; a job that reads slowly slows it down. One writer at a time:
         FailedPreconditionError when another one writes, or the job has no open stdin."""
@@ -210,30 +220,35 @@ class Client:
         streams: StreamSelection = "both",
         offset: int = 0,
         follow: bool = True,
+        window: OutputWindow | None = None,
     ) -> Iterator[OutputEvent]:
-        """Yield the job's output from `offset`; with `follow`, live until the job ends.
+        """Yield the job's output from `offset` (within `window`); with `follow`, live until the job ends.
 
         A stream cut because the server retired an old connection resumes where it stopped, on a new
         connection, without the caller noticing.
         """
-        request = _convert.stream_request(job_id, streams, offset, follow)
+        request = _convert.stream_request(job_id, streams, offset, follow, window)
         self._conn.check_server(self._channel)
         # No deadline: a followed job may run for days. Connect failures still surface fast.
         call = self._stub.StreamOutput(request)
         return self._events(call, request)
 
     def _events(self, call: Any, request: Any) -> Iterator[OutputEvent]:
+        more = True
         while True:
             try:
                 for response in call:
                     event = _convert.event_from_proto(response)
                     if isinstance(event, OutputChunk):
-                        request.offset = event.end_offset
+                        more = _convert.resume_after(request, event)
                     yield event
                 return
             except grpc.RpcError as exc:
                 if not connection_aged(exc):
                     raise self._conn.error(exc) from exc
+                if not more:
+                    yield _convert.LIMIT_END
+                    return
             finally:
                 call.cancel()
             call = self._stub.StreamOutput(request)

@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2
 from jobworker.api import jobworker_pb2 as pb
 from jobworker.client._limits import LIMIT_FIELDS
 from jobworker.client._types import (
+    EndOfInput,
     FleetInfo,
     JobInfo,
     JobState,
@@ -20,6 +21,7 @@ from jobworker.client._types import (
     OutputEvent,
     OutputStream,
     OutputTruncated,
+    OutputWindow,
     Quota,
     ServerInfo,
     StreamEnd,
@@ -51,6 +53,7 @@ _REASON_FROM_PB = {
     pb.STREAM_END_REASON_JOB_ENDED: StreamEndReason.JOB_ENDED,
     pb.STREAM_END_REASON_CAUGHT_UP: StreamEndReason.CAUGHT_UP,
     pb.STREAM_END_REASON_SERVER_SHUTDOWN: StreamEndReason.SERVER_SHUTDOWN,
+    pb.STREAM_END_REASON_LIMIT_REACHED: StreamEndReason.LIMIT_REACHED,
 }
 
 
@@ -124,7 +127,8 @@ def event_from_proto(message: pb.StreamOutputResponse) -> OutputEvent:
     if kind == "chunk":
         chunk = message.chunk
         stream = _STREAM_FROM_PB.get(chunk.stream, OutputStream.STDOUT)
-        return OutputChunk(stream=stream, offset=chunk.offset, data=chunk.data)
+        time_ns = chunk.time.seconds * 1_000_000_000 + chunk.time.nanos if chunk.HasField("time") else None
+        return OutputChunk(stream=stream, offset=chunk.offset, data=chunk.data, time_ns=time_ns)
     if kind == "truncated":
         return OutputTruncated(offset=message.truncated.offset, reason=message.truncated.reason)
     end = message.end
@@ -245,7 +249,7 @@ INPUT_CHUNK = 64 * 1024
 
 
 def input_requests(
-    job_id: str, source: Iterable[bytes | TerminalSize], eof: bool
+    job_id: str, source: Iterable[bytes | TerminalSize | EndOfInput], eof: bool
 ) -> Iterator[pb.WriteInputRequest]:
     """The WriteInput messages of `source`: the first names the job; eof (if asked) after the source ends."""
     yield pb.WriteInputRequest(job_id=job_id)
@@ -256,7 +260,7 @@ def input_requests(
 
 
 async def input_requests_async(
-    job_id: str, source: AsyncIterable[bytes | TerminalSize], eof: bool
+    job_id: str, source: AsyncIterable[bytes | TerminalSize | EndOfInput], eof: bool
 ) -> AsyncIterator[pb.WriteInputRequest]:
     """input_requests for an async source."""
     yield pb.WriteInputRequest(job_id=job_id)
@@ -267,7 +271,10 @@ async def input_requests_async(
         yield pb.WriteInputRequest(eof=True)
 
 
-def _input_messages(item: bytes | TerminalSize) -> Iterator[pb.WriteInputRequest]:
+def _input_messages(item: bytes | TerminalSize | EndOfInput) -> Iterator[pb.WriteInputRequest]:
+    if isinstance(item, EndOfInput):
+        yield pb.WriteInputRequest(eof=True)
+        return
     if isinstance(item, TerminalSize):
         yield pb.WriteInputRequest(resize=pb.TerminalSize(rows=item.rows, cols=item.cols))
         return
@@ -328,14 +335,57 @@ def list_request(
     return pb.ListRequest(states=values, owner=owner or "", labels=dict(labels or {}), name=name or "")
 
 
+def _time_text(value: datetime | str | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("since and until need a time zone")
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return value
+
+
 def stream_request(
-    job_id: str, streams: StreamSelection, offset: int, follow: bool
+    job_id: str, streams: StreamSelection, offset: int, follow: bool, window: OutputWindow | None = None
 ) -> pb.StreamOutputRequest:
     """Build a StreamOutputRequest."""
     if streams not in _SELECTION_TO_PB:
         raise ValueError(f"streams must be 'both', 'stdout' or 'stderr', not {streams!r}")
     if offset < 0:
         raise ValueError(f"offset must be >= 0, not {offset}")
-    return pb.StreamOutputRequest(
-        job_id=job_id, streams=_SELECTION_TO_PB[streams], offset=offset, follow=follow
+    window = window or OutputWindow()
+    if window.tail_lines is not None and window.tail_lines < 0:
+        raise ValueError(f"tail_lines must be >= 0, not {window.tail_lines}")
+    if window.limit_bytes is not None and window.limit_bytes < 1:
+        raise ValueError(f"limit_bytes must be >= 1, not {window.limit_bytes}")
+    request = pb.StreamOutputRequest(
+        job_id=job_id,
+        streams=_SELECTION_TO_PB[streams],
+        offset=offset,
+        follow=follow,
+        since=_time_text(window.since),
+        until=_time_text(window.until),
+        limit_bytes=window.limit_bytes or 0,
+        timestamps=window.timestamps,
     )
+    if window.tail_lines is not None:
+        request.tail_lines = window.tail_lines
+    return request
+
+
+def resume_after(request: pb.StreamOutputRequest, chunk: OutputChunk) -> bool:
+    """Make request resume after chunk (a new call starts there); False when its byte limit is used up.
+
+    The offset now says where to start: a tail or since sent again would be resolved anew (a relative
+    since later on the clock) and could skip output."""
+    request.offset = chunk.end_offset
+    request.ClearField("tail_lines")
+    request.since = ""
+    if request.limit_bytes:
+        request.limit_bytes = max(0, request.limit_bytes - len(chunk.data))
+        return request.limit_bytes > 0
+    return True
+
+
+LIMIT_END = StreamEnd(reason=StreamEndReason.LIMIT_REACHED, truncated=False, job=None)
+"""The end of a stream whose byte limit was used up before the server could say so."""

@@ -45,6 +45,8 @@ class StreamEndReason(enum.Enum):
     JOB_ENDED = "job_ended"
     CAUGHT_UP = "caught_up"
     SERVER_SHUTDOWN = "server_shutdown"
+    # The window's until time or byte limit was reached before the end of the output.
+    LIMIT_REACHED = "limit_reached"
     UNKNOWN = "unknown"
 
 
@@ -194,16 +196,38 @@ class ServerInfo:
 
 @dataclass(frozen=True)
 class OutputChunk:
-    """Bytes of job output; `offset` is the position of `data[0]` in the selected view."""
+    """Bytes of job output; `offset` is the position of `data[0]` in the selected view.
+
+    `time_ns`: when data[0] reached the server's spool (ns since the epoch), None when the server does not
+    know (output stored by its first release)."""
 
     stream: OutputStream
     offset: int
     data: bytes
+    time_ns: int | None = field(default=None, compare=False)
 
     @property
     def end_offset(self) -> int:
         """The offset to resume from after this chunk."""
         return self.offset + len(self.data)
+
+
+@dataclass(frozen=True)
+class OutputWindow:
+    """Which part of a job's output to stream, besides the streams and the start offset.
+
+    since/until: a datetime, or text the server reads (RFC 3339, or a duration ago such as "10m" on the
+    server's clock). Times are those of the server's spool records (one read of the job's pipe each).
+    """
+
+    # Start at the last this many lines; None: no tail, 0: only new output.
+    tail_lines: int | None = None
+    since: datetime | str | None = None
+    until: datetime | str | None = None
+    # Stop after this many bytes; None: no limit.
+    limit_bytes: int | None = None
+    # Ask for chunks whose time is exact for every byte (for per-line timestamps).
+    timestamps: bool = False
 
 
 @dataclass(frozen=True)
@@ -233,3 +257,8 @@ class TerminalSize:
 
     rows: int
     cols: int
+
+
+@dataclass(frozen=True)
+class EndOfInput:
+    """In a write_input source: the end of the job's input (it reads end of file); nothing may follow."""

@@ -12,6 +12,7 @@ JobError
 │   ├── QuotaError          the caller's own share (running jobs, stored output) is used up
 │   └── StorageFullError    the state disk has no room for another job's record
 ├── LimitsUnsupportedError  limits were asked for but this host cannot enforce them
+├── OutputUntimedError      times were asked of output stored without them (a first-release spool)
 ├── EngineClosedError       the engine is shutting down
 └── JobStuckError           a killed job's processes did not go away (the kernel holds them)
 """
@@ -73,6 +74,10 @@ class StorageFullError(CapacityError):
 
 class LimitsUnsupportedError(JobError):
     """Resource limits were requested but cgroups cannot be managed on this host."""
+
+
+class OutputUntimedError(JobError):
+    """A time window was asked of output stored without arrival times (a spool of the first release)."""
 
 
 class EngineClosedError(JobError):

@@ -137,11 +137,40 @@ class JobStatus:
 
 @dataclass(frozen=True)
 class OutputChunk:
-    """Bytes of one stream; offset counts bytes of the follower's selected view before data[0]."""
+    """Bytes of one stream; offset counts bytes of the follower's selected view before data[0].
+
+    time_ns: when the first of these bytes arrived (ns since the epoch); None in spools of the first release.
+    Chunks are equal when they hold the same bytes at the same place, whatever their times.
+    """
 
     stream: Stream
     offset: int
     data: bytes
+    time_ns: int | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class OutputWindow:
+    """Which part of the output a follower reads, besides its streams and start offset.
+
+    Times are record times: all bytes of one pipe read share the time they arrived, so a window may start
+    or end inside a line that the job wrote in two pieces.
+    """
+
+    # Start at the last this many lines of the view (newline-counted, arrival order); None: no tail.
+    tail_lines: int | None = None
+    # Only records that arrived at or after since_ns and at or before until_ns (ns since the epoch).
+    since_ns: int | None = None
+    until_ns: int | None = None
+    # Stop after this many bytes of the view; None: no limit.
+    limit_bytes: int | None = None
+    # Never merge records of different arrival times into one chunk (so each chunk's time is exact).
+    exact_times: bool = False
+
+    @property
+    def timed(self) -> bool:
+        """Whether the window needs arrival times (since or until)."""
+        return self.since_ns is not None or self.until_ns is not None
 
 
 @dataclass(frozen=True)
@@ -152,4 +181,11 @@ class OutputTruncated:
     reason: TruncationReason = TruncationReason.OUTPUT_CAP
 
 
-OutputEvent = OutputChunk | OutputTruncated
+@dataclass(frozen=True)
+class OutputWindowEnd:
+    """The follower's window ended at offset (its until time or byte limit) before the output did."""
+
+    offset: int
+
+
+OutputEvent = OutputChunk | OutputTruncated | OutputWindowEnd

@@ -38,6 +38,7 @@ from jobworker.engine.job import (
     JobStatus,
     Limits,
     OutputEvent,
+    OutputWindow,
     OwnerUsage,
     StreamSelection,
     Usage,
@@ -525,8 +526,9 @@ class JobManager:
             raise InputUnavailableError("the job was not started with its stdin open (start it with -i)")
         try:
             return await JobInput.open(job.directory / records.SOCKET)
-        except OSError as e:
-            raise InputUnavailableError(f"the job's stdin cannot be reached: {e.strerror or e}") from None
+        except OSError:
+            # Its holder has just let go of the job's socket: the job is ending.
+            raise JobNotRunningError(f"job {job_id} has ended") from None
 
     def resize_terminal(self, job_id: str, rows: int, cols: int) -> None:
         """Set the window size of a running job's terminal (its foreground process gets SIGWINCH)."""
@@ -556,16 +558,19 @@ class JobManager:
         offset: int = 0,
         *,
         follow: bool = True,
+        window: OutputWindow | None = None,
     ) -> AsyncGenerator[OutputEvent, None]:
-        """Output of the selected streams from offset; with follow, live until the job ends.
+        """Output of the selected streams from offset, within window; with follow, live until the job ends.
 
         Close the generator (``aclose()``) when abandoning it early, so its file descriptor is freed at once.
         """
         job = self._table.get(job_id)
         if offset < 0:
             raise InvalidSpecError("offset must not be negative")
+        window = validation.check_window(window or OutputWindow())
         assert job.spool is not None
-        return job.spool.follow(selection, offset, follow=follow)
+        job.spool.check_window(window)
+        return job.spool.follow(selection, offset, follow=follow, window=window)
 
     async def close(self, grace_seconds: float | None = None, *, stop_jobs: bool = True) -> None:
         """Refuse new jobs; stop every running one (SIGTERM, SIGKILL after the grace period), or with

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jobworker.engine.errors import InvalidSpecError
-from jobworker.engine.job import JobSpec, Limits
+from jobworker.engine.job import JobSpec, Limits, OutputWindow
 from jobworker.engine.limits import KINDS, LimitError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -168,3 +168,14 @@ def check_cwd(path: str) -> str:
     if not os.path.isabs(path):
         raise InvalidSpecError(f"cwd must be an absolute path, got '{path}'")
     return path
+
+
+def check_window(window: OutputWindow) -> OutputWindow:
+    """window if it can select anything sensible; InvalidSpecError (one line) naming what is wrong."""
+    if window.tail_lines is not None and window.tail_lines < 0:
+        raise InvalidSpecError(f"tail must not be negative (got {window.tail_lines})")
+    if window.limit_bytes is not None and window.limit_bytes < 0:
+        raise InvalidSpecError(f"limit_bytes must not be negative (got {window.limit_bytes})")
+    if window.since_ns is not None and window.until_ns is not None and window.since_ns > window.until_ns:
+        raise InvalidSpecError("since is after until: the window would hold nothing")
+    return window

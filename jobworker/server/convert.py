@@ -9,7 +9,7 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
-from jobworker import engine
+from jobworker import engine, units
 from jobworker.api import jobworker_pb2 as pb
 from jobworker.server.errors import invalid_argument
 
@@ -139,6 +139,39 @@ def ended_before(request: pb.PruneRequest) -> float:
     return stamp.seconds + stamp.nanos / 1e9
 
 
+_MAX_TIME_TEXT = 64
+
+
+def _point_in_time(name: str, text: str, now_ns: int) -> int | None:
+    if not text:
+        return None
+    if len(text) > _MAX_TIME_TEXT:
+        raise invalid_argument(f"{name} is longer than {_MAX_TIME_TEXT} characters")
+    try:
+        return units.parse_point_in_time(text, now_ns)
+    except ValueError as exc:
+        raise invalid_argument(f"{name}: {exc}") from None
+
+
+def window_from_request(request: pb.StreamOutputRequest) -> engine.OutputWindow:
+    """The part of the output a StreamOutput call asks for; INVALID_ARGUMENT (one line) when malformed."""
+    now_ns = time.time_ns()
+    tail = request.tail_lines if request.HasField("tail_lines") else None
+    if tail is not None and tail < 0:
+        raise invalid_argument(f"tail_lines must not be negative (got {tail})")
+    since = _point_in_time("since", request.since, now_ns)
+    until = _point_in_time("until", request.until, now_ns)
+    if since is not None and until is not None and since > until:
+        raise invalid_argument(f"since ({request.since}) is after until ({request.until})")
+    return engine.OutputWindow(
+        tail_lines=tail,
+        since_ns=since,
+        until_ns=until,
+        limit_bytes=request.limit_bytes or None,
+        exact_times=request.timestamps,
+    )
+
+
 def states_from_proto(values: Iterable[int]) -> set[engine.JobState] | None:
     """The state filter of a List call, None for all states."""
     states: set[engine.JobState] = set()
@@ -255,14 +288,22 @@ def event_to_proto(event: engine.OutputEvent) -> list[pb.StreamOutputResponse]:
     if isinstance(event, engine.OutputTruncated):
         truncated = pb.OutputTruncated(offset=event.offset, reason=event.reason.value)
         return [pb.StreamOutputResponse(truncated=truncated)]
+    if isinstance(event, engine.OutputWindowEnd):
+        return []
     stream = _STREAMS[event.stream]
     data = event.data
+    stamp = None
+    if event.time_ns is not None:
+        stamp = timestamp_pb2.Timestamp(
+            seconds=event.time_ns // 1_000_000_000, nanos=event.time_ns % 1_000_000_000
+        )
     return [
         pb.StreamOutputResponse(
             chunk=pb.OutputChunk(
                 stream=stream,
                 offset=event.offset + start,
                 data=data[start : start + MAX_CHUNK_BYTES],
+                time=stamp,
             )
         )
         for start in range(0, len(data), MAX_CHUNK_BYTES)

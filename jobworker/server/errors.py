@@ -24,6 +24,7 @@ from jobworker.engine import (
     JobStuckError,
     LimitsUnsupportedError,
     NameInUseError,
+    OutputUntimedError,
     QuotaError,
     StartError,
     StorageFullError,
@@ -48,6 +49,7 @@ ENGINE_ERROR_CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     # The state disk has no room for another job: capacity, like the job limit, not a server fault.
     StorageFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     LimitsUnsupportedError: grpc.StatusCode.FAILED_PRECONDITION,
+    OutputUntimedError: grpc.StatusCode.FAILED_PRECONDITION,
     EngineClosedError: grpc.StatusCode.UNAVAILABLE,
     # SIGKILL sent, processes not gone yet: the stop did not complete in time, the server is fine.
     JobStuckError: grpc.StatusCode.DEADLINE_EXCEEDED,

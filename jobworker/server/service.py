@@ -219,10 +219,11 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
     ) -> AsyncIterator[pb.StreamOutputResponse]:
         caller = current_caller()
         selection = convert.selection_from_proto(request.streams)
+        window = convert.window_from_request(request)
         job_id = self._resolve(caller, request.job_id)
         self._streams += 1
         try:
-            stream = self._stream(job_id, selection, request.offset, request.follow)
+            stream = self._stream(job_id, selection, request.offset, request.follow, window)
             async with contextlib.aclosing(stream) as messages:
                 async for message in messages:
                     yield message
@@ -230,9 +231,15 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
             self._streams -= 1
 
     async def _stream(
-        self, job_id: str, selection: engine.StreamSelection, offset: int, follow: bool
+        self,
+        job_id: str,
+        selection: engine.StreamSelection,
+        offset: int,
+        follow: bool,
+        window: engine.OutputWindow,
     ) -> AsyncGenerator[pb.StreamOutputResponse, None]:
-        events = self._manager.follow(job_id, selection, offset, follow=follow)
+        events = self._manager.follow(job_id, selection, offset, follow=follow, window=window)
+        cut = False
         # The final status, kept for the end of the stream: retention may delete the job as soon as it ends,
         # and a stream that delivered every byte must still end with it, not with NOT_FOUND.
         final = asyncio.ensure_future(self._manager.wait(job_id))
@@ -254,6 +261,8 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
                     pending = None
                 if isinstance(event, engine.OutputTruncated):
                     truncated = True
+                elif isinstance(event, engine.OutputWindowEnd):
+                    cut = True
                 else:
                     position = max(position, event.offset + len(event.data))
                     self._streamed_bytes += len(event.data)
@@ -271,7 +280,7 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
             await _finish(final)
         yield pb.StreamOutputResponse(
             end=pb.StreamEnd(
-                reason=self._end_reason(status, selection, position, follow),
+                reason=self._end_reason(status, selection, position, follow, cut),
                 truncated=truncated or status.output_truncated,
                 job=convert.status_to_proto(status),
             )
@@ -283,10 +292,13 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         selection: engine.StreamSelection,
         position: int,
         follow: bool,
+        cut: bool = False,
     ) -> pb.StreamEndReason.ValueType:
         delivered_all = position >= convert.stored_bytes(status, selection)
         if status.state.ended and delivered_all:
             return pb.STREAM_END_REASON_JOB_ENDED
+        if cut:
+            return pb.STREAM_END_REASON_LIMIT_REACHED
         if self._shutting_down:
             return pb.STREAM_END_REASON_SERVER_SHUTDOWN
         if follow:

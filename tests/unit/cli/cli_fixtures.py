@@ -49,6 +49,8 @@ JOB_JSON_KEYS = [
     "output_dropped_bytes",
     "name",
     "labels",
+    "stdin",
+    "tty",
     "node",
     "node_unreachable",
 ]
