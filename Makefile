@@ -8,7 +8,7 @@ PYTEST := $(PY) -m pytest
 UNIT_WORKERS ?= auto
 E2E_WORKERS ?= 2
 
-.PHONY: help venv proto lint unit e2e test wheels image up down run bench clean
+.PHONY: help venv proto lint unit fleet e2e test wheels image up down run bench clean fleet-up fleet-down
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -31,6 +31,13 @@ proto: $(VENV)/.installed  ## regenerate jobworker/api from proto/ (never edit j
 		    -e 's/jobworker\.v1\.jobworker_pb2\./jobworker.api.jobworker_pb2./g' \
 		    "$$f" > jobworker/api/$$(basename "$$f"); \
 	done
+	# etcd's own protos (proto/etcd, vendored) for the fleet's etcd client: a generated package of their own.
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc -I proto --python_out=build/proto --grpc_python_out=build/proto \
+		--mypy_out=build/proto --mypy_grpc_out=build/proto proto/etcd/kv.proto proto/etcd/auth.proto proto/etcd/rpc.proto
+	for f in build/proto/etcd/*.py build/proto/etcd/*.pyi; do \
+		sed -e 's/^from etcd import/from jobworker.etcdpb import/' -e 's/^import etcd\.\([a-z_]*\)_pb2$$/import jobworker.etcdpb.\1_pb2/' \
+		    -e 's/\betcd\.\([a-z_]*\)_pb2\./jobworker.etcdpb.\1_pb2./g' "$$f" > jobworker/etcdpb/$$(basename "$$f"); \
+	done
 
 lint: $(VENV)/.installed  ## ruff + mypy --strict
 	$(VENV)/bin/ruff check jobworker pki tests bench dev
@@ -43,10 +50,13 @@ unit: $(VENV)/.installed  ## unit tests without the slow ones (no Docker; root-o
 slow: $(VENV)/.installed  ## the slow unit tests (1 GiB of output, RSA-4096 keys); make test runs them too
 	$(PYTEST) -n $(UNIT_WORKERS) -m slow tests/unit
 
+fleet: $(VENV)/.installed  ## the fleet suite: 3 etcd members + 3 jw-servers on 127.0.0.2-4 (needs etcd-server)
+	$(PYTEST) -p no:xdist tests/fleet
+
 e2e: $(VENV)/.installed  ## end-to-end tests against the Docker image (needs a Docker engine)
 	$(PYTEST) -n $(E2E_WORKERS) --dist loadfile tests/e2e
 
-test: unit slow e2e  ## the whole suite
+test: unit slow fleet e2e  ## the whole suite
 
 # Docker image and local deployment (docker/, compose.yaml). The host's pip downloads the wheels
 # (make wheels), so pip inside the image build needs no network and no CA bundle.
@@ -66,6 +76,12 @@ base-image:  ## build the local base image from Debian packages (air-gapped host
 
 up: image  ## run pki + server with docker compose (certs in ./certs, server on 127.0.0.1:50051)
 	JW_IMAGE='$(IMAGE)' JW_UID=$$(id -u) JW_GID=$$(id -g) docker compose up -d --wait --wait-timeout 120
+
+fleet-up: image  ## a 3-node fleet with 3 etcd members (compose.fleet.yaml; certs in ./certs-fleet, nodes on 127.0.0.1:50061-50063)
+	JW_IMAGE='$(IMAGE)' JW_UID=$$(id -u) JW_GID=$$(id -g) docker compose -f compose.fleet.yaml up -d --build --wait --wait-timeout 180
+
+fleet-down:  ## stop the compose fleet (its volumes and ./certs-fleet are kept)
+	JW_IMAGE='$(IMAGE)' docker compose -f compose.fleet.yaml down
 
 down:  ## stop the compose deployment (the state volume and ./certs are kept)
 	JW_IMAGE='$(IMAGE)' docker compose down

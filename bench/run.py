@@ -4,7 +4,7 @@ Starts its own jw-server (127.0.0.1:0, temp state dir, fresh P-256 certificates,
 bare grpc.aio server, runs the cases, prints a table and writes bench/results/bench-<UTC time>.json and .md.
 
     .venv/bin/python bench/run.py [--quick] [--profile]
-        [--only start|stream|fanout|memory|churn|restart|logs ...]
+        [--only start|stream|fanout|memory|churn|restart|logs|fleet ...]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 
 import _churn
 import _fanout
+import _fleet
 import _logs_seek
 import _memory
 import _restart
@@ -65,6 +66,7 @@ CASES: dict[str, Case] = {
     "memory": _memory.run,
     "restart": _restart.run,
     "logs": _logs_seek.run,
+    "fleet": _fleet.run,
 }
 _CASE_TIMEOUT = 420.0
 

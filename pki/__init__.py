@@ -27,7 +27,10 @@ from pki._issue import (
     Issued,
     issue_ca,
     issue_client,
+    issue_etcd,
+    issue_node,
     issue_server,
+    valid_name,
 )
 from pki._keys import KeyType, PrivateKey, generate_key
 from pki._policy import Purpose, issuer_problem, policy_problems, profile_problems, window_problem
@@ -64,6 +67,8 @@ __all__ = [
     "is_revoked",
     "issue_ca",
     "issue_client",
+    "issue_etcd",
+    "issue_node",
     "issue_server",
     "issued_paths",
     "issuer_problem",
@@ -77,6 +82,7 @@ __all__ = [
     "policy_problems",
     "profile_problems",
     "revoke",
+    "valid_name",
     "verify_certificate",
     "window_problem",
     "write_crl",

@@ -255,3 +255,57 @@ def issue_client(
         # Non-critical on purpose: TLS stacks reject certificates with unknown critical extensions.
         builder = builder.add_extension(x509.UnrecognizedExtension(ROLE_OID, value), critical=False)
     return Issued(cert=_sign(builder, ca.key, extra_extensions), key=key)
+
+
+def _issue_peer(
+    ca: Issued,
+    name: str,
+    sans: Sequence[str],
+    days: int,
+    key_type: KeyType,
+    role: Role | None,
+) -> Issued:
+    # A leaf that is both a server (to its callers) and a client (of its peers): serverAuth + clientAuth.
+    check_name(name)
+    general_names = list(dict.fromkeys(parse_san(s) for s in (*sans, name)))
+    start, end = _window(ca.cert, days, None, None)
+    key = generate_key(key_type)
+    builder = (
+        _leaf_builder(ca, name, key, start, end)
+        .add_extension(
+            _key_usage(signer=False, key_encipherment=isinstance(key, rsa.RSAPrivateKey)),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .add_extension(x509.SubjectAlternativeName(general_names), critical=False)
+    )
+    if role is not None:
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(ROLE_OID, encode_role(role)), critical=False
+        )
+    return Issued(cert=_sign(builder, ca.key, ()), key=key)
+
+
+def issue_node(
+    ca: Issued,
+    name: str,
+    sans: Sequence[str] = DEFAULT_SERVER_SANS,
+    days: int = 365,
+    key_type: KeyType = KeyType.P256,
+) -> Issued:
+    """Issue a fleet node's leaf: its server certificate and, with role `node`, its client one to peers."""
+    return _issue_peer(ca, name, sans, days, key_type, Role.NODE)
+
+
+def issue_etcd(
+    ca: Issued,
+    name: str,
+    sans: Sequence[str] = DEFAULT_SERVER_SANS,
+    days: int = 365,
+    key_type: KeyType = KeyType.P256,
+) -> Issued:
+    """Issue an etcd member's leaf (client and peer URLs): both EKUs, no role, so never a jobworker caller."""
+    return _issue_peer(ca, name, sans, days, key_type, None)

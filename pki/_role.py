@@ -19,6 +19,8 @@ class Role(enum.Enum):
     READER = "reader"
     WRITER = "writer"
     ADMIN = "admin"
+    # A jw-server of a fleet: it calls other nodes on behalf of the callers it forwards for.
+    NODE = "node"
 
 
 def _der_length(length: int) -> bytes:

@@ -11,7 +11,7 @@ import click
 from pki._errors import PkiError, VerificationError
 from pki._files import CA_NAME, issued_paths, load_ca, load_certificate, write_issued
 from pki._inspect import describe
-from pki._issue import DEFAULT_SERVER_SANS, issue_ca, issue_client, issue_server
+from pki._issue import DEFAULT_SERVER_SANS, issue_ca, issue_client, issue_etcd, issue_node, issue_server
 from pki._keys import KeyType
 from pki._revoke import crl_path, is_revoked, load_crl, revoke, write_crl
 from pki._role import Role
@@ -121,9 +121,9 @@ def issue_server_command(
 @_name_option
 @click.option(
     "--role",
-    type=click.Choice([r.value for r in Role]),
+    type=click.Choice([r.value for r in Role if r is not Role.NODE]),
     required=True,
-    help="Role the server grants this client.",
+    help="Role the server grants this client (node certificates come from issue-node).",
 )
 @click.option(
     "--days",
@@ -142,6 +142,53 @@ def issue_client_command(
     ca = load_ca(directory)
     issued = issue_client(ca, name, Role(role), days, KeyType(key_type))
     _echo_written(write_issued(directory, name, issued, force=force))
+
+
+def _peer_command(name: str, short_help: str, doc: str, issue: Any) -> None:
+    @main.command(name, short_help=short_help, help=doc)
+    @_dir_option
+    @_name_option
+    @click.option(
+        "--san",
+        "sans",
+        multiple=True,
+        metavar="DNS-OR-IP",
+        help="Subject alternative name (the address peers dial); repeat for several. "
+        f"Default: {', '.join(DEFAULT_SERVER_SANS)}. NAME is always added.",
+    )
+    @click.option(
+        "--days",
+        type=click.IntRange(min=1),
+        default=365,
+        show_default=True,
+        help="Validity in days; must fit in the CA's remaining validity.",
+    )
+    @_key_type_option
+    @_force_option
+    def command(
+        directory: Path, name: str, sans: tuple[str, ...], days: int, key_type: str, force: bool
+    ) -> None:
+        _check_not_ca_name(name)
+        ca = load_ca(directory)
+        issued = issue(ca, name, sans or DEFAULT_SERVER_SANS, days, KeyType(key_type))
+        _echo_written(write_issued(directory, name, issued, force=force))
+
+
+_peer_command(
+    "issue-node",
+    "Issue a fleet node certificate (role node).",
+    "Issue a jw-server's certificate for a fleet: serverAuth and clientAuth with role node, so it serves "
+    "clients and forwards their calls to other nodes (which accept an asserted caller only from a node). "
+    "The server also presents it to etcd.",
+    issue_node,
+)
+_peer_command(
+    "issue-etcd",
+    "Issue an etcd member certificate (no role).",
+    "Issue an etcd member's certificate for its client and peer URLs: serverAuth and clientAuth, no role "
+    "(it can never call jobworker).",
+    issue_etcd,
+)
 
 
 @main.command("inspect", short_help="Show what a certificate contains.")

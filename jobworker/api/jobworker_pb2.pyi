@@ -279,6 +279,8 @@ class JobStatus(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     STDIN_FIELD_NUMBER: _builtins.int
     TTY_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    NODE_UNREACHABLE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     owner: _builtins.str
     command: _builtins.str
@@ -305,6 +307,14 @@ class JobStatus(_message.Message):
     stdin: _builtins.bool
     """Started with its stdin open (WriteInput) / on a terminal (its output is all stdout)."""
     tty: _builtins.bool
+    node: _builtins.str
+    """Fleet fields are numbered from 40 on, apart from the single-host ones.
+    The fleet node that holds the job; empty from a server that is not in a fleet.
+    """
+    node_unreachable: _builtins.bool
+    """The job's node is unreachable (its lease expired): only what Start recorded is known (id, owner,
+    command, args, started_at); state is UNSPECIFIED. The job is not lost: it is back when the node is.
+    """
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -342,10 +352,12 @@ class JobStatus(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         stdin: _builtins.bool = ...,
         tty: _builtins.bool = ...,
+        node: _builtins.str = ...,
+        node_unreachable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "ended_at", b"ended_at", "exit_code", b"exit_code", "limits", b"limits", "signal", b"signal", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "args", b"args", "command", b"command", "cwd", b"cwd", "ended_at", b"ended_at", "exit_code", b"exit_code", "id", b"id", "labels", b"labels", "limits", b"limits", "name", b"name", "output_dropped_bytes", b"output_dropped_bytes", "output_truncated", b"output_truncated", "owner", b"owner", "pid", b"pid", "signal", b"signal", "started_at", b"started_at", "state", b"state", "stderr_bytes", b"stderr_bytes", "stdin", b"stdin", "stdout_bytes", b"stdout_bytes", "truncation_reason", b"truncation_reason", "tty", b"tty", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "args", b"args", "command", b"command", "cwd", b"cwd", "ended_at", b"ended_at", "exit_code", b"exit_code", "id", b"id", "labels", b"labels", "limits", b"limits", "name", b"name", "node", b"node", "node_unreachable", b"node_unreachable", "output_dropped_bytes", b"output_dropped_bytes", "output_truncated", b"output_truncated", "owner", b"owner", "pid", b"pid", "signal", b"signal", "started_at", b"started_at", "state", b"state", "stderr_bytes", b"stderr_bytes", "stdin", b"stdin", "stdout_bytes", b"stdout_bytes", "truncation_reason", b"truncation_reason", "tty", b"tty", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -479,6 +491,26 @@ class StartRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class NodeLabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     COMMAND_FIELD_NUMBER: _builtins.int
     ARGS_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
@@ -489,6 +521,8 @@ class StartRequest(_message.Message):
     STDIN_FIELD_NUMBER: _builtins.int
     TTY_FIELD_NUMBER: _builtins.int
     TTY_SIZE_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    NODE_LABELS_FIELD_NUMBER: _builtins.int
     command: _builtins.str
     """Executable: an absolute path or a name looked up in the job's PATH."""
     cwd: _builtins.str
@@ -502,6 +536,10 @@ class StartRequest(_message.Message):
     tty: _builtins.bool
     """Run the job on a terminal (a pty in its sandbox: stdin, stdout and stderr; implies stdin) of this
     window size (24x80 when unset).
+    """
+    node: _builtins.str
+    """Fleet placement constraints (ignored by a server that is not in a fleet): run on this node only,
+    and/or only on nodes carrying every one of these labels.
     """
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -517,6 +555,8 @@ class StartRequest(_message.Message):
 
     @_builtins.property
     def tty_size(self) -> Global___TerminalSize: ...
+    @_builtins.property
+    def node_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
         self,
         *,
@@ -530,10 +570,12 @@ class StartRequest(_message.Message):
         stdin: _builtins.bool = ...,
         tty: _builtins.bool = ...,
         tty_size: Global___TerminalSize | None = ...,
+        node: _builtins.str = ...,
+        node_labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "tty_size", b"tty_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "cwd", b"cwd", "env", b"env", "labels", b"labels", "limits", b"limits", "name", b"name", "stdin", b"stdin", "tty", b"tty", "tty_size", b"tty_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "cwd", b"cwd", "env", b"env", "labels", b"labels", "limits", b"limits", "name", b"name", "node", b"node", "node_labels", b"node_labels", "stdin", b"stdin", "tty", b"tty", "tty_size", b"tty_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1123,6 +1165,7 @@ class GetServerInfoResponse(_message.Message):
     ISOLATION_FIELD_NUMBER: _builtins.int
     ISOLATION_DETAIL_FIELD_NUMBER: _builtins.int
     DEFAULT_GRACE_SECONDS_FIELD_NUMBER: _builtins.int
+    FLEET_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     cgroup_driver: _builtins.str
     """How jobs are put in cgroups: "v2", "v1" or "none"."""
@@ -1158,6 +1201,10 @@ class GetServerInfoResponse(_message.Message):
 
     @_builtins.property
     def usage(self) -> Global___OwnerUsage: ...
+    @_builtins.property
+    def fleet(self) -> Global___FleetInfo:
+        """Set when the server is a node of a fleet."""
+
     def __init__(
         self,
         *,
@@ -1175,14 +1222,206 @@ class GetServerInfoResponse(_message.Message):
         isolation: _builtins.str = ...,
         isolation_detail: _builtins.str = ...,
         default_grace_seconds: _builtins.float = ...,
+        fleet: Global___FleetInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "max_limits", b"max_limits", "quota", b"quota", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "fleet", b"fleet", "max_limits", b"max_limits", "quota", b"quota", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup_driver", b"cgroup_driver", "cgroup_reason", b"cgroup_reason", "default_grace_seconds", b"default_grace_seconds", "default_limits", b"default_limits", "identity", b"identity", "isolation", b"isolation", "isolation_detail", b"isolation_detail", "limits_supported", b"limits_supported", "max_limits", b"max_limits", "namespaces", b"namespaces", "quota", b"quota", "role", b"role", "usage", b"usage", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup_driver", b"cgroup_driver", "cgroup_reason", b"cgroup_reason", "default_grace_seconds", b"default_grace_seconds", "default_limits", b"default_limits", "fleet", b"fleet", "identity", b"identity", "isolation", b"isolation", "isolation_detail", b"isolation_detail", "limits_supported", b"limits_supported", "max_limits", b"max_limits", "namespaces", b"namespaces", "quota", b"quota", "role", b"role", "usage", b"usage", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetServerInfoResponse: _TypeAlias = GetServerInfoResponse  # noqa: Y015
+
+@_typing.final
+class FleetInfo(_message.Message):
+    """A server's membership in a fleet, as it sees it now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NODE_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    ETCD_REACHABLE_FIELD_NUMBER: _builtins.int
+    ETCD_ERROR_FIELD_NUMBER: _builtins.int
+    NODES_ALIVE_FIELD_NUMBER: _builtins.int
+    NODES_KNOWN_FIELD_NUMBER: _builtins.int
+    LEASE_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """This node's name, the address it is reached at, and its labels."""
+    address: _builtins.str
+    etcd_reachable: _builtins.bool
+    """Whether etcd answers. Without it the node keeps serving the jobs it holds, but placement (Start)
+    and calls about other nodes' jobs answer UNAVAILABLE.
+    """
+    etcd_error: _builtins.str
+    """Why etcd is unreachable, in one line."""
+    nodes_alive: _builtins.int
+    nodes_known: _builtins.int
+    lease_ttl_seconds: _builtins.float
+    """The node's lease: an unreachable node drops out of the fleet this long after its last keepalive."""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        address: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        etcd_reachable: _builtins.bool = ...,
+        etcd_error: _builtins.str = ...,
+        nodes_alive: _builtins.int = ...,
+        nodes_known: _builtins.int = ...,
+        lease_ttl_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "etcd_error", b"etcd_error", "etcd_reachable", b"etcd_reachable", "labels", b"labels", "lease_ttl_seconds", b"lease_ttl_seconds", "node", b"node", "nodes_alive", b"nodes_alive", "nodes_known", b"nodes_known"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FleetInfo: _TypeAlias = FleetInfo  # noqa: Y015
+
+@_typing.final
+class Node(_message.Message):
+    """One node of a fleet, as registered in etcd."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    ALIVE_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    CORES_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    RUNNING_JOBS_FIELD_NUMBER: _builtins.int
+    MAX_JOBS_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    MAX_CPUS_FIELD_NUMBER: _builtins.int
+    MAX_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    address: _builtins.str
+    alive: _builtins.bool
+    """False when its lease expired (crashed, partitioned or stopped): its jobs answer UNAVAILABLE."""
+    cores: _builtins.float
+    """Capacity and load, as the node last reported them."""
+    memory_bytes: _builtins.int
+    running_jobs: _builtins.int
+    max_jobs: _builtins.int
+    jobs: _builtins.int
+    """Jobs the node holds (running and ended)."""
+    max_cpus: _builtins.float
+    """The largest limits a job may ask for there; unset: no ceiling."""
+    max_memory_bytes: _builtins.int
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        address: _builtins.str = ...,
+        alive: _builtins.bool = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        cores: _builtins.float = ...,
+        memory_bytes: _builtins.int = ...,
+        running_jobs: _builtins.int = ...,
+        max_jobs: _builtins.int = ...,
+        jobs: _builtins.int = ...,
+        max_cpus: _builtins.float | None = ...,
+        max_memory_bytes: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cpus", b"_max_cpus", "_max_memory_bytes", b"_max_memory_bytes", "max_cpus", b"max_cpus", "max_memory_bytes", b"max_memory_bytes"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cpus", b"_max_cpus", "_max_memory_bytes", b"_max_memory_bytes", "address", b"address", "alive", b"alive", "cores", b"cores", "jobs", b"jobs", "labels", b"labels", "max_cpus", b"max_cpus", "max_jobs", b"max_jobs", "max_memory_bytes", b"max_memory_bytes", "memory_bytes", b"memory_bytes", "name", b"name", "running_jobs", b"running_jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_cpus: _TypeAlias = _typing.Literal["max_cpus"]  # noqa: Y015
+    _WhichOneofArgType__max_cpus: _TypeAlias = _typing.Literal["_max_cpus", b"_max_cpus"]  # noqa: Y015
+    _WhichOneofReturnType__max_memory_bytes: _TypeAlias = _typing.Literal["max_memory_bytes"]  # noqa: Y015
+    _WhichOneofArgType__max_memory_bytes: _TypeAlias = _typing.Literal["_max_memory_bytes", b"_max_memory_bytes"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cpus) -> _WhichOneofReturnType__max_cpus | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_memory_bytes) -> _WhichOneofReturnType__max_memory_bytes | None: ...
+
+Global___Node: _TypeAlias = Node  # noqa: Y015
+
+@_typing.final
+class ListNodesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNodesRequest: _TypeAlias = ListNodesRequest  # noqa: Y015
+
+@_typing.final
+class ListNodesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """The node that answered."""
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Node]: ...
+    def __init__(
+        self,
+        *,
+        nodes: _abc.Iterable[Global___Node] | None = ...,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNodesResponse: _TypeAlias = ListNodesResponse  # noqa: Y015
 
 @_typing.final
 class OwnerQuota(_message.Message):

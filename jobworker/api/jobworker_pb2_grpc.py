@@ -93,6 +93,11 @@ class JobWorkerStub:
                 request_serializer=jobworker_dot_v1_dot_jobworker__pb2.WriteInputRequest.SerializeToString,
                 response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.WriteInputResponse.FromString,
                 _registered_method=True)
+        self.ListNodes = channel.unary_unary(
+                '/jobworker.v1.JobWorker/ListNodes',
+                request_serializer=jobworker_dot_v1_dot_jobworker__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.ListNodesResponse.FromString,
+                _registered_method=True)
 
 
 class JobWorkerServicer:
@@ -189,6 +194,14 @@ class JobWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNodes(self, request, context):
+        """The nodes of the fleet this server belongs to (jw-server --etcd), live and unreachable. Any role.
+        FAILED_PRECONDITION on a server that is not in a fleet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -246,6 +259,11 @@ def add_JobWorkerServicer_to_server(servicer, server):
                     servicer.WriteInput,
                     request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.WriteInputRequest.FromString,
                     response_serializer=jobworker_dot_v1_dot_jobworker__pb2.WriteInputResponse.SerializeToString,
+            ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.ListNodesRequest.FromString,
+                    response_serializer=jobworker_dot_v1_dot_jobworker__pb2.ListNodesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -549,6 +567,33 @@ class JobWorker:
             '/jobworker.v1.JobWorker/WriteInput',
             jobworker_dot_v1_dot_jobworker__pb2.WriteInputRequest.SerializeToString,
             jobworker_dot_v1_dot_jobworker__pb2.WriteInputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobworker.v1.JobWorker/ListNodes',
+            jobworker_dot_v1_dot_jobworker__pb2.ListNodesRequest.SerializeToString,
+            jobworker_dot_v1_dot_jobworker__pb2.ListNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,

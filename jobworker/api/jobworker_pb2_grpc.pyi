@@ -79,6 +79,10 @@ class JobWorkerStub:
     A job that reads slowly slows the writer down (flow control), never the server's memory.
     Writers their own jobs, admins any.
     """
+    ListNodes: _grpc.UnaryUnaryMultiCallable[_jobworker_pb2.ListNodesRequest, _jobworker_pb2.ListNodesResponse]
+    """The nodes of the fleet this server belongs to (jw-server --etcd), live and unreachable. Any role.
+    FAILED_PRECONDITION on a server that is not in a fleet.
+    """
 
 @_typing.type_check_only
 class JobWorkerAsyncStub(JobWorkerStub):
@@ -126,6 +130,10 @@ class JobWorkerAsyncStub(JobWorkerStub):
     writer at a time; FAILED_PRECONDITION when the job has no open stdin or another client writes to it.
     A job that reads slowly slows the writer down (flow control), never the server's memory.
     Writers their own jobs, admins any.
+    """
+    ListNodes: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.ListNodesRequest, _jobworker_pb2.ListNodesResponse]  # type: ignore[assignment]
+    """The nodes of the fleet this server belongs to (jw-server --etcd), live and unreachable. Any role.
+    FAILED_PRECONDITION on a server that is not in a fleet.
     """
 
 class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
@@ -237,6 +245,16 @@ class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
         writer at a time; FAILED_PRECONDITION when the job has no open stdin or another client writes to it.
         A job that reads slowly slows the writer down (flow control), never the server's memory.
         Writers their own jobs, admins any.
+        """
+
+    @_abc_1.abstractmethod
+    def ListNodes(
+        self,
+        request: _jobworker_pb2.ListNodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobworker_pb2.ListNodesResponse, _abc.Awaitable[_jobworker_pb2.ListNodesResponse]]:
+        """The nodes of the fleet this server belongs to (jw-server --etcd), live and unreachable. Any role.
+        FAILED_PRECONDITION on a server that is not in a fleet.
         """
 
 def add_JobWorkerServicer_to_server(servicer: JobWorkerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -42,6 +42,8 @@ from jobworker.cli._render import (
     job_json,
     job_table,
     newest_first,
+    node_json,
+    node_table,
     server_info_details,
     server_info_json,
 )
@@ -234,6 +236,14 @@ def _job_options(f: F) -> F:
             help="Label the job KEY=VALUE (repeatable), to select jobs by with jw list/prune -l. "
             "Keys as Kubernetes label keys ([prefix/]name); at most 64 labels.",
         ),
+        click.option("--node", metavar="NAME", help="In a fleet: run on this node (jw nodes lists them)."),
+        click.option(
+            "--node-label",
+            "node_labels",
+            type=LABEL,
+            multiple=True,
+            help="In a fleet: run only on a node with this label, KEY=VALUE (repeatable: all must match).",
+        ),
         click.argument(
             "command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="[--] CMD [ARGS]..."
         ),
@@ -256,6 +266,8 @@ class JobSpec:
     labels: dict[str, str]
     stdin: bool = False
     tty: TerminalSize | None = None
+    node: str | None = None
+    node_labels: dict[str, str] | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> JobSpec:
@@ -272,6 +284,8 @@ class JobSpec:
             tty=terminal_size() if options["tty"] else None,
             name=options["name"],
             labels=label_map(options["labels"], "--label"),
+            node=options["node"],
+            node_labels=label_map(options["node_labels"], "--node-label") or None,
         )
 
     def start(self, client: Client) -> JobInfo:
@@ -286,6 +300,8 @@ class JobSpec:
             tty=self.tty,
             name=self.name,
             labels=self.labels,
+            node=self.node,
+            node_labels=self.node_labels,
         )
 
 
@@ -813,6 +829,18 @@ def info(ctx: click.Context, as_json: bool) -> None:
         _echo_json(server_info_json(details))
     else:
         click.echo(server_info_details(details, client.config.server))
+
+
+@jw.command()
+@_json_option
+@click.pass_context
+def nodes(ctx: click.Context, as_json: bool) -> None:
+    """List the nodes of the server's fleet: address, alive, load, jobs held, labels (exit 6 outside one)."""
+    found = _connect(ctx).nodes()
+    if as_json:
+        _echo_json([node_json(n) for n in found])
+    else:
+        click.echo(node_table(found))
 
 
 @jw.command()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import shlex
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobworker import units
-from jobworker.client import LIMIT_FIELDS, JobInfo, JobState, Limits, Quota, ServerInfo
+from jobworker.client import LIMIT_FIELDS, FleetInfo, JobInfo, JobState, Limits, NodeInfo, Quota, ServerInfo
 
 _COMMAND_WIDTH = 48
 _SIZE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
@@ -127,6 +127,8 @@ def job_json(job: JobInfo) -> dict[str, Any]:
         "labels": dict(sorted(job.labels.items())),
         "stdin": job.stdin,
         "tty": job.tty,
+        "node": job.node or None,
+        "node_unreachable": job.node_unreachable,
     }
 
 
@@ -141,22 +143,28 @@ def newest_first(jobs: Sequence[JobInfo]) -> list[JobInfo]:
 
 def job_table(jobs: Sequence[JobInfo], now: datetime) -> str:
     """The `jw list` table, in the order given (the caller sorts: newest_first)."""
-    header = ("ID", "NAME", "OWNER", "STATE", "EXIT", "STARTED", "DURATION", "COMMAND")
+    # A fleet's listing says where each job runs; a single server's stays as it was.
+    fleet = any(job.node for job in jobs)
+    header: tuple[str, ...] = ("ID", "NAME", "OWNER", "STATE", "EXIT", "STARTED", "DURATION", "COMMAND")
+    if fleet:
+        header = ("ID", "NODE", *header[1:])
     rows = [header]
     for job in jobs:
         duration = job.duration(now)
-        rows.append(
-            (
-                job.id,
-                job.name or "-",
-                job.owner,
-                job.state.value,
-                outcome(job),
-                format_ago(job.started_at, now) if job.started_at else "-",
-                format_duration(duration) if duration is not None else "-",
-                _truncate(command_line(job), _COMMAND_WIDTH),
-            )
+        unreachable = job.node_unreachable
+        row: tuple[str, ...] = (
+            job.id,
+            job.name or "-",
+            job.owner,
+            "unknown" if unreachable else job.state.value,
+            outcome(job),
+            format_ago(job.started_at, now) if job.started_at else "-",
+            "-" if duration is None or unreachable else format_duration(duration),
+            _truncate(command_line(job), _COMMAND_WIDTH),
         )
+        if fleet:
+            row = (job.id, f"{job.node} (unreachable)" if unreachable else job.node or "-", *row[1:])
+        rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     lines = []
     for row in rows:
@@ -214,6 +222,10 @@ def job_details(job: JobInfo, now: datetime) -> str:
         ("Input", "terminal" if job.tty else "stdin open (jw attach)" if job.stdin else "none (/dev/null)"),
         ("Cwd", job.cwd or "-"),
     ]
+    if job.node:
+        fields.insert(
+            2, ("Node", f"{job.node} (unreachable: state unknown)" if job.node_unreachable else job.node)
+        )
     width = max(len(name) for name, _ in fields) + 1
     return "\n".join(f"{name + ':':<{width}} {value}" for name, value in fields)
 
@@ -242,7 +254,73 @@ def server_info_json(info: ServerInfo) -> dict[str, Any]:
             "output_bytes": info.quota.output_bytes,
             "retained_jobs": info.quota.kept_jobs,
         },
+        "fleet": None if info.fleet is None else fleet_json(info.fleet),
     }
+
+
+def fleet_json(fleet: FleetInfo) -> dict[str, Any]:
+    """The fleet membership object of `jw info --json`."""
+    return {
+        "node": fleet.node,
+        "address": fleet.address,
+        "labels": fleet.labels,
+        "etcd_reachable": fleet.etcd_reachable,
+        "etcd_error": fleet.etcd_error or None,
+        "nodes_alive": fleet.nodes_alive,
+        "nodes_known": fleet.nodes_known,
+        "lease_ttl_seconds": fleet.lease_ttl_seconds,
+    }
+
+
+def _labels_text(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
+
+
+def _fleet_text(fleet: FleetInfo) -> str:
+    where = f"node {fleet.node} at {fleet.address} (labels {_labels_text(fleet.labels)})"
+    nodes = f"{fleet.nodes_alive} of {fleet.nodes_known} nodes alive, lease {fleet.lease_ttl_seconds:g}s"
+    if not fleet.etcd_reachable:
+        return f"{where}; etcd UNREACHABLE ({fleet.etcd_error}): jobs here are served, placement is refused"
+    return f"{where}; {nodes}"
+
+
+def node_json(node: NodeInfo) -> dict[str, Any]:
+    """One node as `jw nodes --json` prints it."""
+    return {
+        "name": node.name,
+        "address": node.address,
+        "alive": node.alive,
+        "labels": node.labels,
+        "cores": node.cores,
+        "memory_bytes": node.memory_bytes,
+        "running_jobs": node.running_jobs,
+        "max_jobs": node.max_jobs,
+        "jobs": node.jobs,
+        "max_cpus": node.max_cpus,
+        "max_memory_bytes": node.max_memory_bytes,
+    }
+
+
+def node_table(nodes: Sequence[NodeInfo]) -> str:
+    """The `jw nodes` table."""
+    rows = [("NAME", "ADDRESS", "ALIVE", "LOAD", "JOBS", "LABELS")]
+    for node in nodes:
+        load = f"{node.running_jobs}/{node.cores:g} cores" if node.alive else "-"
+        rows.append(
+            (
+                node.name,
+                node.address,
+                "yes" if node.alive else "NO",
+                load,
+                str(node.jobs) if node.alive else "-",
+                _labels_text(node.labels),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip()
+        for row in rows
+    )
 
 
 def _quota_text(quota: Quota) -> str:
@@ -287,5 +365,7 @@ def server_info_details(info: ServerInfo, server: str) -> str:
         ("Ceilings", _limits_text(info.max_limits, "none")),
         ("Your quota", _quota_text(info.quota)),
     ]
+    if info.fleet is not None:
+        fields.append(("Fleet", _fleet_text(info.fleet)))
     width = max(len(name) for name, _ in fields) + 1
     return "\n".join(f"{name + ':':<{width}} {value}" for name, value in fields)

@@ -22,6 +22,7 @@ from jobworker.client._types import (
     JobInfo,
     JobState,
     Limits,
+    NodeInfo,
     OutputChunk,
     OutputEvent,
     OutputWindow,
@@ -76,15 +77,28 @@ class Client:
         labels: Mapping[str, str] | None = None,
         stdin: bool = False,
         tty: TerminalSize | None = None,
+        node: str | None = None,
+        node_labels: Mapping[str, str] | None = None,
     ) -> JobInfo:
         """Start `command` with `args`; return the new job's status.
 
         `name` must be unique among our stored jobs; `labels` are KEY=VALUE pairs to select jobs by.
         stdin keeps the job's stdin open for write_input; tty runs it on a terminal of that size (its
-        stdin, stdout and stderr; its output is all stdout).
+        stdin, stdout and stderr; its output is all stdout). In a fleet, `node` and `node_labels` constrain
+        where it runs (a node name; labels the node must carry).
         """
         request = _convert.start_request(
-            command, args, env, cwd, limits, name=name, labels=labels, stdin=stdin, tty=tty
+            command,
+            args,
+            env,
+            cwd,
+            limits,
+            name=name,
+            labels=labels,
+            stdin=stdin,
+            tty=tty,
+            node=node,
+            node_labels=node_labels,
         )
         self._conn.check_server(self._channel)
         with self._conn.translating():
@@ -102,6 +116,13 @@ class Client:
         with self._conn.translating():
             response = self._stub.Stop(request, timeout=self._conn.stop_deadline(grace_seconds))
         return _convert.job_from_proto(response.job)
+
+    def nodes(self) -> builtins.list[NodeInfo]:
+        """The nodes of the server's fleet (FAILED_PRECONDITION from a server not in one)."""
+        self._conn.check_server(self._channel)
+        with self._conn.translating():
+            response = self._stub.ListNodes(_convert.list_nodes_request(), timeout=self._conn.timeout)
+        return _convert.nodes_from_proto(response)
 
     def server_info(self) -> ServerInfo:
         """What the server enforces (isolation, default and maximum limits) and who we are to it."""

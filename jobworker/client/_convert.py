@@ -12,9 +12,11 @@ from jobworker.api import jobworker_pb2 as pb
 from jobworker.client._limits import LIMIT_FIELDS
 from jobworker.client._types import (
     EndOfInput,
+    FleetInfo,
     JobInfo,
     JobState,
     Limits,
+    NodeInfo,
     OutputChunk,
     OutputEvent,
     OutputStream,
@@ -114,6 +116,8 @@ def job_from_proto(message: pb.JobStatus) -> JobInfo:
         tty=message.tty,
         name=message.name,
         labels=dict(message.labels),
+        node=message.node,
+        node_unreachable=message.node_unreachable,
     )
 
 
@@ -155,7 +159,45 @@ def server_info_from_proto(message: pb.GetServerInfoResponse) -> ServerInfo:
         isolation_detail=message.isolation_detail,
         default_grace_seconds=message.default_grace_seconds or None,
         quota=_quota_from_proto(message.quota, message.usage),
+        fleet=_fleet_from_proto(message.fleet) if message.HasField("fleet") else None,
     )
+
+
+def _fleet_from_proto(fleet: pb.FleetInfo) -> FleetInfo:
+    return FleetInfo(
+        node=fleet.node,
+        address=fleet.address,
+        labels=dict(fleet.labels),
+        etcd_reachable=fleet.etcd_reachable,
+        etcd_error=fleet.etcd_error,
+        nodes_alive=fleet.nodes_alive,
+        nodes_known=fleet.nodes_known,
+        lease_ttl_seconds=fleet.lease_ttl_seconds,
+    )
+
+
+def list_nodes_request() -> pb.ListNodesRequest:
+    return pb.ListNodesRequest()
+
+
+def nodes_from_proto(message: pb.ListNodesResponse) -> list[NodeInfo]:
+    """Convert a ListNodes response."""
+    return [
+        NodeInfo(
+            name=n.name,
+            address=n.address,
+            alive=n.alive,
+            labels=dict(n.labels),
+            cores=n.cores,
+            memory_bytes=n.memory_bytes,
+            running_jobs=n.running_jobs,
+            max_jobs=n.max_jobs,
+            jobs=n.jobs,
+            max_cpus=n.max_cpus if n.HasField("max_cpus") else None,
+            max_memory_bytes=n.max_memory_bytes if n.HasField("max_memory_bytes") else None,
+        )
+        for n in message.nodes
+    ]
 
 
 def _quota_from_proto(quota: pb.OwnerQuota, usage: pb.OwnerUsage) -> Quota:
@@ -179,8 +221,10 @@ def start_request(
     labels: Mapping[str, str] | None = None,
     stdin: bool = False,
     tty: TerminalSize | None = None,
+    node: str | None = None,
+    node_labels: Mapping[str, str] | None = None,
 ) -> pb.StartRequest:
-    """Build a StartRequest; the server checks the name and labels."""
+    """Build a StartRequest; the server checks the name and labels (node, node_labels: fleet placement)."""
     request = pb.StartRequest(
         command=command,
         args=list(args),
@@ -190,6 +234,8 @@ def start_request(
         labels=dict(labels or {}),
         stdin=stdin,
         tty=tty is not None,
+        node=node or "",
+        node_labels=dict(node_labels or {}),
     )
     if limits is not None:
         request.limits.CopyFrom(limits_to_proto(limits))

@@ -104,6 +104,10 @@ class JobInfo:
     # "" when the job has no name (or the server predates names).
     name: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    # The fleet node holding the job ("" from a server not in a fleet); node_unreachable: that node's lease
+    # expired, so only what Start recorded is known and state is UNKNOWN until the node is back.
+    node: str = ""
+    node_unreachable: bool = False
 
     @property
     def shell_exit_code(self) -> int | None:
@@ -137,6 +141,37 @@ class Quota:
 
 
 @dataclass(frozen=True)
+class FleetInfo:
+    """A fleet node's membership as it sees it."""
+
+    node: str
+    address: str
+    labels: dict[str, str]
+    etcd_reachable: bool
+    etcd_error: str
+    nodes_alive: int
+    nodes_known: int
+    lease_ttl_seconds: float
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One node of a fleet: where it is, whether it is alive, its labels, capacity and load."""
+
+    name: str
+    address: str
+    alive: bool
+    labels: dict[str, str]
+    cores: float = 0.0
+    memory_bytes: int = 0
+    running_jobs: int = 0
+    max_jobs: int = 0
+    jobs: int = 0
+    max_cpus: float | None = None
+    max_memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
 class ServerInfo:
     """What a server enforces, and who we are to it."""
 
@@ -155,6 +190,8 @@ class ServerInfo:
     isolation_detail: str = ""
     # What a Stop without a grace period waits before SIGKILL; None from servers that do not say.
     default_grace_seconds: float | None = None
+    # Set when the server is a node of a fleet.
+    fleet: FleetInfo | None = None
 
 
 @dataclass(frozen=True)

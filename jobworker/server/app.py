@@ -25,6 +25,7 @@ from jobworker.server.service import JobWorkerService
 from jobworker.server.tls import CredentialReloader
 
 if TYPE_CHECKING:
+    from jobworker.server.fleet import Fleet
     from jobworker.server.metrics import ServerMetrics
 
 _log = logging.getLogger("jobworker.server")
@@ -74,6 +75,7 @@ class JobWorkerServer:
         grace_seconds: float,
         stop_jobs: bool = False,
         metrics: tuple[ServerMetrics, MetricsListener] | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self._server = server
         self._service = service
@@ -86,6 +88,7 @@ class JobWorkerServer:
         # On shutdown: stop every job, or leave them running with their holders (live restore).
         self._stop_jobs = stop_jobs
         self._metrics = metrics
+        self._fleet = fleet
         self._started = False
         self._closing: asyncio.Future[None] | None = None
 
@@ -120,6 +123,12 @@ class JobWorkerServer:
         self._started = True
         if self._metrics is not None:
             self._metrics[1].start()
+        if self._fleet is not None:
+            try:
+                await self._fleet.start()
+            except Exception as exc:
+                await self.shutdown(0)
+                raise ServerStartError(f"fleet: {exc}") from exc
         info = self._manager.info
         _log.info(
             "listening",
@@ -155,6 +164,9 @@ class JobWorkerServer:
     async def _shutdown(self, grace: float) -> None:
         _log.info("shutting down", extra=fields(grace_seconds=grace))
         await self._health.enter_graceful_shutdown()
+        if self._fleet is not None:
+            # Leave first: the others stop routing here at once instead of at the lease's expiry.
+            await self._fleet.close()
         stopping = asyncio.ensure_future(self._server.stop(grace + _STOP_MARGIN_SECONDS))
         self._service.begin_shutdown()
         try:
@@ -215,7 +227,21 @@ async def build_server(config: ServerConfig, *, manager: engine.JobManager | Non
         # First, so that calls the auth pipeline refuses are measured too.
         interceptors.insert(0, metrics.interceptor)
     server = grpc.aio.server(interceptors=interceptors, options=_grpc_options(config))
-    pb_grpc.add_JobWorkerServicer_to_server(service, server)
+    fleet: Fleet | None = None
+    if config.fleet is None:
+        pb_grpc.add_JobWorkerServicer_to_server(service, server)
+    else:
+        # Imported only for a fleet node, so a single-host server carries none of it.
+        from jobworker.server.fleet import Fleet
+
+        try:
+            fleet = Fleet(config.fleet, config.credential_files, manager, config.listen)
+        except (OSError, ValueError) as exc:
+            if metrics is not None:
+                metrics.close()
+            await manager.close(0, stop_jobs=False)
+            raise ServerStartError(f"fleet: {exc}") from exc
+        server.add_generic_rpc_handlers((fleet.handler(service),))
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -248,6 +274,8 @@ async def build_server(config: ServerConfig, *, manager: engine.JobManager | Non
                 "metrics listener reachable beyond this host (plain HTTP, no authentication)",
                 extra=fields(address=listener.address),
             )
+    if fleet is not None and config.fleet is not None and not config.fleet.address:
+        fleet.membership.address = _bound_address(config.listen, port)
     return JobWorkerServer(
         server=server,
         service=service,
@@ -259,6 +287,7 @@ async def build_server(config: ServerConfig, *, manager: engine.JobManager | Non
         grace_seconds=config.grace_seconds,
         stop_jobs=config.stop_jobs_on_shutdown,
         metrics=served,
+        fleet=fleet,
     )
 
 

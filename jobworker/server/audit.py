@@ -29,6 +29,8 @@ class CallRecord:
     code: grpc.StatusCode = grpc.StatusCode.OK
     # Why the call was refused or failed: the status message the client got.
     reason: str = ""
+    # The fleet node that forwarded the call for `identity`; empty for a direct call.
+    via: str = ""
 
 
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -52,5 +54,6 @@ def log_call(record: CallRecord, duration_s: float) -> None:
             reason=record.reason,
             duration_ms=round(duration_s * 1000, 3),
             peer=record.peer,
+            **({"via": record.via} if record.via else {}),
         ),
     )

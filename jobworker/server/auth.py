@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,8 @@ ACCESS: Mapping[str, Mapping[pki.Role, Scope]] = {
     "/jobworker.v1.JobWorker/Prune": _WRITE,
     "/jobworker.v1.JobWorker/Signal": _WRITE,
     "/jobworker.v1.JobWorker/WriteInput": _WRITE,
+    # Fleet facts, like server facts.
+    "/jobworker.v1.JobWorker/ListNodes": _ANY_ROLE,
 }
 """Method -> the roles allowed to call it and the jobs each one sees. Absent roles are refused."""
 
@@ -68,6 +70,14 @@ ROLELESS: frozenset[str] = frozenset(_methods(health_pb2.DESCRIPTOR.services_by_
 """Methods any verified client certificate may call, with or without a role (health checks)."""
 
 assert set(ACCESS) == set(_methods(_JOBWORKER)), "every JobWorker RPC needs a row in ACCESS"
+
+# A fleet node forwarding a call names the original caller in these metadata keys. They are believed only
+# from a certificate with role node; from anyone else the call is refused.
+ASSERTED_IDENTITY = "jw-asserted-identity"
+ASSERTED_ROLE = "jw-asserted-role"
+_ASSERTION_KEYS = (ASSERTED_IDENTITY, ASSERTED_ROLE)
+# The roles a node may assert: a caller's, never another node's.
+_CALLER_ROLES = {r.value: r for r in pki.Role if r is not pki.Role.NODE}
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,8 @@ class Caller:
     identity: str
     role: pki.Role
     scope: Scope
+    # The fleet node that forwarded the call under the caller's identity; empty for a direct call.
+    via: str = ""
 
     def may_see(self, owner: str) -> bool:
         """Whether a job owned by `owner` is visible to this caller."""
@@ -160,10 +172,54 @@ def enforce(peer: PeerCertificate, policy: PeerPolicy | None) -> None:
         )
 
 
-def authorize(method: str, peer: PeerCertificate) -> Caller | None:
-    """Return the caller for `method`, None for role-free methods; raise PERMISSION_DENIED."""
+def _asserted(metadata: Sequence[tuple[str, str | bytes]]) -> dict[str, list[str | bytes]]:
+    found: dict[str, list[str | bytes]] = {}
+    for key, value in metadata:
+        if key in _ASSERTION_KEYS:
+            found.setdefault(key, []).append(value)
+    return found
+
+
+def _assertion_caller(method: str, node: str, found: Mapping[str, list[str | bytes]]) -> Caller:
+    identities, roles = found.get(ASSERTED_IDENTITY, []), found.get(ASSERTED_ROLE, [])
+    if len(identities) != 1 or len(roles) != 1:
+        raise ServiceError(
+            grpc.StatusCode.PERMISSION_DENIED, "a node must assert exactly one caller identity and role"
+        )
+    identity, role_name = identities[0], roles[0]
+    if not isinstance(identity, str) or not pki.valid_name(identity):
+        raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, "the asserted caller identity is not valid")
+    role = _CALLER_ROLES.get(role_name) if isinstance(role_name, str) else None
+    if role is None:
+        raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, "the asserted caller role is not valid")
+    scope = ACCESS[method].get(role)
+    if scope is None:
+        name = method.rsplit("/", 1)[-1]
+        raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, f"role {role.value} may not call {name}")
+    return Caller(identity, role, scope, via=node)
+
+
+def authorize(
+    method: str, peer: PeerCertificate, metadata: Sequence[tuple[str, str | bytes]] = ()
+) -> Caller | None:
+    """Return the caller for `method`, None for role-free methods; raise PERMISSION_DENIED.
+
+    A node certificate must assert the caller it forwards for (identity and role in metadata), and is then
+    that caller, scoped as if it had called directly; an assertion from any other certificate is refused.
+    """
     if method in ROLELESS:
         return None
+    found = _asserted(metadata)
+    if found and peer.role is not pki.Role.NODE:
+        raise ServiceError(
+            grpc.StatusCode.PERMISSION_DENIED, "only a fleet node may assert another caller's identity"
+        )
+    if peer.role is pki.Role.NODE and peer.identity is not None and method in ACCESS:
+        if not found:
+            raise ServiceError(
+                grpc.StatusCode.PERMISSION_DENIED, "a node certificate must assert the caller it forwards for"
+            )
+        return _assertion_caller(method, peer.identity, found)
     rule = ACCESS.get(method)
     if rule is None:
         raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, "method is not available")

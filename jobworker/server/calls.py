@@ -12,7 +12,7 @@ import contextvars
 import inspect
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
@@ -218,7 +218,15 @@ def _admit(
     record.role = peer.role.value if peer.role is not None else ""
     record.serial, record.fingerprint = peer.serial, peer.fingerprint
     enforce(peer, policy)
-    call.caller = authorize(record.method, peer)
+    metadata = cast(Sequence[tuple[str, str | bytes]], context.invocation_metadata() or ())
+    call.caller = authorize(record.method, peer, metadata)
+    if call.caller is not None and call.caller.via:
+        # The audit names the caller the node forwarded for, and the node.
+        record.identity, record.role, record.via = (
+            call.caller.identity,
+            call.caller.role.value,
+            call.caller.via,
+        )
     return peer
 
 

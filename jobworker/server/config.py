@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,22 @@ GRPC_RECEIVE_LIMIT_BYTES = 4 * MAX_RECEIVE_MESSAGE_BYTES
 # A connection outlives its certificate's revocation or rotation by at most this much (plus the grace).
 DEFAULT_MAX_CONNECTION_AGE_SECONDS = 3600.0
 DEFAULT_CONNECTION_AGE_GRACE_SECONDS = 300.0
+
+
+# A fleet node's lease: others see it gone this long after its last keepalive.
+DEFAULT_LEASE_TTL_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """How a server joins a fleet (jw-server --etcd)."""
+
+    etcd: tuple[str, ...]
+    node_name: str
+    # The address other nodes and clients dial; empty: the address the server listens on.
+    address: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    lease_ttl_seconds: int = DEFAULT_LEASE_TTL_SECONDS
 
 
 # The engine's own defaults: the one place each is defined (jw-server's options show these too).
@@ -66,6 +83,8 @@ class ServerConfig:
     metrics_listen: str | None = None
     # A non-loopback metrics_listen is refused unless this says anyone who reaches it may read it.
     metrics_allow_remote: bool = False
+    # Set when the server is a node of a fleet.
+    fleet: FleetConfig | None = None
 
     @property
     def credential_files(self) -> CredentialFiles:

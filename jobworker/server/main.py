@@ -11,15 +11,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from cryptography import x509
 
 import jobworker
 import jobworker.server
+import pki
 from jobworker import engine, units
 from jobworker.server.app import ServerStartError, run_server
 from jobworker.server.config import (
     DEFAULT_CONNECTION_AGE_GRACE_SECONDS,
+    DEFAULT_LEASE_TTL_SECONDS,
     DEFAULT_LISTEN,
     DEFAULT_MAX_CONNECTION_AGE_SECONDS,
+    FleetConfig,
     ServerConfig,
     default,
 )
@@ -153,6 +157,43 @@ def _raise_open_file_limit() -> None:
     if soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _labels(items: tuple[str, ...]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"node label {item!r} is not KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def _fleet_config(options: dict[str, Any]) -> FleetConfig | None:
+    """The fleet settings, None without --etcd; a node's name defaults to its certificate's CN."""
+    if not options["etcd"]:
+        for name in ("node_name", "node_address", "node_label"):
+            if options[name]:
+                raise ValueError(f"--{name.replace('_', '-')} needs --etcd")
+        return None
+    endpoints = tuple(e.strip() for e in options["etcd"].split(",") if e.strip())
+    name = options["node_name"]
+    if name is None:
+        cert = x509.load_pem_x509_certificate(Path(options["cert"]).read_bytes())
+        name = pki.identity_of(cert)
+    if not pki.valid_name(name):
+        raise ValueError(f"node name {name!r} is not valid: 1-64 of A-Z a-z 0-9 . _ -")
+    host = options["listen"].rpartition(":")[0].strip("[]")
+    if not options["node_address"] and host in ("", "0.0.0.0", "::"):
+        # Other nodes cannot dial a wildcard: they need the address this node is reached at.
+        raise ValueError(f"--listen {options['listen']} is a wildcard: give --node-address HOST:PORT")
+    return FleetConfig(
+        etcd=endpoints,
+        node_name=name,
+        address=options["node_address"] or "",
+        labels=_labels(options["node_label"]),
+        lease_ttl_seconds=options["lease_ttl"],
+    )
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -316,6 +357,40 @@ def _raise_open_file_limit() -> None:
     "the host's loopback): anyone who reaches it reads the metrics.",
 )
 @_option(
+    "--etcd",
+    "ETCD",
+    default=None,
+    metavar="URL[,URL...]",
+    help="Join a fleet coordinated by this etcd cluster (https://HOST:PORT, comma-separated). The server "
+    "presents its --cert (a jw-pki issue-node certificate) to etcd and to the other nodes.",
+)
+@_option(
+    "--node-name",
+    "NODE_NAME",
+    default=None,
+    help="This node's name in the fleet (default: the CN of --cert).",
+)
+@_option(
+    "--node-address",
+    "NODE_ADDRESS",
+    default=None,
+    help="host:port other nodes dial to reach this one [default: --listen]; must match a SAN of --cert.",
+)
+@_option(
+    "--node-label",
+    "NODE_LABEL",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A label of this node, for jw start --node-label. Repeatable.",
+)
+@_option(
+    "--lease-ttl",
+    "LEASE_TTL",
+    type=click.IntRange(min=2, max=300),
+    default=DEFAULT_LEASE_TTL_SECONDS,
+    help="Seconds after its last keepalive at which a node is taken for unreachable.",
+)
+@_option(
     "--log-level",
     "LOG_LEVEL",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -338,6 +413,7 @@ def main(ctx: click.Context, /, **options: Any) -> None:
     try:
         uids = _uid_range(options["job_uids"])
         mounts = tuple(engine.JobMount.parse(m) for m in options["job_mount"])
+        fleet = _fleet_config(options)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     if options["metrics_listen"] is not None:
@@ -374,6 +450,7 @@ def main(ctx: click.Context, /, **options: Any) -> None:
         job_scratch_bytes=options["job_scratch_size"],
         metrics_listen=options["metrics_listen"],
         metrics_allow_remote=options["metrics_allow_remote"],
+        fleet=fleet,
     )
     _raise_open_file_limit()
     try:

@@ -186,6 +186,11 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         jobs = self._manager.list(states=states, owner=owner, name=request.name, labels=dict(request.labels))
         return pb.ListResponse(jobs=[convert.status_to_proto(s) for s in jobs])
 
+    async def ListNodes(self, request: pb.ListNodesRequest, context: Context) -> pb.ListNodesResponse:
+        raise ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION, "this server is not in a fleet (jw-server --etcd)"
+        )
+
     async def GetServerInfo(
         self, request: pb.GetServerInfoRequest, context: Context
     ) -> pb.GetServerInfoResponse:

@@ -51,6 +51,8 @@ JOB_JSON_KEYS = [
     "labels",
     "stdin",
     "tty",
+    "node",
+    "node_unreachable",
 ]
 
 

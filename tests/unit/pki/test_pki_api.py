@@ -31,7 +31,7 @@ def test_every_error_derives_from_pki_error() -> None:
 
 
 def test_enums_have_the_documented_values() -> None:
-    assert [r.value for r in pki.Role] == ["reader", "writer", "admin"]
+    assert [r.value for r in pki.Role] == ["reader", "writer", "admin", "node"]
     assert [k.value for k in pki.KeyType] == ["p256", "rsa4096"]
 
 

@@ -87,6 +87,8 @@ def mint_pki(directory: Path, key_type: pki.KeyType = pki.KeyType.P256) -> Pki:
     # An OCTET STRING where the UTF8String belongs, and a well-formed but unknown role.
     result.add("mal", pki.issue_client(ca, "mal", None, role_der=b"\x04\x05admin"))
     result.add("uma", pki.issue_client(ca, "uma", None, role_der=b"\x0c\x04root"))
+    # A fleet node: a caller only when it asserts whom it forwards for.
+    result.add("nico", pki.issue_node(ca, "nico"))
     day = timedelta(days=1)
     expired = pki.issue_client(ca, "expired", pki.Role.ADMIN, not_before=now - 20 * day, not_after=now - day)
     result.add("expired", expired)

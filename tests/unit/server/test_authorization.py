@@ -28,6 +28,7 @@ RPCS = (
     "Prune",
     "Signal",
     "WriteInput",
+    "ListNodes",
 )
 # An admitted call that does not answer OK on a running job: what it answers instead.
 ADMITTED = {
@@ -37,6 +38,8 @@ ADMITTED = {
     "Delete": grpc.StatusCode.FAILED_PRECONDITION,
     # The job was started without its stdin open.
     "WriteInput": grpc.StatusCode.FAILED_PRECONDITION,
+    # A server started without --etcd is in no fleet.
+    "ListNodes": grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 # What each caller gets from each RPC aimed at a running job owned by the writer walt.
@@ -53,6 +56,7 @@ MATRIX: dict[str, dict[str, grpc.StatusCode]] = {
         "Prune": DENIED,
         "Signal": DENIED,
         "WriteInput": DENIED,
+        "ListNodes": OK,
     },
     "walt": dict.fromkeys(RPCS, OK),
     "wendy": {
@@ -67,11 +71,13 @@ MATRIX: dict[str, dict[str, grpc.StatusCode]] = {
         "Prune": OK,
         "Signal": HIDDEN,
         "WriteInput": HIDDEN,
+        "ListNodes": OK,
     },
     "ada": dict.fromkeys(RPCS, OK),
     "nora": dict.fromkeys(RPCS, DENIED),  # no role extension
     "mal": dict.fromkeys(RPCS, DENIED),  # malformed role extension
     "uma": dict.fromkeys(RPCS, DENIED),  # unknown role name
+    "nico": dict.fromkeys(RPCS, DENIED),  # a node that asserts no caller
 }
 
 
@@ -94,6 +100,8 @@ def call(stub: Stub, rpc: str, job_id: str) -> Any:
     if rpc == "Signal":
         # SIGCONT changes nothing for a running sleep, so the job's state still tells what Stop did.
         return stub.Signal(pb.SignalRequest(job_id=job_id, signal="CONT"))
+    if rpc == "ListNodes":
+        return stub.ListNodes(pb.ListNodesRequest())
     if rpc == "Wait":
         return stub.Wait(pb.WaitRequest(job_id=job_id), timeout=0.5)
     if rpc == "WriteInput":

@@ -376,3 +376,41 @@ def test_every_default_has_one_source() -> None:
     engine_defaults = {f.name: f.default for f in dataclasses.fields(engine.EngineConfig)}
     for option, (server_field, engine_field) in pairs.items():
         assert options[option] == server_defaults[server_field] == engine_defaults[engine_field], option
+
+
+def test_fleet_flags_map_to_the_fleet_config(
+    certs: Pki, tmp_path: Path, captured: list[ServerConfig]
+) -> None:
+    node_cert, node_key = str(certs.cert("nico")), str(certs.key("nico"))
+    args = ["--cert", node_cert, "--key", node_key, "--ca", str(certs.ca_path), "--state-dir", str(tmp_path)]
+    fleet = ["--etcd", "https://10.0.0.1:2379, https://10.0.0.2:2379", "--node-label", "zone=east"]
+    result = CliRunner().invoke(main.main, [*args, *fleet, "--node-label", "gpu=", "--lease-ttl", "3"])
+    assert result.exit_code == 0, result.output
+    (config,) = captured
+    assert config.fleet is not None
+    # The node's name defaults to its certificate's CN.
+    assert config.fleet.node_name == "nico"
+    assert config.fleet.etcd == ("https://10.0.0.1:2379", "https://10.0.0.2:2379")
+    assert dict(config.fleet.labels) == {"zone": "east", "gpu": ""}
+    assert config.fleet.lease_ttl_seconds == 3
+    assert config.fleet.address == ""
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--node-label", "zone=east"], "--node-label needs --etcd"),
+        (["--node-name", "a"], "--node-name needs --etcd"),
+        (["--etcd", "https://e:2379", "--node-label", "zone"], "is not KEY=VALUE"),
+        (["--etcd", "https://e:2379", "--node-name", "-a"], "node name '-a' is not valid"),
+        (["--etcd", "https://e:2379", "--listen", "0.0.0.0:50051"], "give --node-address"),
+    ],
+)
+def test_bad_fleet_flags_are_usage_errors(
+    certs: Pki, tmp_path: Path, captured: list[ServerConfig], extra: list[str], message: str
+) -> None:
+    args = [*credential_args(certs), "--state-dir", str(tmp_path), *extra]
+    result = CliRunner().invoke(main.main, args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert captured == []
