@@ -155,3 +155,5 @@ class Context:
     bare: BareServer
     client: AsyncClient
     docker: Docker
+    # The bare stream's fastest message size, once the one-follower case (or fan-out's own sweep) found it.
+    bare_best_chunk: int | None = None
