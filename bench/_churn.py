@@ -11,6 +11,7 @@ from _report import CaseResult, Metric, MiB
 from jobworker.client import JobState, StreamEnd
 
 _BATCH = 100
+JOBS_PER_S_TARGET = 300
 
 
 async def _run_one(ctx: Context) -> None:
@@ -48,7 +49,7 @@ async def run(ctx: Context) -> CaseResult:
     )
     between = f"job {first_n} -> {last_n}"
     result.metrics += [
-        Metric("jobs/s", count / seconds, "jobs/s", higher_is_better=True),
+        Metric("jobs/s", count / seconds, "jobs/s", higher_is_better=True, limit=JOBS_PER_S_TARGET),
         Metric(f"fd growth ({between})", last.fds - first.fds, "fds", limit=0),
         Metric(f"thread growth ({between})", last.threads - first.threads, "threads", limit=0),
         Metric(f"cgroup growth ({between})", last_cg - first_cg, "dirs", limit=0),
