@@ -62,7 +62,7 @@ def write_chart(path: Path, results: Sequence[CaseResult], title: str) -> str | 
         matplotlib.use("Agg")  # no display: a file only
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        return f"matplotlib is not installed ({exc.name}); pip install -e '.[bench]'"
+        return f"{exc.name or 'matplotlib'} cannot be imported (the bench extra: pip install -e '.[bench]')"
     start = _case(results, "start")
     bars = _throughput_bars(results)
     if start is None and not bars:
