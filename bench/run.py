@@ -222,7 +222,7 @@ def _publish(document: dict[str, Any], results: list[CaseResult], out: Path) -> 
     out.with_suffix(".md").write_text(render_markdown(ordered) + "\n")
     chart = out.with_suffix(".png")
     try:
-        skipped = _chart.write_chart(chart, ordered, headline)
+        skipped = _chart.write_chart(chart, ordered, headline, _memory.IDLE_JOB_PSS_LIMIT_KIB)
     except (KeyError, ValueError, OSError) as exc:
         # The numbers are written already; a chart that cannot be drawn must not lose them.
         skipped = f"the chart could not be drawn ({type(exc).__name__}: {exc})"
