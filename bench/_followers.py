@@ -62,6 +62,18 @@ async def follow_bare(
     return Followed(nbytes, time.perf_counter() - t0)
 
 
+async def follow_stub(channel: grpc.aio.Channel, job_id: str, t0: float) -> Followed:
+    """Follow a job of jw-server from byte 0 with the generated stub: the server's side, no client library."""
+    nbytes = 0
+    call = pb_grpc.JobWorkerStub(channel).StreamOutput(
+        pb.StreamOutputRequest(job_id=job_id, streams=pb.STREAM_SELECTION_BOTH, offset=0, follow=True)
+    )
+    async for message in call:
+        if message.HasField("chunk"):
+            nbytes += len(message.chunk.data)
+    return Followed(nbytes, time.perf_counter() - t0)
+
+
 async def bare_streams(
     channel: grpc.aio.Channel, size: int, count: int, chunk: int | None = None
 ) -> list[Followed]:

@@ -19,6 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
+import grpc.aio
+
 import pki
 from jobworker.client import ClientConfig
 
@@ -47,6 +50,15 @@ class Certs:
     def client_config(self, address: str) -> ClientConfig:
         """Client settings for a server at `address` with the admin identity."""
         return ClientConfig(server=address, ca=self.ca, cert=self.client_cert, key=self.client_key)
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """A bare grpc.aio channel to `address` with the admin identity (call inside the event loop)."""
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=self.client_key.read_bytes(),
+            certificate_chain=self.client_cert.read_bytes(),
+        )
+        return grpc.aio.secure_channel(address, credentials)
 
 
 def mint_certs(directory: Path) -> Certs:

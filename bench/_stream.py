@@ -6,8 +6,9 @@ import statistics
 import subprocess
 import time
 
+import grpc.aio
 from _context import Context
-from _followers import bare_streams, docker_logs_seconds, follow_job, pipe_seconds
+from _followers import bare_streams, docker_logs_seconds, follow_job, follow_stub, pipe_seconds
 from _harness import BenchError, cpu_seconds
 from _report import CaseResult, GiB, Metric, MiB
 
@@ -39,6 +40,17 @@ async def _jobworker_once(ctx: Context, size: int) -> tuple[float, float]:
     return size / MiB / followed.seconds, cpu_seconds(ctx.server.pid)[0] - cpu0
 
 
+async def _stub_once(ctx: Context, channel: grpc.aio.Channel, size: int) -> tuple[float, float]:
+    """_jobworker_once with the generated stub as the follower: what the server gives, no client library."""
+    cpu0 = cpu_seconds(ctx.server.pid)[0]
+    t0 = time.perf_counter()
+    job = await ctx.client.start("head", ["-c", str(size), "/dev/zero"])
+    followed = await follow_stub(channel, job.id, t0)
+    if followed.nbytes != size:
+        raise BenchError(f"the stub follower got {followed.nbytes} bytes, expected {size}")
+    return size / MiB / followed.seconds, cpu_seconds(ctx.server.pid)[0] - cpu0
+
+
 async def bare_once(ctx: Context, size: int, chunk: int, count: int = 1) -> tuple[float, float]:
     """(aggregate MiB/s, server CPU s) of `count` bare streams of `size` bytes in `chunk`-byte messages."""
     cpu0 = cpu_seconds(ctx.bare.pid)[0]
@@ -65,14 +77,19 @@ async def run(ctx: Context) -> CaseResult:
     """Measure single-follower throughput and its baselines, interleaved, median of a few rounds."""
     size, rounds = ctx.sizes.stream_bytes, ctx.sizes.stream_rounds
     result = CaseResult("stream", f"2. one follower ({size_label(size)} of head -c /dev/zero)")
-    contenders = ["jobworker", *(f"bare_{chunk}" for chunk in BARE_CHUNKS), "pipe"]
+    contenders = ["jobworker", "jobworker_stub", *(f"bare_{chunk}" for chunk in BARE_CHUNKS), "pipe"]
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
-    # Interleaved rounds, so that a burst of other work on the machine hits every contender alike.
-    for _ in range(rounds):
-        runs["jobworker"].append(await _jobworker_once(ctx, size))
-        for chunk in BARE_CHUNKS:
-            runs[f"bare_{chunk}"].append(await bare_once(ctx, size, chunk))
-        runs["pipe"].append((size / MiB / pipe_seconds(size), 0.0))
+    stub_channel = ctx.certs.channel(ctx.server.address)
+    try:
+        # Interleaved rounds, so that a burst of other work on the machine hits every contender alike.
+        for _ in range(rounds):
+            runs["jobworker"].append(await _jobworker_once(ctx, size))
+            runs["jobworker_stub"].append(await _stub_once(ctx, stub_channel, size))
+            for chunk in BARE_CHUNKS:
+                runs[f"bare_{chunk}"].append(await bare_once(ctx, size, chunk))
+            runs["pipe"].append((size / MiB / pipe_seconds(size), 0.0))
+    finally:
+        await stub_channel.close()
     rate = {name: statistics.median(r for r, _ in runs[name]) for name in contenders}
     gib = size / GiB
     cpu = {name: statistics.median(c for _, c in runs[name]) / gib for name in contenders[:-1]}
@@ -118,6 +135,17 @@ async def run(ctx: Context) -> CaseResult:
             target_ratio=CPU_TARGET,
         ),
     ]
+    # Which side of the wire a shortfall is on: the same server followed by the bare stub.
+    result.metrics.append(
+        Metric(
+            "follower MiB/s, stub (no client library)",
+            rate["jobworker_stub"],
+            "MiB/s",
+            best_label,
+            rate[f"bare_{best}"],
+            higher_is_better=True,
+        )
+    )
     if best != JW_CHUNK:
         # jw-server's own message size: what the follower would reach with nothing but the spool removed.
         result.metrics += [
@@ -132,6 +160,8 @@ async def run(ctx: Context) -> CaseResult:
         " StreamEnd",
         f"bare grpc.aio message sizes (MiB/s): {sweep}; the best, {size_label(best)}, is the target's"
         f" baseline; jw-server sends {size_label(JW_CHUNK)} messages",
+        "the stub row follows the job with the generated stub, as the bare streams are read: the gap"
+        " between it and the follower row is the client library's",
         "server CPU is jw-server's own (user + system, all threads); the job's holder writes the spool in a"
         " process of its own, not counted",
     ]
