@@ -59,7 +59,7 @@ class _Samples:
     final: list[float] = field(default_factory=list)
     userns: list[float] = field(default_factory=list)
     unshare: list[float] = field(default_factory=list)
-    job_id: str = ""
+    job_ids: list[str] = field(default_factory=list)
 
     def summaries(self) -> dict[str, dict[str, float]]:
         """n and percentiles of each series, in ms."""
@@ -85,7 +85,8 @@ async def _rounds(ctx: Context, count: int, gap: float) -> _Samples:
     for _ in range(_ROUNDS):
         for _ in range(per_round):
             await asyncio.sleep(gap)
-            start, final, samples.job_id = await _jobworker_once(ctx)
+            start, final, job_id = await _jobworker_once(ctx)
+            samples.job_ids.append(job_id)
             samples.start.append(start)
             samples.final.append(final)
         for series, command in ((samples.userns, UNSHARE_USERNS), (samples.unshare, UNSHARE)):
@@ -208,11 +209,25 @@ async def run(ctx: Context) -> CaseResult:
     rpc: list[float] = []
     for _ in range(n):
         t0 = time.perf_counter()
-        await ctx.client.status(b2b.job_id)
+        await ctx.client.status(b2b.job_ids[-1])
         rpc.append(time.perf_counter() - t0)
     jw_rpc = summary_ms(rpc)
     result.data["jobworker_status_rpc"] = jw_rpc
     result.metrics.append(Metric("GetStatus RPC p50 (the RPC floor)", jw_rpc["p50_ms"], "ms"))
+    # The server's own view of the same Start calls (its audit line's duration), to split client and
+    # transport time from the server's.
+    ids = set(b2b.job_ids)
+    inside = [
+        float(entry["duration_ms"]) / 1000
+        for entry in ctx.server.log_entries()
+        if str(entry.get("method", "")).endswith("/Start") and entry.get("job_id") in ids
+    ]
+    if inside:
+        server_side = summary_ms(inside)
+        result.data["jobworker_start_server_side"] = server_side
+        result.metrics.append(
+            Metric("Start p50 inside the server (audit duration), back to back", server_side["p50_ms"], "ms")
+        )
     result.notes += [
         f"unshare -U is `{' '.join(UNSHARE_USERNS)}` (a strict job itself has no user namespace: its uid is a"
         f" host uid); unshare is the older baseline `{' '.join(UNSHARE)}`",
