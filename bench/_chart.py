@@ -68,13 +68,26 @@ def _throughput_bars(results: Sequence[CaseResult]) -> list[_Bar]:
     return bars
 
 
+_TICKS_MS = (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500, 1000, 2000, 5000)
+
+
 def _start_panel(ax: Any, start: dict[str, Any]) -> None:
+    from matplotlib.ticker import NullFormatter
+
+    everything: list[float] = []
     for pattern, series, label, colour, style in _START_SERIES:
         values = sorted(start["samples_ms"][pattern][series])
+        everything += values
         if values:
             cdf = [(i + 1) / len(values) for i in range(len(values))]
             ax.step(values, cdf, where="post", label=label, color=colour, linestyle=style)
     ax.set_xscale("log")
+    if everything:
+        # Plain numbers at round values: the range is often less than a decade, where log labels collide.
+        low, high = min(everything), max(everything)
+        ticks = [t for t in _TICKS_MS if low / 1.5 <= t <= high * 1.5]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("latency, ms (log scale)")
     ax.set_ylabel("fraction of starts at or below")
     ax.set_title("Start latency (CDF); target: p50 <= 1x, p99 <= 2x unshare -U")
