@@ -39,6 +39,7 @@ class Sizes:
     idle_jobs: int = 1000
     churn_jobs: int = 1000
     restart_jobs: int = 200
+    logs_seek_bytes: int = 10 * GiB
 
 
 QUICK = Sizes(
@@ -56,6 +57,7 @@ QUICK = Sizes(
     idle_jobs=100,
     churn_jobs=200,
     restart_jobs=40,
+    logs_seek_bytes=512 * MiB,
 )
 
 

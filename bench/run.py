@@ -4,7 +4,8 @@ Starts its own jw-server (127.0.0.1:0, temp state dir, fresh P-256 certificates,
 bare grpc.aio server, runs the cases, prints a table and writes bench/results/bench-<UTC time>.json, .md and
 .png (the chart needs matplotlib, the `bench` extra; without it the chart is skipped).
 
-    .venv/bin/python bench/run.py [--quick] [--only start|stream|fanout|memory|churn|restart ...] [--profile]
+    .venv/bin/python bench/run.py [--quick] [--profile]
+        [--only start|stream|fanout|memory|churn|restart|logs ...]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 import _chart
 import _churn
 import _fanout
+import _logs_seek
 import _memory
 import _restart
 import _start
@@ -66,6 +68,7 @@ CASES: dict[str, Case] = {
     "fanout": _fanout.run,
     "memory": _memory.run,
     "restart": _restart.run,
+    "logs": _logs_seek.run,
 }
 # Fan-out moves 25 GiB three times (jobworker and two bare sizes): minutes on a busy 2-core machine.
 _CASE_TIMEOUT = 600.0

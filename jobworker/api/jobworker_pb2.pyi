@@ -109,6 +109,8 @@ class _StreamEndReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Strea
     """follow was false and every byte stored so far was delivered."""
     STREAM_END_REASON_SERVER_SHUTDOWN: _StreamEndReason.ValueType  # 3
     """The server is shutting down."""
+    STREAM_END_REASON_LIMIT_REACHED: _StreamEndReason.ValueType  # 4
+    """The request's until time or limit_bytes was reached before the end of the output."""
 
 class StreamEndReason(_StreamEndReason, metaclass=_StreamEndReasonEnumTypeWrapper): ...
 
@@ -119,6 +121,8 @@ STREAM_END_REASON_CAUGHT_UP: StreamEndReason.ValueType  # 2
 """follow was false and every byte stored so far was delivered."""
 STREAM_END_REASON_SERVER_SHUTDOWN: StreamEndReason.ValueType  # 3
 """The server is shutting down."""
+STREAM_END_REASON_LIMIT_REACHED: StreamEndReason.ValueType  # 4
+"""The request's until time or limit_bytes was reached before the end of the output."""
 Global___StreamEndReason: _TypeAlias = StreamEndReason  # noqa: Y015
 
 @_typing.final
@@ -233,6 +237,26 @@ Global___Usage: _TypeAlias = Usage  # noqa: Y015
 class JobStatus(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
@@ -251,6 +275,10 @@ class JobStatus(_message.Message):
     CWD_FIELD_NUMBER: _builtins.int
     TRUNCATION_REASON_FIELD_NUMBER: _builtins.int
     OUTPUT_DROPPED_BYTES_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    STDIN_FIELD_NUMBER: _builtins.int
+    TTY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     owner: _builtins.str
     command: _builtins.str
@@ -272,6 +300,11 @@ class JobStatus(_message.Message):
     """
     output_dropped_bytes: _builtins.int
     """Output the job wrote that was not stored (counted since the server last started)."""
+    name: _builtins.str
+    """As given at Start; empty when none."""
+    stdin: _builtins.bool
+    """Started with its stdin open (WriteInput) / on a terminal (its output is all stdout)."""
+    tty: _builtins.bool
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -282,6 +315,8 @@ class JobStatus(_message.Message):
     def limits(self) -> Global___Limits: ...
     @_builtins.property
     def usage(self) -> Global___Usage: ...
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
         self,
         *,
@@ -303,10 +338,14 @@ class JobStatus(_message.Message):
         cwd: _builtins.str = ...,
         truncation_reason: _builtins.str = ...,
         output_dropped_bytes: _builtins.int = ...,
+        name: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        stdin: _builtins.bool = ...,
+        tty: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "ended_at", b"ended_at", "exit_code", b"exit_code", "limits", b"limits", "signal", b"signal", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "args", b"args", "command", b"command", "cwd", b"cwd", "ended_at", b"ended_at", "exit_code", b"exit_code", "id", b"id", "limits", b"limits", "output_dropped_bytes", b"output_dropped_bytes", "output_truncated", b"output_truncated", "owner", b"owner", "pid", b"pid", "signal", b"signal", "started_at", b"started_at", "state", b"state", "stderr_bytes", b"stderr_bytes", "stdout_bytes", b"stdout_bytes", "truncation_reason", b"truncation_reason", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "args", b"args", "command", b"command", "cwd", b"cwd", "ended_at", b"ended_at", "exit_code", b"exit_code", "id", b"id", "labels", b"labels", "limits", b"limits", "name", b"name", "output_dropped_bytes", b"output_dropped_bytes", "output_truncated", b"output_truncated", "owner", b"owner", "pid", b"pid", "signal", b"signal", "started_at", b"started_at", "state", b"state", "stderr_bytes", b"stderr_bytes", "stdin", b"stdin", "stdout_bytes", b"stdout_bytes", "truncation_reason", b"truncation_reason", "tty", b"tty", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -318,6 +357,83 @@ class JobStatus(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__signal) -> _WhichOneofReturnType__signal | None: ...
 
 Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
+
+@_typing.final
+class TerminalSize(_message.Message):
+    """A terminal's window size."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    COLS_FIELD_NUMBER: _builtins.int
+    rows: _builtins.int
+    cols: _builtins.int
+    def __init__(
+        self,
+        *,
+        rows: _builtins.int = ...,
+        cols: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cols", b"cols", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TerminalSize: _TypeAlias = TerminalSize  # noqa: Y015
+
+@_typing.final
+class WriteInputRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    EOF_FIELD_NUMBER: _builtins.int
+    RESIZE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job; read from the first message only."""
+    data: _builtins.bytes
+    eof: _builtins.bool
+    """End of input, after this message's data."""
+    @_builtins.property
+    def resize(self) -> Global___TerminalSize:
+        """The terminal's new window size (jobs started with tty)."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        eof: _builtins.bool = ...,
+        resize: Global___TerminalSize | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resize", b"resize"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "eof", b"eof", "job_id", b"job_id", "resize", b"resize"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteInputRequest: _TypeAlias = WriteInputRequest  # noqa: Y015
+
+@_typing.final
+class WriteInputResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BYTES_WRITTEN_FIELD_NUMBER: _builtins.int
+    bytes_written: _builtins.int
+    """Bytes of data the job's stdin took."""
+    def __init__(
+        self,
+        *,
+        bytes_written: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_written", b"bytes_written"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteInputResponse: _TypeAlias = WriteInputResponse  # noqa: Y015
 
 @_typing.final
 class StartRequest(_message.Message):
@@ -343,15 +459,50 @@ class StartRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     COMMAND_FIELD_NUMBER: _builtins.int
     ARGS_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
     CWD_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    STDIN_FIELD_NUMBER: _builtins.int
+    TTY_FIELD_NUMBER: _builtins.int
+    TTY_SIZE_FIELD_NUMBER: _builtins.int
     command: _builtins.str
     """Executable: an absolute path or a name looked up in the job's PATH."""
     cwd: _builtins.str
     """Working directory; the server's default when empty."""
+    name: _builtins.str
+    """Unique among the owner's stored jobs (ALREADY_EXISTS otherwise) until the job is deleted: 1 to 128
+    letters, digits, '_', '.', '-', starting with a letter or digit. Empty: no name.
+    """
+    stdin: _builtins.bool
+    """Keep the job's stdin open for WriteInput (otherwise it reads /dev/null)."""
+    tty: _builtins.bool
+    """Run the job on a terminal (a pty in its sandbox: stdin, stdout and stderr; implies stdin) of this
+    window size (24x80 when unset).
+    """
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -360,6 +511,12 @@ class StartRequest(_message.Message):
 
     @_builtins.property
     def limits(self) -> Global___Limits: ...
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Keys as Kubernetes label keys ([prefix/]name), values up to 256 characters; at most 64 labels."""
+
+    @_builtins.property
+    def tty_size(self) -> Global___TerminalSize: ...
     def __init__(
         self,
         *,
@@ -368,10 +525,15 @@ class StartRequest(_message.Message):
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         cwd: _builtins.str = ...,
         limits: Global___Limits | None = ...,
+        name: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        stdin: _builtins.bool = ...,
+        tty: _builtins.bool = ...,
+        tty_size: Global___TerminalSize | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "tty_size", b"tty_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "cwd", b"cwd", "env", b"env", "limits", b"limits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "cwd", b"cwd", "env", b"env", "labels", b"labels", "limits", b"limits", "name", b"name", "stdin", b"stdin", "tty", b"tty", "tty_size", b"tty_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -565,19 +727,45 @@ Global___DeleteResponse: _TypeAlias = DeleteResponse  # noqa: Y015
 class PruneRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ENDED_BEFORE_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def ended_before(self) -> _timestamp_pb2.Timestamp:
         """Jobs that ended before this time; unset: now (every ended job)."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only jobs that have every one of these labels with these values."""
 
     def __init__(
         self,
         *,
         ended_before: _timestamp_pb2.Timestamp | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ended_before", b"ended_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_before", b"ended_before"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_before", b"ended_before", "labels", b"labels"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -654,23 +842,53 @@ Global___SignalResponse: _TypeAlias = SignalResponse  # noqa: Y015
 class ListRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     STATES_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     owner: _builtins.str
     """Only jobs of this owner (admins and readers); ignored for writers, who only ever see their own."""
+    name: _builtins.str
+    """Only jobs of this name (one per owner)."""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[Global___JobState.ValueType]:
         """Only jobs in these states; all when empty."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only jobs that have every one of these labels with these values."""
 
     def __init__(
         self,
         *,
         states: _abc.Iterable[Global___JobState.ValueType] | None = ...,
         owner: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "owner", b"owner", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -704,12 +922,34 @@ class StreamOutputRequest(_message.Message):
     STREAMS_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
+    TAIL_LINES_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     streams: Global___StreamSelection.ValueType
     offset: _builtins.int
     """Start at this byte offset of the selected view (0 = from the first byte)."""
     follow: _builtins.bool
     """Keep the stream open and deliver new output until the job ends."""
+    tail_lines: _builtins.int
+    """Start at the last this many lines of the selected view (newlines counted in arrival order; a last
+    line without a newline counts too). Unset: no tail; 0: only new output. Negative: INVALID_ARGUMENT.
+    """
+    since: _builtins.str
+    """Only output that arrived at or after / at or before this time: RFC 3339 ("2026-12-01T10:00:00Z") or a
+    duration ago on the server's clock ("10m", "1h30m"). Empty: no bound. Times are per record (one read
+    of the job's pipe), so a line the job wrote in two pieces may be cut. With follow, until ends the
+    stream once that time has passed. Spools of the first release have no times: FAILED_PRECONDITION.
+    """
+    until: _builtins.str
+    limit_bytes: _builtins.int
+    """Stop after this many bytes of the selected view (counted from where the stream starts); 0: no limit."""
+    timestamps: _builtins.bool
+    """Never merge output that arrived at different times into one chunk, so that each chunk's time is that of
+    every byte in it (for per-line timestamps). Chunks may be smaller.
+    """
     def __init__(
         self,
         *,
@@ -717,12 +957,19 @@ class StreamOutputRequest(_message.Message):
         streams: Global___StreamSelection.ValueType = ...,
         offset: _builtins.int = ...,
         follow: _builtins.bool = ...,
+        tail_lines: _builtins.int | None = ...,
+        since: _builtins.str = ...,
+        until: _builtins.str = ...,
+        limit_bytes: _builtins.int = ...,
+        timestamps: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines", "tail_lines", b"tail_lines"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "job_id", b"job_id", "offset", b"offset", "streams", b"streams"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines", "follow", b"follow", "job_id", b"job_id", "limit_bytes", b"limit_bytes", "offset", b"offset", "since", b"since", "streams", b"streams", "tail_lines", b"tail_lines", "timestamps", b"timestamps", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__tail_lines: _TypeAlias = _typing.Literal["tail_lines"]  # noqa: Y015
+    _WhichOneofArgType__tail_lines: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tail_lines) -> _WhichOneofReturnType__tail_lines | None: ...
 
 Global___StreamOutputRequest: _TypeAlias = StreamOutputRequest  # noqa: Y015
 
@@ -733,20 +980,26 @@ class OutputChunk(_message.Message):
     STREAM_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
     stream: Global___OutputStream.ValueType
     offset: _builtins.int
     """Offset of data[0] in the selected view; resume with offset + len(data)."""
     data: _builtins.bytes
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When data[0] reached the server's spool; unset for output stored by the first release."""
+
     def __init__(
         self,
         *,
         stream: Global___OutputStream.ValueType = ...,
         offset: _builtins.int = ...,
         data: _builtins.bytes = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset", "stream", b"stream"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset", "stream", b"stream", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

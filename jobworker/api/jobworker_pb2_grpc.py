@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class JobWorkerStub:
-    """Missing associated documentation comment in .proto file."""
+    """Every request's `job_id` names one job by its full id (any case), its name, or a unique prefix of its id,
+    tried in that order. A name is the caller's own job first; a name several other owners use, or a prefix of
+    several ids, is INVALID_ARGUMENT listing the candidates. Only jobs the caller may see count: a reference
+    that fits only other owners' jobs is NOT_FOUND, like one that fits nothing.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -84,10 +88,19 @@ class JobWorkerStub:
                 request_serializer=jobworker_dot_v1_dot_jobworker__pb2.SignalRequest.SerializeToString,
                 response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.SignalResponse.FromString,
                 _registered_method=True)
+        self.WriteInput = channel.stream_unary(
+                '/jobworker.v1.JobWorker/WriteInput',
+                request_serializer=jobworker_dot_v1_dot_jobworker__pb2.WriteInputRequest.SerializeToString,
+                response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.WriteInputResponse.FromString,
+                _registered_method=True)
 
 
 class JobWorkerServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Every request's `job_id` names one job by its full id (any case), its name, or a unique prefix of its id,
+    tried in that order. A name is the caller's own job first; a name several other owners use, or a prefix of
+    several ids, is INVALID_ARGUMENT listing the candidates. Only jobs the caller may see count: a reference
+    that fits only other owners' jobs is NOT_FOUND, like one that fits nothing.
+    """
 
     def Start(self, request, context):
         """Start a job. Needs role writer or admin. The caller becomes the job's owner.
@@ -164,6 +177,18 @@ class JobWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WriteInput(self, request_iterator, context):
+        """Write to the stdin of a running job started with stdin or tty. The first message names the job; each
+        message may carry data, a new terminal size (resize) and, last, eof: the job then reads end of file (a
+        terminal gets ^D). A client that goes away without eof leaves the stdin open for the next writer. One
+        writer at a time; FAILED_PRECONDITION when the job has no open stdin or another client writes to it.
+        A job that reads slowly slows the writer down (flow control), never the server's memory.
+        Writers their own jobs, admins any.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +242,11 @@ def add_JobWorkerServicer_to_server(servicer, server):
                     request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.SignalRequest.FromString,
                     response_serializer=jobworker_dot_v1_dot_jobworker__pb2.SignalResponse.SerializeToString,
             ),
+            'WriteInput': grpc.stream_unary_rpc_method_handler(
+                    servicer.WriteInput,
+                    request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.WriteInputRequest.FromString,
+                    response_serializer=jobworker_dot_v1_dot_jobworker__pb2.WriteInputResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'jobworker.v1.JobWorker', rpc_method_handlers)
@@ -226,7 +256,11 @@ def add_JobWorkerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class JobWorker:
-    """Missing associated documentation comment in .proto file."""
+    """Every request's `job_id` names one job by its full id (any case), its name, or a unique prefix of its id,
+    tried in that order. A name is the caller's own job first; a name several other owners use, or a prefix of
+    several ids, is INVALID_ARGUMENT listing the candidates. Only jobs the caller may see count: a reference
+    that fits only other owners' jobs is NOT_FOUND, like one that fits nothing.
+    """
 
     @staticmethod
     def Start(request,
@@ -488,6 +522,33 @@ class JobWorker:
             '/jobworker.v1.JobWorker/Signal',
             jobworker_dot_v1_dot_jobworker__pb2.SignalRequest.SerializeToString,
             jobworker_dot_v1_dot_jobworker__pb2.SignalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteInput(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/jobworker.v1.JobWorker/WriteInput',
+            jobworker_dot_v1_dot_jobworker__pb2.WriteInputRequest.SerializeToString,
+            jobworker_dot_v1_dot_jobworker__pb2.WriteInputResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,6 +31,12 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class JobWorkerStub:
+    """Every request's `job_id` names one job by its full id (any case), its name, or a unique prefix of its id,
+    tried in that order. A name is the caller's own job first; a name several other owners use, or a prefix of
+    several ids, is INVALID_ARGUMENT listing the candidates. Only jobs the caller may see count: a reference
+    that fits only other owners' jobs is NOT_FOUND, like one that fits nothing.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -65,9 +71,23 @@ class JobWorkerStub:
     """Send a signal to a running job's command without stopping it (INVALID_ARGUMENT for a signal
     outside the allowed set; FAILED_PRECONDITION when the job has ended). Writers their own jobs, admins any.
     """
+    WriteInput: _grpc.StreamUnaryMultiCallable[_jobworker_pb2.WriteInputRequest, _jobworker_pb2.WriteInputResponse]
+    """Write to the stdin of a running job started with stdin or tty. The first message names the job; each
+    message may carry data, a new terminal size (resize) and, last, eof: the job then reads end of file (a
+    terminal gets ^D). A client that goes away without eof leaves the stdin open for the next writer. One
+    writer at a time; FAILED_PRECONDITION when the job has no open stdin or another client writes to it.
+    A job that reads slowly slows the writer down (flow control), never the server's memory.
+    Writers their own jobs, admins any.
+    """
 
 @_typing.type_check_only
 class JobWorkerAsyncStub(JobWorkerStub):
+    """Every request's `job_id` names one job by its full id (any case), its name, or a unique prefix of its id,
+    tried in that order. A name is the caller's own job first; a name several other owners use, or a prefix of
+    several ids, is INVALID_ARGUMENT listing the candidates. Only jobs the caller may see count: a reference
+    that fits only other owners' jobs is NOT_FOUND, like one that fits nothing.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Start: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.StartRequest, _jobworker_pb2.StartResponse]  # type: ignore[assignment]
     """Start a job. Needs role writer or admin. The caller becomes the job's owner."""
@@ -99,8 +119,22 @@ class JobWorkerAsyncStub(JobWorkerStub):
     """Send a signal to a running job's command without stopping it (INVALID_ARGUMENT for a signal
     outside the allowed set; FAILED_PRECONDITION when the job has ended). Writers their own jobs, admins any.
     """
+    WriteInput: _aio.StreamUnaryMultiCallable[_jobworker_pb2.WriteInputRequest, _jobworker_pb2.WriteInputResponse]  # type: ignore[assignment]
+    """Write to the stdin of a running job started with stdin or tty. The first message names the job; each
+    message may carry data, a new terminal size (resize) and, last, eof: the job then reads end of file (a
+    terminal gets ^D). A client that goes away without eof leaves the stdin open for the next writer. One
+    writer at a time; FAILED_PRECONDITION when the job has no open stdin or another client writes to it.
+    A job that reads slowly slows the writer down (flow control), never the server's memory.
+    Writers their own jobs, admins any.
+    """
 
 class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
+    """Every request's `job_id` names one job by its full id (any case), its name, or a unique prefix of its id,
+    tried in that order. A name is the caller's own job first; a name several other owners use, or a prefix of
+    several ids, is INVALID_ARGUMENT listing the candidates. Only jobs the caller may see count: a reference
+    that fits only other owners' jobs is NOT_FOUND, like one that fits nothing.
+    """
+
     @_abc_1.abstractmethod
     def Start(
         self,
@@ -189,6 +223,20 @@ class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_jobworker_pb2.SignalResponse, _abc.Awaitable[_jobworker_pb2.SignalResponse]]:
         """Send a signal to a running job's command without stopping it (INVALID_ARGUMENT for a signal
         outside the allowed set; FAILED_PRECONDITION when the job has ended). Writers their own jobs, admins any.
+        """
+
+    @_abc_1.abstractmethod
+    def WriteInput(
+        self,
+        request_iterator: _MaybeAsyncIterator[_jobworker_pb2.WriteInputRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobworker_pb2.WriteInputResponse, _abc.Awaitable[_jobworker_pb2.WriteInputResponse]]:
+        """Write to the stdin of a running job started with stdin or tty. The first message names the job; each
+        message may carry data, a new terminal size (resize) and, last, eof: the job then reads end of file (a
+        terminal gets ^D). A client that goes away without eof leaves the stdin open for the next writer. One
+        writer at a time; FAILED_PRECONDITION when the job has no open stdin or another client writes to it.
+        A job that reads slowly slows the writer down (flow control), never the server's memory.
+        Writers their own jobs, admins any.
         """
 
 def add_JobWorkerServicer_to_server(servicer: JobWorkerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Mapping
+import shlex
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,9 +15,27 @@ from typing import Any, TypeVar
 import click
 from click.shell_completion import CompletionItem
 
-from jobworker.cli._exit import ConnectionExit, ExitCode, JwError, exit_code_help, exit_for
+from jobworker.cli._exit import (
+    ConnectionExit,
+    ExitCode,
+    JwError,
+    PreconditionExit,
+    exit_code_help,
+    exit_for,
+)
 from jobworker.cli._follow import OutputPump
-from jobworker.cli._params import DURATION, ENV_ENTRY, POINT_IN_TIME, POSITIVE_DURATION, LimitType
+from jobworker.cli._input import StdinPump, StdinSource, follow_resizes, raw_terminal, terminal_size
+from jobworker.cli._params import (
+    DURATION,
+    ENV_ENTRY,
+    LABEL,
+    POINT_IN_TIME,
+    POSITIVE_DURATION,
+    SIZE,
+    TIME_TEXT,
+    LimitType,
+    label_map,
+)
 from jobworker.cli._reconnect import Reconnect
 from jobworker.cli._render import (
     job_details,
@@ -35,9 +56,11 @@ from jobworker.client import (
     JobInfo,
     JobState,
     Limits,
+    OutputWindow,
     StreamEnd,
     StreamEndReason,
     StreamSelection,
+    TerminalSize,
     load_config,
 )
 
@@ -54,9 +77,19 @@ $XDG_CONFIG_HOME/jw/config.toml. Sizes use binary units (k=1024, M=1024k);
 durations look like 500ms, 10s, 1m30s.
 
 \b
+A JOB argument is a job's full id, its name, or a unique prefix of its id,
+tried in that order (a name: your own job first). Only jobs you may see
+count; a reference that fits several is refused, listing them.
+
+\b
 Shell completion (bash; zsh_source and fish_source for other shells):
   eval "$(_JW_COMPLETE=bash_source jw)"
 """
+)
+
+_JOB_ARGUMENT_HELP = (
+    "JOB is a job's full id, its name (your own job first), or a unique prefix of its id, "
+    "tried in that order; only jobs you may see count."
 )
 
 # Options stop at the command: `jw run -- ls -la` and `jw run ls -la` both pass -la to ls.
@@ -134,15 +167,21 @@ def _complete_job_id(ctx: click.Context, param: click.Parameter, incomplete: str
             jobs = client.list()
     except Exception:
         return []
-    return [
+    items = [
         CompletionItem(job.id, help=f"{job.state.value}  {job.command}")
         for job in jobs
         if job.id.startswith(incomplete)
     ]
+    items += [
+        CompletionItem(job.name, help=f"{job.state.value}  {job.command}")
+        for job in jobs
+        if job.name and job.name.startswith(incomplete)
+    ]
+    return items
 
 
 def _job_id_argument(f: F) -> F:
-    return click.argument("job_id", metavar="ID", shell_complete=_complete_job_id)(f)
+    return click.argument("job_id", metavar="JOB", shell_complete=_complete_job_id)(f)
 
 
 def _json_option(f: F) -> F:
@@ -165,6 +204,36 @@ def _job_options(f: F) -> F:
             "this shell's value. Jobs never inherit the server's environment.",
         ),
         click.option("--cwd", metavar="DIR", help="Working directory of the job on the server."),
+        click.option(
+            "-i",
+            "--interactive",
+            "stdin",
+            is_flag=True,
+            help="Keep the job's stdin open: jw run copies this stdin to it (binary-safe, end of file "
+            "passed on); after jw start, jw attach does.",
+        ),
+        click.option(
+            "-t",
+            "--tty",
+            is_flag=True,
+            help="Run the job on a terminal of this terminal's size (its stdin, stdout and stderr; all its "
+            "output is stdout). With -i and a terminal here, jw run puts it in raw mode and passes resizes.",
+        ),
+        click.option(
+            "--name",
+            metavar="NAME",
+            help="Name the job, to refer to it by name: unique among your stored jobs until it is "
+            "deleted; letters, digits, '_', '.', '-', starting with a letter or digit (max 128).",
+        ),
+        click.option(
+            "--label",
+            "-l",
+            "labels",
+            type=LABEL,
+            multiple=True,
+            help="Label the job KEY=VALUE (repeatable), to select jobs by with jw list/prune -l. "
+            "Keys as Kubernetes label keys ([prefix/]name); at most 64 labels.",
+        ),
         click.argument(
             "command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="[--] CMD [ARGS]..."
         ),
@@ -183,6 +252,10 @@ class JobSpec:
     env: dict[str, str]
     cwd: str | None
     limits: Limits | None
+    name: str | None
+    labels: dict[str, str]
+    stdin: bool = False
+    tty: TerminalSize | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> JobSpec:
@@ -195,19 +268,42 @@ class JobSpec:
             env=dict(options["env"]),
             cwd=options["cwd"],
             limits=None if limits == Limits() else limits,
+            stdin=options["stdin"],
+            tty=terminal_size() if options["tty"] else None,
+            name=options["name"],
+            labels=label_map(options["labels"], "--label"),
         )
 
     def start(self, client: Client) -> JobInfo:
         """Start this job through `client`."""
-        return client.start(self.command, self.args, env=self.env, cwd=self.cwd, limits=self.limits)
+        return client.start(
+            self.command,
+            self.args,
+            env=self.env,
+            cwd=self.cwd,
+            limits=self.limits,
+            stdin=self.stdin,
+            tty=self.tty,
+            name=self.name,
+            labels=self.labels,
+        )
 
 
 def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2))
 
 
-def _resume_hint(job_id: str, offset: int, streams: StreamSelection) -> str:
+def _resume_hint(
+    job_id: str, offset: int, streams: StreamSelection, window: OutputWindow | None = None
+) -> str:
     selection = "" if streams == "both" else f" --{streams}"
+    if window is not None:
+        if isinstance(window.until, str):
+            selection += f" --until {shlex.quote(window.until)}"
+        if window.limit_bytes is not None:
+            selection += f" --limit-bytes {window.limit_bytes}"
+        if window.timestamps:
+            selection += " --timestamps"
     return f"jw logs -f{selection} --offset {offset} {job_id}"
 
 
@@ -225,8 +321,14 @@ def _follow(
     retry = Reconnect(_settings(ctx).timeout) if follow else None
     while True:
         before = pump.offset
+        window = pump.remaining_window
+        if window is None:
+            # The byte limit was used up before the server said so: the stream is done.
+            return StreamEnd(StreamEndReason.LIMIT_REACHED, truncated=False, job=None)
         try:
-            end = pump.pump(client.stream(pump.job_id, streams=streams, offset=pump.offset, follow=follow))
+            end = pump.pump(
+                client.stream(pump.job_id, streams=streams, offset=pump.offset, follow=follow, window=window)
+            )
         except ConnectionFailedError as exc:
             failure = exc.message
             reached = reached or exc.server_sent or pump.offset > before
@@ -242,7 +344,7 @@ def _follow(
                 retry.succeeded()
             if retry.again(f"{failure} while streaming job {pump.job_id}"):
                 continue
-        hint = _resume_hint(pump.job_id, pump.offset, streams)
+        hint = _resume_hint(pump.job_id, pump.offset, streams, pump.remaining_window)
         raise ConnectionExit(f"{failure} while streaming job {pump.job_id}; resume with: {hint}")
 
 
@@ -343,14 +445,57 @@ def run(ctx: click.Context, /, stop_on_interrupt: bool, **options: Any) -> None:
     """Start a job, stream its output and exit with its exit code.
 
     Output is copied byte for byte: the job's stdout to stdout, its stderr to stderr.
-    Ctrl-C detaches (the job keeps running) unless --stop-on-interrupt is given.
+    Ctrl-C detaches (the job keeps running) unless --stop-on-interrupt is given; with -it on a
+    terminal, Ctrl-C goes to the job like any key.
+
+    \b
+    Examples:  echo hello | jw run -i -- tr a-z A-Z
+               jw run -it -- bash
     """
     client = _connect(ctx)
-    job = JobSpec.from_options(options).start(client)
+    spec = JobSpec.from_options(options)
+    job = spec.start(client)
+    with _attached(client, job.id, stdin=spec.stdin, tty=spec.tty is not None) as pump:
+        _run_follow(ctx, client, job, stop_on_interrupt, pump)
+
+
+@contextlib.contextmanager
+def _attached(client: Client, job_id: str, *, stdin: bool, tty: bool) -> Iterator[StdinPump | None]:
+    """While inside: our stdin goes to the job (stdin), our terminal raw and its size followed (tty)."""
+    if not stdin:
+        yield None
+        return
+    source = StdinSource()
+    pump = StdinPump(client.config, client.timeout, job_id, source)
+    with contextlib.ExitStack() as stack:
+        if tty and sys.stdin.isatty():
+            stack.enter_context(raw_terminal(sys.stdin.fileno()))
+            stack.enter_context(follow_resizes(source))
+        try:
+            yield pump
+        except KeyboardInterrupt:
+            _refused(pump)
+            raise
+        finally:
+            source.stop()
+            # Its call ends at once now; closing the channel under a running call would wait for it.
+            pump.join()
+
+
+def _refused(pump: StdinPump | None) -> None:
+    """After a KeyboardInterrupt: raise the input's refusal if that, not a Ctrl-C, caused it."""
+    if pump is not None and pump.failure is not None:
+        raise exit_for(pump.failure) from None
+
+
+def _run_follow(
+    ctx: click.Context, client: Client, job: JobInfo, stop_on_interrupt: bool, stdin: StdinPump | None
+) -> None:
     pump = OutputPump(job.id)
     try:
         end = _follow(ctx, client, pump, "both", follow=True, reached=True)
     except KeyboardInterrupt:
+        _refused(stdin)
         if not stop_on_interrupt:
             click.echo(f"jw: detached; job {job.id} keeps running", err=True)
             click.echo(f"jw: reattach with: {_resume_hint(job.id, pump.offset, 'both')}", err=True)
@@ -369,6 +514,34 @@ def run(ctx: click.Context, /, stop_on_interrupt: bool, **options: Any) -> None:
     ctx.exit(_job_exit_code(end.job or client.status(job.id)))
 
 
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
+@_job_id_argument
+@click.pass_context
+def attach(ctx: click.Context, job_id: str) -> None:
+    """Write this stdin to a running job's (started with -i or -t) and print its output from now on;
+    exit with its exit code when it ends.
+
+    On a job's terminal this terminal goes raw, as with jw run -it. Ctrl-C (without a terminal) or
+    closing this terminal detaches: the job's stdin stays open for the next jw attach; end of file
+    (Ctrl-D, the end of a pipe) closes it.
+    """
+    client = _connect(ctx)
+    job = client.status(job_id)
+    if not job.state.is_final and not job.stdin:
+        raise PreconditionExit(f"job {job.id} was not started with its stdin open (jw start -i)")
+    if job.state.is_final:
+        raise PreconditionExit(f"job {job.id} has already ended ({job.state.value})")
+    pump = OutputPump(job.id, job.stdout_bytes + job.stderr_bytes)
+    with _attached(client, job.id, stdin=True, tty=job.tty) as stdin:
+        try:
+            end = _follow(ctx, client, pump, "both", follow=True, reached=True)
+        except KeyboardInterrupt:
+            _refused(stdin)
+            click.echo(f"jw: detached; job {job.id} keeps running", err=True)
+            ctx.exit(ExitCode.INTERRUPTED)
+    ctx.exit(_job_exit_code(end.job or client.status(job.id)))
+
+
 @jw.command()
 @_job_id_argument
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new output until the job ends.")
@@ -380,6 +553,29 @@ def run(ctx: click.Context, /, stop_on_interrupt: bool, **options: Any) -> None:
     default=0,
     help="Start at this byte of the selected output (both streams interleaved by default).",
 )
+@click.option(
+    "-n",
+    "--tail",
+    "tail_lines",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Start at the last N lines (0: only new output, with -f).",
+)
+@click.option(
+    "--since",
+    type=TIME_TEXT,
+    help="Only output that arrived at or after this time: RFC 3339 (2026-12-01T10:00:00Z) or a duration "
+    "ago (10m, 1h30m).",
+)
+@click.option(
+    "--until",
+    type=TIME_TEXT,
+    help="Only output that arrived at or before this time (same forms); with -f, stop once it has passed.",
+)
+@click.option(
+    "-t", "--timestamps", is_flag=True, help="Put each line's arrival time (RFC 3339, UTC) in front."
+)
+@click.option("--limit-bytes", type=SIZE, metavar="SIZE", help="Stop after this many bytes (e.g. 4096, 1M).")
 @click.pass_context
 def logs(
     ctx: click.Context,
@@ -388,28 +584,39 @@ def logs(
     stdout_only: bool,
     stderr_only: bool,
     offset: int,
+    tail_lines: int | None,
+    since: str | None,
+    until: str | None,
+    timestamps: bool,
+    limit_bytes: int | None,
 ) -> None:
     """Print a job's output; -f follows it until the job ends.
 
-    Output is copied byte for byte: the job's stdout to stdout, its stderr to stderr.
+    Output is copied byte for byte: the job's stdout to stdout, its stderr to stderr. --tail, --since and
+    --until pick a part of it (combined, the latest start wins; --offset resumes inside it). Times are when
+    the server stored each piece the job wrote, so a line written in two pieces may be cut at a boundary.
     """
     if stdout_only and stderr_only:
         raise click.UsageError("--stdout and --stderr are mutually exclusive; omit both for both")
     streams: StreamSelection = "stdout" if stdout_only else "stderr" if stderr_only else "both"
+    window = OutputWindow(
+        tail_lines=tail_lines, since=since, until=until, limit_bytes=limit_bytes, timestamps=timestamps
+    )
     client = _connect(ctx)
     try:
-        _follow(ctx, client, OutputPump(job_id, offset), streams, follow=follow, reached=False)
+        pump = OutputPump(job_id, offset, window=window)
+        _follow(ctx, client, pump, streams, follow=follow, reached=False)
     except KeyboardInterrupt:
         ctx.exit(ExitCode.INTERRUPTED)
 
 
 def _job_ids_argument(f: F) -> F:
     return click.argument(
-        "job_ids", metavar="ID...", nargs=-1, required=True, shell_complete=_complete_job_id
+        "job_ids", metavar="JOB...", nargs=-1, required=True, shell_complete=_complete_job_id
     )(f)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @_job_ids_argument
 @click.pass_context
 def wait(ctx: click.Context, job_ids: tuple[str, ...]) -> None:
@@ -456,7 +663,7 @@ def _each(ctx: click.Context, job_ids: tuple[str, ...], act: Callable[[str], Job
         ctx.exit(failure.exit_code)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @_job_ids_argument
 @click.option(
     "--grace",
@@ -471,7 +678,7 @@ def stop(ctx: click.Context, job_ids: tuple[str, ...], grace: float | None, as_j
     _each(ctx, job_ids, lambda job_id: client.stop(job_id, grace_seconds=grace), as_json)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @_job_ids_argument
 @_json_option
 @click.pass_context
@@ -484,6 +691,17 @@ def rm(ctx: click.Context, job_ids: tuple[str, ...], as_json: bool) -> None:
     _each(ctx, job_ids, client.delete, as_json)
 
 
+def _selector_option(what: str) -> Callable[[F], F]:
+    return click.option(
+        "--label",
+        "-l",
+        "labels",
+        type=LABEL,
+        multiple=True,
+        help=f"Only {what} with label KEY=VALUE (repeatable: all must match).",
+    )
+
+
 @jw.command()
 @click.option(
     "--until",
@@ -491,11 +709,14 @@ def rm(ctx: click.Context, job_ids: tuple[str, ...], as_json: bool) -> None:
     help="Only jobs that ended before this time: RFC 3339 (2026-12-01T10:00:00Z) or a duration "
     "ago (10m, 1h30m).  [default: now]",
 )
+@_selector_option("jobs")
 @_json_option
 @click.pass_context
-def prune(ctx: click.Context, until: datetime | None, as_json: bool) -> None:
+def prune(
+    ctx: click.Context, until: datetime | None, labels: tuple[tuple[str, str], ...], as_json: bool
+) -> None:
     """Delete your ended jobs (an admin's: everyone's) and their output; print each id deleted."""
-    jobs = _connect(ctx).prune(until)
+    jobs = _connect(ctx).prune(until, labels=label_map(labels, "--label"))
     if as_json:
         _echo_json([job_json(job) for job in jobs])
     else:
@@ -503,7 +724,7 @@ def prune(ctx: click.Context, until: datetime | None, as_json: bool) -> None:
             click.echo(job.id)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @click.option(
     "-s",
     "--signal",
@@ -525,7 +746,7 @@ def kill(ctx: click.Context, signal_name: str, job_ids: tuple[str, ...], as_json
     _each(ctx, job_ids, lambda job_id: client.signal(job_id, signal_name), as_json)
 
 
-@jw.command()
+@jw.command(epilog=_JOB_ARGUMENT_HELP)
 @_job_id_argument
 @_json_option
 @click.pass_context
@@ -547,16 +768,31 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     help="Only jobs in this state (repeatable).",
 )
 @click.option("--owner", help="Only jobs of this owner (readers and admins).")
+@_selector_option("jobs")
+@click.option("--name", metavar="NAME", help="Only the job of this name (one per owner).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the job ids.")
 @_json_option
 @click.pass_context
 def list_jobs(
-    ctx: click.Context, states: tuple[str, ...], owner: str | None, quiet: bool, as_json: bool
+    ctx: click.Context,
+    states: tuple[str, ...],
+    owner: str | None,
+    labels: tuple[tuple[str, str], ...],
+    name: str | None,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """List jobs, newest first (alias: ps)."""
     if quiet and as_json:
         raise click.UsageError("--quiet and --json are mutually exclusive")
-    jobs = newest_first(_connect(ctx).list(states=[JobState(s) for s in states], owner=owner))
+    jobs = newest_first(
+        _connect(ctx).list(
+            states=[JobState(s) for s in states],
+            owner=owner,
+            labels=label_map(labels, "--label"),
+            name=name,
+        )
+    )
     if as_json:
         _echo_json([job_json(job) for job in jobs])
     elif quiet:

@@ -9,6 +9,7 @@ from typing import IO, Any
 import click
 
 from jobworker.client import (
+    AlreadyExistsError,
     AuthenticationError,
     ClientError,
     ConfigError,
@@ -44,7 +45,10 @@ EXIT_CODE_TABLE: tuple[tuple[ExitCode, str], ...] = (
     (ExitCode.CONNECTION, "connection or TLS error (unreachable, timed out, certificate refused)"),
     (ExitCode.NOT_FOUND, "job not found"),
     (ExitCode.PERMISSION, "permission denied (role not allowed, or identity not accepted)"),
-    (ExitCode.PRECONDITION, "failed precondition (e.g. stopping a job that has already ended)"),
+    (
+        ExitCode.PRECONDITION,
+        "failed precondition (e.g. stopping a job that has already ended, a job name already in use)",
+    ),
     (ExitCode.INTERRUPTED, "interrupted by Ctrl-C (jw run: detached, or the job stopped)"),
 )
 """The one table of exit codes: `jw --help` prints it and the README's table must match it (a test)."""
@@ -113,6 +117,7 @@ _BY_ERROR: tuple[tuple[type[ClientError], type[JwError]], ...] = (
     (PermissionDeniedError, PermissionExit),
     (AuthenticationError, PermissionExit),
     (FailedPreconditionError, PreconditionExit),
+    (AlreadyExistsError, PreconditionExit),
 )
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import UTC, datetime, timedelta
+import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from jobworker.client import LimitField
-from jobworker.units import parse_duration, parse_size
+from jobworker.units import parse_duration, parse_point_in_time, parse_size
 
 if TYPE_CHECKING:
     _IntParam = click.ParamType[int]
@@ -18,9 +19,10 @@ if TYPE_CHECKING:
     _EnvParam = click.ParamType[tuple[str, str]]
     _AnyParam = click.ParamType[Any]
     _TimeParam = click.ParamType[datetime]
+    _StrParam = click.ParamType[str]
 else:
     # click made ParamType generic only in 8.4; subscripting it at runtime would break older ones.
-    _IntParam = _FloatParam = _EnvParam = _AnyParam = _TimeParam = click.ParamType
+    _IntParam = _FloatParam = _EnvParam = _AnyParam = _TimeParam = _StrParam = click.ParamType
 
 _ENV_NAME = re.compile(r"[^=\x00]+")
 
@@ -93,18 +95,25 @@ class PointInTimeType(_TimeParam):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
         if isinstance(value, datetime):
             return value
+        try:
+            moment_ns = parse_point_in_time(str(value), time.time_ns())
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return datetime.fromtimestamp(moment_ns / 1e9, UTC)
+
+
+class TimeTextType(_StrParam):
+    """A point in time as PointInTimeType reads it, passed on as typed: the server reads it on its clock."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value).strip()
         try:
-            return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
-        except ValueError:
-            pass
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            self.fail(f"{text!r} is neither an RFC 3339 time nor a duration like 10m", param, ctx)
-        if moment.tzinfo is None:
-            self.fail(f"{text!r} needs a time zone (Z or +01:00)", param, ctx)
-        return moment
+            parse_point_in_time(text, time.time_ns())
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return text
 
 
 class EnvEntryType(_EnvParam):
@@ -130,23 +139,56 @@ class EnvEntryType(_EnvParam):
         return name, content
 
 
+class LabelType(_EnvParam):
+    """`KEY=VALUE` of a label or a label selector; the server checks the key and value rules."""
+
+    name = "KEY=VALUE"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        key, sep, content = str(value).partition("=")
+        if not key or not sep:
+            self.fail(f"{str(value)[:64]!r} is not KEY=VALUE", param, ctx)
+        return key, content
+
+
+def label_map(pairs: tuple[tuple[str, str], ...], param: str) -> dict[str, str]:
+    """The labels of repeated `param` options; a key given twice with two values is a usage error."""
+    labels: dict[str, str] = {}
+    for key, value in pairs:
+        if labels.get(key, value) != value:
+            raise click.UsageError(f"{param} {key} is given twice, with different values")
+        labels[key] = value
+    return labels
+
+
 SIZE = SizeType()
 DURATION = DurationType()
 POSITIVE_DURATION = DurationType(allow_zero=False)
 ENV_ENTRY = EnvEntryType()
+LABEL = LabelType()
 POINT_IN_TIME = PointInTimeType()
+TIME_TEXT = TimeTextType()
 
 __all__ = [
     "DURATION",
     "ENV_ENTRY",
+    "LABEL",
     "POINT_IN_TIME",
     "POSITIVE_DURATION",
     "SIZE",
+    "TIME_TEXT",
     "DurationType",
     "EnvEntryType",
+    "LabelType",
     "LimitType",
     "PointInTimeType",
     "SizeType",
+    "TimeTextType",
+    "label_map",
     "parse_duration",
     "parse_size",
 ]

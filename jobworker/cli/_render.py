@@ -123,6 +123,10 @@ def job_json(job: JobInfo) -> dict[str, Any]:
         "cwd": job.cwd,
         "truncation_reason": job.truncation_reason or None,
         "output_dropped_bytes": job.output_dropped_bytes,
+        "name": job.name or None,
+        "labels": dict(sorted(job.labels.items())),
+        "stdin": job.stdin,
+        "tty": job.tty,
     }
 
 
@@ -137,13 +141,14 @@ def newest_first(jobs: Sequence[JobInfo]) -> list[JobInfo]:
 
 def job_table(jobs: Sequence[JobInfo], now: datetime) -> str:
     """The `jw list` table, in the order given (the caller sorts: newest_first)."""
-    header = ("ID", "OWNER", "STATE", "EXIT", "STARTED", "DURATION", "COMMAND")
+    header = ("ID", "NAME", "OWNER", "STATE", "EXIT", "STARTED", "DURATION", "COMMAND")
     rows = [header]
     for job in jobs:
         duration = job.duration(now)
         rows.append(
             (
                 job.id,
+                job.name or "-",
                 job.owner,
                 job.state.value,
                 outcome(job),
@@ -191,6 +196,8 @@ def job_details(job: JobInfo, now: datetime) -> str:
             output += f", {format_size(job.output_dropped_bytes)} dropped"
     fields = [
         ("ID", job.id),
+        ("Name", job.name or "-"),
+        ("Labels", " ".join(f"{k}={v}" for k, v in sorted(job.labels.items())) or "-"),
         ("Owner", job.owner),
         ("Command", command_line(job)),
         ("State", describe_state(job)),
@@ -204,6 +211,7 @@ def job_details(job: JobInfo, now: datetime) -> str:
         ("Limits", _limits_text(job.limits)),
         ("Usage", ", ".join(usage) or "not measured"),
         ("Output", output),
+        ("Input", "terminal" if job.tty else "stdin open (jw attach)" if job.stdin else "none (/dev/null)"),
         ("Cwd", job.cwd or "-"),
     ]
     width = max(len(name) for name, _ in fields) + 1

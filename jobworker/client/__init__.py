@@ -17,6 +17,7 @@ from jobworker.client._client import Client
 from jobworker.client._config import ClientConfig, default_config_path, load_config
 from jobworker.client._connection import DEFAULT_TIMEOUT
 from jobworker.client._errors import (
+    AlreadyExistsError,
     AuthenticationError,
     ClientError,
     ConfigError,
@@ -30,6 +31,7 @@ from jobworker.client._errors import (
 )
 from jobworker.client._limits import LIMIT_FIELDS, LimitField
 from jobworker.client._types import (
+    EndOfInput,
     JobInfo,
     JobState,
     Limits,
@@ -37,17 +39,20 @@ from jobworker.client._types import (
     OutputEvent,
     OutputStream,
     OutputTruncated,
+    OutputWindow,
     Quota,
     ServerInfo,
     StreamEnd,
     StreamEndReason,
     StreamSelection,
+    TerminalSize,
     Usage,
 )
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "LIMIT_FIELDS",
+    "AlreadyExistsError",
     "AsyncClient",
     "AuthenticationError",
     "Client",
@@ -55,6 +60,7 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "ConnectionFailedError",
+    "EndOfInput",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "JobInfo",
@@ -66,6 +72,7 @@ __all__ = [
     "OutputEvent",
     "OutputStream",
     "OutputTruncated",
+    "OutputWindow",
     "PermissionDeniedError",
     "Quota",
     "ResourceExhaustedError",
@@ -74,6 +81,7 @@ __all__ = [
     "StreamEnd",
     "StreamEndReason",
     "StreamSelection",
+    "TerminalSize",
     "Usage",
     "default_config_path",
     "load_config",

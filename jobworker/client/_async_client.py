@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -19,13 +19,16 @@ from jobworker.client._config import ClientConfig
 from jobworker.client._connection import DEFAULT_TIMEOUT, Connection, connection_aged
 from jobworker.client._errors import ClientError
 from jobworker.client._types import (
+    EndOfInput,
     JobInfo,
     JobState,
     Limits,
     OutputChunk,
     OutputEvent,
+    OutputWindow,
     ServerInfo,
     StreamSelection,
+    TerminalSize,
 )
 
 
@@ -67,9 +70,20 @@ class AsyncClient:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         limits: Limits | None = None,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        stdin: bool = False,
+        tty: TerminalSize | None = None,
     ) -> JobInfo:
-        """Start `command` with `args`; return the new job's status."""
-        request = _convert.start_request(command, args, env, cwd, limits)
+        """Start `command` with `args`; return the new job's status.
+
+        `name` must be unique among our stored jobs; `labels` are KEY=VALUE pairs to select jobs by.
+        stdin keeps the job's stdin open for write_input; tty runs it on a terminal of that size (its
+        stdin, stdout and stderr; its output is all stdout).
+        """
+        request = _convert.start_request(
+            command, args, env, cwd, limits, name=name, labels=labels, stdin=stdin, tty=tty
+        )
         await self._conn.check_server_async(self._channel)
         with self._conn.translating():
             response = await self._stub.Start(request, timeout=self._conn.timeout)
@@ -111,9 +125,14 @@ class AsyncClient:
             response = await self._stub.Delete(_convert.delete_request(job_id), timeout=self._conn.timeout)
         return _convert.job_from_proto(response.job)
 
-    async def prune(self, ended_before: datetime | None = None) -> builtins.list[JobInfo]:
-        """Delete our ended jobs (an admin's: everyone's) that ended before `ended_before` (None: now)."""
-        request = _convert.prune_request(ended_before)
+    async def prune(
+        self, ended_before: datetime | None = None, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[JobInfo]:
+        """Delete our ended jobs (an admin's: everyone's) that ended before `ended_before` (None: now).
+
+        With `labels`, only jobs that have all of them.
+        """
+        request = _convert.prune_request(ended_before, labels)
         await self._conn.check_server_async(self._channel)
         with self._conn.translating():
             response = await self._stub.Prune(request, timeout=self._conn.timeout)
@@ -126,6 +145,15 @@ class AsyncClient:
         with self._conn.translating():
             response = await self._stub.Signal(request, timeout=self._conn.timeout)
         return _convert.job_from_proto(response.job)
+
+    async def write_input(
+        self, job_id: str, source: AsyncIterable[bytes | TerminalSize | EndOfInput], *, eof: bool = True
+    ) -> int:
+        """Client.write_input with an async source."""
+        await self._conn.check_server_async(self._channel)
+        with self._conn.translating():
+            response = await self._stub.WriteInput(_convert.input_requests_async(job_id, source, eof))
+        return response.bytes_written
 
     async def wait(self, job_id: str, max_wait: float | None = None) -> JobInfo:
         """Block until the job has ended and return its final status.
@@ -144,9 +172,16 @@ class AsyncClient:
                 raise self._conn.error(exc) from exc
             return _convert.job_from_proto(response.job)
 
-    async def list(self, states: Iterable[JobState] = (), owner: str | None = None) -> builtins.list[JobInfo]:
-        """Return the jobs visible to us, optionally only those in `states` or of `owner`."""
-        request = _convert.list_request(states, owner)
+    async def list(
+        self,
+        states: Iterable[JobState] = (),
+        owner: str | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> builtins.list[JobInfo]:
+        """The jobs visible to us; optionally only in `states`, of `owner`, with all `labels`, of `name`."""
+        request = _convert.list_request(states, owner, labels, name)
         await self._conn.check_server_async(self._channel)
         with self._conn.translating():
             response = await self._stub.List(request, timeout=self._conn.timeout)
@@ -159,29 +194,34 @@ class AsyncClient:
         streams: StreamSelection = "both",
         offset: int = 0,
         follow: bool = True,
+        window: OutputWindow | None = None,
     ) -> AsyncIterator[OutputEvent]:
-        """Yield the job's output from `offset`; with `follow`, live until the job ends.
+        """Yield the job's output from `offset` (within `window`); with `follow`, live until the job ends.
 
         A stream cut because the server retired an old connection resumes where it stopped, on a new
         connection, without the caller noticing.
         """
-        request = _convert.stream_request(job_id, streams, offset, follow)
+        request = _convert.stream_request(job_id, streams, offset, follow, window)
         return self._events(request)
 
     async def _events(self, request: Any) -> AsyncIterator[OutputEvent]:
         await self._conn.check_server_async(self._channel)
         call = self._stub.StreamOutput(request)
+        more = True
         while True:
             try:
                 async for response in call:
                     event = _convert.event_from_proto(response)
                     if isinstance(event, OutputChunk):
-                        request.offset = event.end_offset
+                        more = _convert.resume_after(request, event)
                     yield event
                 return
             except grpc.RpcError as exc:
                 if not connection_aged(exc):
                     raise self._conn.error(exc) from exc
+                if not more:
+                    yield _convert.LIMIT_END
+                    return
             finally:
                 call.cancel()
             call = self._stub.StreamOutput(request)

@@ -18,13 +18,16 @@ from jobworker.client._config import ClientConfig
 from jobworker.client._connection import DEFAULT_TIMEOUT, Connection, connection_aged
 from jobworker.client._errors import ClientError
 from jobworker.client._types import (
+    EndOfInput,
     JobInfo,
     JobState,
     Limits,
     OutputChunk,
     OutputEvent,
+    OutputWindow,
     ServerInfo,
     StreamSelection,
+    TerminalSize,
 )
 
 
@@ -35,6 +38,11 @@ class Client:
         self._conn = Connection(config, timeout)
         self._channel = grpc.secure_channel(config.server, self._conn.credentials, options=self._conn.options)
         self._stub = jobworker_pb2_grpc.JobWorkerStub(self._channel)
+
+    @property
+    def timeout(self) -> float:
+        """Seconds each call may take to connect and answer."""
+        return self._conn.timeout
 
     @property
     def config(self) -> ClientConfig:
@@ -64,9 +72,20 @@ class Client:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         limits: Limits | None = None,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        stdin: bool = False,
+        tty: TerminalSize | None = None,
     ) -> JobInfo:
-        """Start `command` with `args`; return the new job's status."""
-        request = _convert.start_request(command, args, env, cwd, limits)
+        """Start `command` with `args`; return the new job's status.
+
+        `name` must be unique among our stored jobs; `labels` are KEY=VALUE pairs to select jobs by.
+        stdin keeps the job's stdin open for write_input; tty runs it on a terminal of that size (its
+        stdin, stdout and stderr; its output is all stdout).
+        """
+        request = _convert.start_request(
+            command, args, env, cwd, limits, name=name, labels=labels, stdin=stdin, tty=tty
+        )
         self._conn.check_server(self._channel)
         with self._conn.translating():
             response = self._stub.Start(request, timeout=self._conn.timeout)
@@ -106,9 +125,14 @@ class Client:
             response = self._stub.Delete(_convert.delete_request(job_id), timeout=self._conn.timeout)
         return _convert.job_from_proto(response.job)
 
-    def prune(self, ended_before: datetime | None = None) -> builtins.list[JobInfo]:
-        """Delete our ended jobs (an admin's: everyone's) that ended before `ended_before` (None: now)."""
-        request = _convert.prune_request(ended_before)
+    def prune(
+        self, ended_before: datetime | None = None, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[JobInfo]:
+        """Delete our ended jobs (an admin's: everyone's) that ended before `ended_before` (None: now).
+
+        With `labels`, only jobs that have all of them.
+        """
+        request = _convert.prune_request(ended_before, labels)
         self._conn.check_server(self._channel)
         with self._conn.translating():
             response = self._stub.Prune(request, timeout=self._conn.timeout)
@@ -121,6 +145,20 @@ class Client:
         with self._conn.translating():
             response = self._stub.Signal(request, timeout=self._conn.timeout)
         return _convert.job_from_proto(response.job)
+
+    def write_input(
+        self, job_id: str, source: Iterable[bytes | TerminalSize | EndOfInput], *, eof: bool = True
+    ) -> int:
+        """Write `source` to a running job's stdin (bytes as they are, a TerminalSize as a resize of its
+        terminal, EndOfInput as its end) and, when it is used up and `eof`, end the input; a source that
+        ends without either leaves the job's stdin open for another writer. Returns the bytes it took.
+
+        Blocks as long as `source` does; a job that reads slowly slows it down. One writer at a time:
+        FailedPreconditionError when another one writes, or the job has no open stdin."""
+        self._conn.check_server(self._channel)
+        with self._conn.translating():
+            response = self._stub.WriteInput(_convert.input_requests(job_id, source, eof))
+        return response.bytes_written
 
     def wait(self, job_id: str, max_wait: float | None = None) -> JobInfo:
         """Block until the job has ended and return its final status.
@@ -139,9 +177,16 @@ class Client:
                 raise self._conn.error(exc) from exc
             return _convert.job_from_proto(response.job)
 
-    def list(self, states: Iterable[JobState] = (), owner: str | None = None) -> builtins.list[JobInfo]:
-        """Return the jobs visible to us, optionally only those in `states` or of `owner`."""
-        request = _convert.list_request(states, owner)
+    def list(
+        self,
+        states: Iterable[JobState] = (),
+        owner: str | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> builtins.list[JobInfo]:
+        """The jobs visible to us; optionally only in `states`, of `owner`, with all `labels`, of `name`."""
+        request = _convert.list_request(states, owner, labels, name)
         self._conn.check_server(self._channel)
         with self._conn.translating():
             response = self._stub.List(request, timeout=self._conn.timeout)
@@ -154,30 +199,35 @@ class Client:
         streams: StreamSelection = "both",
         offset: int = 0,
         follow: bool = True,
+        window: OutputWindow | None = None,
     ) -> Iterator[OutputEvent]:
-        """Yield the job's output from `offset`; with `follow`, live until the job ends.
+        """Yield the job's output from `offset` (within `window`); with `follow`, live until the job ends.
 
         A stream cut because the server retired an old connection resumes where it stopped, on a new
         connection, without the caller noticing.
         """
-        request = _convert.stream_request(job_id, streams, offset, follow)
+        request = _convert.stream_request(job_id, streams, offset, follow, window)
         self._conn.check_server(self._channel)
         # No deadline: a followed job may run for days. Connect failures still surface fast.
         call = self._stub.StreamOutput(request)
         return self._events(call, request)
 
     def _events(self, call: Any, request: Any) -> Iterator[OutputEvent]:
+        more = True
         while True:
             try:
                 for response in call:
                     event = _convert.event_from_proto(response)
                     if isinstance(event, OutputChunk):
-                        request.offset = event.end_offset
+                        more = _convert.resume_after(request, event)
                     yield event
                 return
             except grpc.RpcError as exc:
                 if not connection_aged(exc):
                     raise self._conn.error(exc) from exc
+                if not more:
+                    yield _convert.LIMIT_END
+                    return
             finally:
                 call.cancel()
             call = self._stub.StreamOutput(request)

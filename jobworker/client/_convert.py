@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2
 from jobworker.api import jobworker_pb2 as pb
 from jobworker.client._limits import LIMIT_FIELDS
 from jobworker.client._types import (
+    EndOfInput,
     JobInfo,
     JobState,
     Limits,
@@ -18,11 +19,13 @@ from jobworker.client._types import (
     OutputEvent,
     OutputStream,
     OutputTruncated,
+    OutputWindow,
     Quota,
     ServerInfo,
     StreamEnd,
     StreamEndReason,
     StreamSelection,
+    TerminalSize,
     Usage,
 )
 
@@ -48,6 +51,7 @@ _REASON_FROM_PB = {
     pb.STREAM_END_REASON_JOB_ENDED: StreamEndReason.JOB_ENDED,
     pb.STREAM_END_REASON_CAUGHT_UP: StreamEndReason.CAUGHT_UP,
     pb.STREAM_END_REASON_SERVER_SHUTDOWN: StreamEndReason.SERVER_SHUTDOWN,
+    pb.STREAM_END_REASON_LIMIT_REACHED: StreamEndReason.LIMIT_REACHED,
 }
 
 
@@ -106,6 +110,10 @@ def job_from_proto(message: pb.JobStatus) -> JobInfo:
         cwd=message.cwd,
         truncation_reason=message.truncation_reason,
         output_dropped_bytes=message.output_dropped_bytes,
+        stdin=message.stdin,
+        tty=message.tty,
+        name=message.name,
+        labels=dict(message.labels),
     )
 
 
@@ -115,7 +123,8 @@ def event_from_proto(message: pb.StreamOutputResponse) -> OutputEvent:
     if kind == "chunk":
         chunk = message.chunk
         stream = _STREAM_FROM_PB.get(chunk.stream, OutputStream.STDOUT)
-        return OutputChunk(stream=stream, offset=chunk.offset, data=chunk.data)
+        time_ns = chunk.time.seconds * 1_000_000_000 + chunk.time.nanos if chunk.HasField("time") else None
+        return OutputChunk(stream=stream, offset=chunk.offset, data=chunk.data, time_ns=time_ns)
     if kind == "truncated":
         return OutputTruncated(offset=message.truncated.offset, reason=message.truncated.reason)
     end = message.end
@@ -166,12 +175,65 @@ def start_request(
     env: Mapping[str, str] | None,
     cwd: str | None,
     limits: Limits | None,
+    name: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    stdin: bool = False,
+    tty: TerminalSize | None = None,
 ) -> pb.StartRequest:
-    """Build a StartRequest."""
-    request = pb.StartRequest(command=command, args=list(args), env=dict(env or {}), cwd=cwd or "")
+    """Build a StartRequest; the server checks the name and labels."""
+    request = pb.StartRequest(
+        command=command,
+        args=list(args),
+        env=dict(env or {}),
+        cwd=cwd or "",
+        name=name or "",
+        labels=dict(labels or {}),
+        stdin=stdin,
+        tty=tty is not None,
+    )
     if limits is not None:
         request.limits.CopyFrom(limits_to_proto(limits))
+    if tty is not None:
+        request.tty_size.CopyFrom(pb.TerminalSize(rows=tty.rows, cols=tty.cols))
     return request
+
+
+# Data of one WriteInput message at most (the server's holder takes frames of this size).
+INPUT_CHUNK = 64 * 1024
+
+
+def input_requests(
+    job_id: str, source: Iterable[bytes | TerminalSize | EndOfInput], eof: bool
+) -> Iterator[pb.WriteInputRequest]:
+    """The WriteInput messages of `source`: the first names the job; eof (if asked) after the source ends."""
+    yield pb.WriteInputRequest(job_id=job_id)
+    for item in source:
+        yield from _input_messages(item)
+    if eof:
+        yield pb.WriteInputRequest(eof=True)
+
+
+async def input_requests_async(
+    job_id: str, source: AsyncIterable[bytes | TerminalSize | EndOfInput], eof: bool
+) -> AsyncIterator[pb.WriteInputRequest]:
+    """input_requests for an async source."""
+    yield pb.WriteInputRequest(job_id=job_id)
+    async for item in source:
+        for message in _input_messages(item):
+            yield message
+    if eof:
+        yield pb.WriteInputRequest(eof=True)
+
+
+def _input_messages(item: bytes | TerminalSize | EndOfInput) -> Iterator[pb.WriteInputRequest]:
+    if isinstance(item, EndOfInput):
+        yield pb.WriteInputRequest(eof=True)
+        return
+    if isinstance(item, TerminalSize):
+        yield pb.WriteInputRequest(resize=pb.TerminalSize(rows=item.rows, cols=item.cols))
+        return
+    for start in range(0, len(item), INPUT_CHUNK):
+        yield pb.WriteInputRequest(data=item[start : start + INPUT_CHUNK])
 
 
 def status_request(job_id: str) -> pb.GetStatusRequest:
@@ -189,9 +251,9 @@ def delete_request(job_id: str) -> pb.DeleteRequest:
     return pb.DeleteRequest(job_id=job_id)
 
 
-def prune_request(ended_before: datetime | None) -> pb.PruneRequest:
+def prune_request(ended_before: datetime | None, labels: Mapping[str, str] | None = None) -> pb.PruneRequest:
     """Build a PruneRequest; None prunes every ended job (the server's now)."""
-    request = pb.PruneRequest()
+    request = pb.PruneRequest(labels=dict(labels or {}))
     if ended_before is not None:
         if ended_before.tzinfo is None:
             raise ValueError("ended_before must be timezone-aware")
@@ -212,24 +274,72 @@ def stop_request(job_id: str, grace_seconds: float | None) -> pb.StopRequest:
     return request
 
 
-def list_request(states: Iterable[JobState], owner: str | None) -> pb.ListRequest:
+def list_request(
+    states: Iterable[JobState],
+    owner: str | None,
+    labels: Mapping[str, str] | None = None,
+    name: str | None = None,
+) -> pb.ListRequest:
     """Build a ListRequest."""
     values: list[pb.JobState.ValueType] = []
     for state in states:
         if state not in _STATE_TO_PB:
             raise ValueError(f"cannot filter on job state {state.value!r}")
         values.append(_STATE_TO_PB[state])
-    return pb.ListRequest(states=values, owner=owner or "")
+    return pb.ListRequest(states=values, owner=owner or "", labels=dict(labels or {}), name=name or "")
+
+
+def _time_text(value: datetime | str | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("since and until need a time zone")
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return value
 
 
 def stream_request(
-    job_id: str, streams: StreamSelection, offset: int, follow: bool
+    job_id: str, streams: StreamSelection, offset: int, follow: bool, window: OutputWindow | None = None
 ) -> pb.StreamOutputRequest:
     """Build a StreamOutputRequest."""
     if streams not in _SELECTION_TO_PB:
         raise ValueError(f"streams must be 'both', 'stdout' or 'stderr', not {streams!r}")
     if offset < 0:
         raise ValueError(f"offset must be >= 0, not {offset}")
-    return pb.StreamOutputRequest(
-        job_id=job_id, streams=_SELECTION_TO_PB[streams], offset=offset, follow=follow
+    window = window or OutputWindow()
+    if window.tail_lines is not None and window.tail_lines < 0:
+        raise ValueError(f"tail_lines must be >= 0, not {window.tail_lines}")
+    if window.limit_bytes is not None and window.limit_bytes < 1:
+        raise ValueError(f"limit_bytes must be >= 1, not {window.limit_bytes}")
+    request = pb.StreamOutputRequest(
+        job_id=job_id,
+        streams=_SELECTION_TO_PB[streams],
+        offset=offset,
+        follow=follow,
+        since=_time_text(window.since),
+        until=_time_text(window.until),
+        limit_bytes=window.limit_bytes or 0,
+        timestamps=window.timestamps,
     )
+    if window.tail_lines is not None:
+        request.tail_lines = window.tail_lines
+    return request
+
+
+def resume_after(request: pb.StreamOutputRequest, chunk: OutputChunk) -> bool:
+    """Make request resume after chunk (a new call starts there); False when its byte limit is used up.
+
+    The offset now says where to start: a tail or since sent again would be resolved anew (a relative
+    since later on the clock) and could skip output."""
+    request.offset = chunk.end_offset
+    request.ClearField("tail_lines")
+    request.since = ""
+    if request.limit_bytes:
+        request.limit_bytes = max(0, request.limit_bytes - len(chunk.data))
+        return request.limit_bytes > 0
+    return True
+
+
+LIMIT_END = StreamEnd(reason=StreamEndReason.LIMIT_REACHED, truncated=False, job=None)
+"""The end of a stream whose byte limit was used up before the server could say so."""

@@ -8,6 +8,7 @@ ClientError                  root; `.code` names the gRPC status code (or CONFIG
 ├── NotFoundError            no such job, or not visible to us (NOT_FOUND)
 ├── InvalidArgumentError     the request was malformed or over a ceiling (INVALID_ARGUMENT)
 ├── FailedPreconditionError  stop of a finished job, limits unsupported (FAILED_PRECONDITION)
+├── AlreadyExistsError       we already have a job of that name (ALREADY_EXISTS)
 ├── ResourceExhaustedError   the server is at capacity (RESOURCE_EXHAUSTED)
 └── ServerError              anything else (INTERNAL, UNKNOWN, UNIMPLEMENTED, ...)
 """
@@ -78,6 +79,12 @@ class FailedPreconditionError(ClientError):
     default_code = "FAILED_PRECONDITION"
 
 
+class AlreadyExistsError(ClientError):
+    """We already have a stored job of the name asked for."""
+
+    default_code = "ALREADY_EXISTS"
+
+
 class ResourceExhaustedError(ClientError):
     """The server is at capacity."""
 
@@ -99,6 +106,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ClientError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.OUT_OF_RANGE: InvalidArgumentError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
 }
 

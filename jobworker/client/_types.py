@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeAlias
@@ -44,6 +45,8 @@ class StreamEndReason(enum.Enum):
     JOB_ENDED = "job_ended"
     CAUGHT_UP = "caught_up"
     SERVER_SHUTDOWN = "server_shutdown"
+    # The window's until time or byte limit was reached before the end of the output.
+    LIMIT_REACHED = "limit_reached"
     UNKNOWN = "unknown"
 
 
@@ -95,6 +98,12 @@ class JobInfo:
     # Why output stopped being stored ("output cap reached", "state disk full", ...); "" if it was not.
     truncation_reason: str = ""
     output_dropped_bytes: int = 0
+    # Started with its stdin open (write_input) / on a terminal.
+    stdin: bool = False
+    tty: bool = False
+    # "" when the job has no name (or the server predates names).
+    name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def shell_exit_code(self) -> int | None:
@@ -150,16 +159,38 @@ class ServerInfo:
 
 @dataclass(frozen=True)
 class OutputChunk:
-    """Bytes of job output; `offset` is the position of `data[0]` in the selected view."""
+    """Bytes of job output; `offset` is the position of `data[0]` in the selected view.
+
+    `time_ns`: when data[0] reached the server's spool (ns since the epoch), None when the server does not
+    know (output stored by its first release)."""
 
     stream: OutputStream
     offset: int
     data: bytes
+    time_ns: int | None = field(default=None, compare=False)
 
     @property
     def end_offset(self) -> int:
         """The offset to resume from after this chunk."""
         return self.offset + len(self.data)
+
+
+@dataclass(frozen=True)
+class OutputWindow:
+    """Which part of a job's output to stream, besides the streams and the start offset.
+
+    since/until: a datetime, or text the server reads (RFC 3339, or a duration ago such as "10m" on the
+    server's clock). Times are those of the server's spool records (one read of the job's pipe each).
+    """
+
+    # Start at the last this many lines; None: no tail, 0: only new output.
+    tail_lines: int | None = None
+    since: datetime | str | None = None
+    until: datetime | str | None = None
+    # Stop after this many bytes; None: no limit.
+    limit_bytes: int | None = None
+    # Ask for chunks whose time is exact for every byte (for per-line timestamps).
+    timestamps: bool = False
 
 
 @dataclass(frozen=True)
@@ -181,3 +212,16 @@ class StreamEnd:
 
 
 OutputEvent: TypeAlias = OutputChunk | OutputTruncated | StreamEnd
+
+
+@dataclass(frozen=True)
+class TerminalSize:
+    """A terminal's window size: for a job started on a terminal, and a resize in write_input."""
+
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True)
+class EndOfInput:
+    """In a write_input source: the end of the job's input (it reads end of file); nothing may follow."""

@@ -4,8 +4,10 @@ No gRPC and no CLI code lives here; the server adapts this surface to the wire.
 """
 
 from jobworker.engine.errors import (
+    AmbiguousJobError,
     CapacityError,
     EngineClosedError,
+    InputUnavailableError,
     InvalidSpecError,
     JobError,
     JobNotFoundError,
@@ -13,10 +15,13 @@ from jobworker.engine.errors import (
     JobRunningError,
     JobStuckError,
     LimitsUnsupportedError,
+    NameInUseError,
+    OutputUntimedError,
     QuotaError,
     StartError,
     StorageFullError,
 )
+from jobworker.engine.events import EngineCounts, EngineEvents, EngineObserver
 from jobworker.engine.job import (
     JobSpec,
     JobState,
@@ -25,6 +30,8 @@ from jobworker.engine.job import (
     OutputChunk,
     OutputEvent,
     OutputTruncated,
+    OutputWindow,
+    OutputWindowEnd,
     OwnerUsage,
     Stream,
     StreamSelection,
@@ -42,6 +49,7 @@ from jobworker.engine.sandbox import (
     SandboxConfig,
     SandboxUnavailableError,
 )
+from jobworker.engine.spawn import JobInput
 from jobworker.engine.validation import SIGNALS
 
 __all__ = [
@@ -49,13 +57,19 @@ __all__ = [
     "DEFAULT_UID_RANGE",
     "LIMIT_KINDS",
     "SIGNALS",
+    "AmbiguousJobError",
     "CapacityError",
     "EngineClosedError",
     "EngineConfig",
+    "EngineCounts",
+    "EngineEvents",
     "EngineInfo",
+    "EngineObserver",
+    "InputUnavailableError",
     "InvalidSpecError",
     "Isolation",
     "JobError",
+    "JobInput",
     "JobManager",
     "JobMount",
     "JobNotFoundError",
@@ -68,9 +82,13 @@ __all__ = [
     "LimitKind",
     "Limits",
     "LimitsUnsupportedError",
+    "NameInUseError",
     "OutputChunk",
     "OutputEvent",
     "OutputTruncated",
+    "OutputUntimedError",
+    "OutputWindow",
+    "OutputWindowEnd",
     "OwnerUsage",
     "QuotaError",
     "SandboxConfig",

@@ -11,10 +11,16 @@ host root, in the host's PID namespace, outside the job's cgroup, in its own ses
   ``started``, ``failed KIND ERRNO MESSAGE``, ``exit N`` / ``signal N``,
   ``out COMMITTED STDOUT STDERR DROPPED REASON`` (spool progress; REASON ``-`` while storing, else the
   ``_spoolfile.REASON_*`` code) and ``end`` once the exit file is written. A server sends ``k`` after
-  each ``out`` (so at most one report is in flight and a slow server never makes the holder queue), and
-  ``stopping`` before it stops the job;
-- listens on a socket in the job's directory, so a restarted server reattaches: a new connection replaces
-  the old one and first gets the whole current state, as lines of the same protocol;
+  each ``out`` (so at most one report is in flight and a slow server never makes the holder queue),
+  ``stopping`` before it stops the job and ``winsize ROWS COLS`` for a job with a terminal;
+- listens on a socket in the job's directory. A connection first names its role in one line: ``ctl``
+  (a restarted server reattaches: it replaces the old connection and first gets the whole current state,
+  as lines of the same protocol) or ``input`` (the job's stdin: the holder answers ``ok``, or ``busy``,
+  ``no-stdin`` or ``closed``, then reads frames ``<I length>`` + data, where length 0 means end of input;
+  a connection that closes without it leaves stdin open for the next one). At most one input frame is
+  buffered: a job that reads slowly makes the writer wait, never the holder's memory grow;
+- for a job with a terminal (``--tty``), gets the pty's master from the job's first process (opened inside
+  the job's own devpts), copies it to the spool as stdout and the input to it;
 - when the job has ended: waits (bounded) until its cgroup is empty, keeps the cgroup's usage files,
   removes the cgroup, and writes the exit file atomically (temp file, fsync, rename, fsync of the
   directory), then says ``end`` and exits.
@@ -34,7 +40,10 @@ import select
 import struct
 import time
 
-import _spoolfile  # type: ignore[import-not-found]
+try:
+    import _spoolfile  # type: ignore[import-not-found]
+except ImportError:  # imported by the engine for the protocol's constants, not run by the shim
+    from jobworker.engine import _spoolfile
 
 # After the job's main process is gone, output still in the pipes is drained; a process that escaped the
 # job (only possible without namespaces and cgroups) could hold a pipe open forever: give up after this.
@@ -44,7 +53,24 @@ CGROUP_EMPTY_S = 2.0
 _POLL_S = 0.01
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
+_TIOCSWINSZ = 0x5414
 _IN = select.POLLIN | select.POLLHUP | select.POLLERR
+_OUT = select.POLLOUT | select.POLLHUP | select.POLLERR
+INPUT_FRAME = struct.Struct("<I")
+# The largest input frame a writer may send (what the holder buffers at most).
+MAX_INPUT_FRAME = 64 * 1024
+# End of input on a terminal: the line discipline's EOF character (^D), as a keyboard would send it.
+_TTY_EOF = b"\x04"
+
+
+def set_winsize(fd: int, rows: int, cols: int) -> None:
+    """Set a terminal's window size (the kernel sends SIGWINCH to its foreground process group)."""
+    fcntl.ioctl(fd, _TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def parse_winsize(value: str) -> "tuple[int, int]":
+    rows, _, cols = value.partition(":")
+    return int(rows), int(cols)
 
 
 def _report_line(sock: "socket.socket | None", line: str) -> bool:
@@ -98,6 +124,21 @@ class Holder:
         )
         self.out_r, self.out_w = os.pipe2(os.O_CLOEXEC)
         self.err_r, self.err_w = os.pipe2(os.O_CLOEXEC)
+        # The job's first process reports (and hands over a terminal's master) on this socket.
+        self.status_r, self.status_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.tty = "--tty" in flags
+        self.stdin = self.tty or "--stdin" in flags
+        # Where input goes: the pipe's write end, or the terminal's master once the job sent it.
+        self._input_fd = -1
+        self.in_r = -1
+        if self.stdin and not self.tty:
+            self.in_r, self._input_fd = os.pipe2(os.O_CLOEXEC)
+            os.set_blocking(self._input_fd, False)
+        self._input: socket.socket | None = None
+        self._input_buffer = b""
+        self._pending = b""
+        self._input_ended = False
+        self._input_closed = False
         for fd in (self.out_r, self.err_r):
             try:
                 fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
@@ -117,15 +158,17 @@ class Holder:
         listener.setblocking(False)
         return listener
 
-    def into_child(self) -> None:
-        """In the job's first process: stdout and stderr are the pipes; nothing of the holder stays open."""
-        null = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(null, 0)
+    def into_child(self) -> int:
+        """In the job's first process: stdin, stdout and stderr are the pipes; nothing of the holder stays
+        open but the status socket, whose descriptor is returned."""
+        stdin = self.in_r if self.in_r >= 0 else os.open("/dev/null", os.O_RDONLY)
+        os.dup2(stdin, 0)
         os.dup2(self.out_w, 1)
         os.dup2(self.err_w, 2)
         keep = {0, 1, 2}
         for fd in (
-            null,
+            stdin,
+            self._input_fd,
             self.out_r,
             self.out_w,
             self.err_r,
@@ -136,9 +179,10 @@ class Holder:
         ):
             if fd not in keep and fd >= 0:
                 os.close(fd)
-        for sock in (self._ctl, self._listener):
+        for sock in (self._ctl, self._listener, self.status_r):
             if sock is not None:
                 sock.close()
+        return self.status_w.detach()
 
     def report(self, line: str) -> None:
         _report_line(self._ctl, line)
@@ -147,6 +191,9 @@ class Holder:
         """The job's first process exists (init, or the command without namespaces)."""
         os.close(self.out_w)
         os.close(self.err_w)
+        self.status_w.close()
+        if self.in_r >= 0:
+            os.close(self.in_r)
         self.pid = pid
         self._hello()
 
@@ -159,22 +206,23 @@ class Holder:
 
     # The event loop ------------------------------------------------------------------------------------
 
-    def run(self, status_r: int, *, namespaces: bool) -> int:
+    def run(self, *, namespaces: bool) -> int:
         """Hold the job until it has ended and is cleaned up; returns the holder's exit code."""
+        self._namespaces = namespaces
+        self._poller = select.poll()
+        self._streams = {self.out_r: _spoolfile.STDOUT, self.err_r: _spoolfile.STDERR}
+        for fd in self._streams:
+            self._poller.register(fd, _IN)
+        self._status_fd = self.status_r.fileno()
+        self._status_buffer = b""
+        self._poller.register(self._status_fd, _IN)
         pidfd = _pidfd(self.pid)
-        poller = select.poll()
-        streams = {self.out_r: _spoolfile.STDOUT, self.err_r: _spoolfile.STDERR}
-        for fd in (*streams, status_r):
-            poller.register(fd, _IN)
         if pidfd >= 0:
-            poller.register(pidfd, _IN)
-        self._register_ctl(poller)
-        status_buffer = b""
-        status_open = True
+            self._poller.register(pidfd, _IN)
+        self._register_ctl(self._poller)
         wait_status: int | None = None
         drain_deadline = None
-        status_data = b""
-        while streams or status_open or wait_status is None:
+        while self._streams or self._status_fd >= 0 or wait_status is None:
             timeout = None
             if pidfd < 0 and wait_status is None:
                 timeout = 100
@@ -183,49 +231,87 @@ class Holder:
                 if remaining <= 0:
                     break
                 timeout = int(remaining * 1000) + 1
-            for fd, _ev in poller.poll(timeout):
-                if fd in streams:
-                    if not self._drain(fd, streams[fd]):
-                        poller.unregister(fd)
-                        os.close(fd)
-                        del streams[fd]
-                elif fd == status_r:
-                    data = os.read(status_r, 4096)
-                    if not data:
-                        poller.unregister(status_r)
-                        os.close(status_r)
-                        status_open = False
-                        if not namespaces:
-                            self._direct_started(status_data)
-                    elif namespaces:
-                        status_buffer += data
-                        *lines, status_buffer = status_buffer.split(b"\n")
-                        for line in lines:
-                            self._on_init_line(line.decode(errors="replace"))
-                    else:
-                        status_data += data
-                elif fd == pidfd:
-                    poller.unregister(pidfd)
+            for fd, events in self._poller.poll(timeout):
+                if fd == pidfd:
+                    self._poller.unregister(pidfd)
                     os.close(pidfd)
                     pidfd = -1
-                elif self._listener is not None and fd == self._listener.fileno():
-                    self._accept(poller)
-                elif self._ctl is not None and fd == self._ctl.fileno():
-                    self._on_ctl(poller)
+                else:
+                    self._dispatch(fd, events)
             if wait_status is None:
                 wait_status = _reap(self.pid)
                 if wait_status is not None:
                     self._on_end(wait_status, namespaces=namespaces)
                     drain_deadline = time.monotonic() + DRAIN_AFTER_EXIT_S
             self._progress()
-        for fd in streams:
+            self._update_interest()
+        for fd in self._streams:
             os.close(fd)
         return self._finish()
+
+    def _dispatch(self, fd: int, events: int) -> None:
+        if fd == self._input_fd and fd not in self._streams:
+            # The stdin pipe: room for input, or its reader gone (then the write fails and drops it).
+            self._feed()
+            return
+        if fd == self._input_fd and events & select.POLLOUT:
+            self._feed()
+            if not events & _IN:
+                return
+        if fd in self._streams:
+            if not self._drain(fd, self._streams[fd]):
+                self._poller.unregister(fd)
+                os.close(fd)
+                del self._streams[fd]
+                if fd == self._input_fd:
+                    self._input_fd = -1
+        elif fd == self._status_fd:
+            self._on_status()
+        elif self._listener is not None and fd == self._listener.fileno():
+            self._accept(self._poller)
+        elif self._ctl is not None and fd == self._ctl.fileno():
+            self._on_ctl(self._poller)
+        elif self._input is not None and fd == self._input.fileno():
+            self._on_input()
+
+    def _on_status(self) -> None:
+        """What the job's first process reports, and a terminal's master it hands over."""
+        try:
+            data, ancdata, _flags, _addr = self.status_r.recvmsg(4096, socket.CMSG_SPACE(4))
+        except OSError:
+            data, ancdata = b"", []
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(payload) >= 4:
+                self._got_terminal(struct.unpack("i", payload[:4])[0])
+        if not data:
+            self._poller.unregister(self._status_fd)
+            self.status_r.close()
+            self._status_fd = -1
+            if not self._namespaces:
+                self._direct_started(self._status_buffer)
+            return
+        self._status_buffer += data
+        if self._namespaces:
+            *lines, self._status_buffer = self._status_buffer.split(b"\n")
+            for line in lines:
+                self._on_init_line(line.decode(errors="replace"))
+        else:
+            self._status_buffer = self._status_buffer.replace(b"pty\n", b"")
+
+    def _got_terminal(self, master: int) -> None:
+        os.set_inheritable(master, False)
+        os.set_blocking(master, False)
+        self._input_fd = master
+        self._streams[master] = _spoolfile.STDOUT
+        self._poller.register(master, _IN)
 
     def _drain(self, fd: int, stream: int) -> bool:
         try:
             data = os.read(fd, _spoolfile.MAX_RECORD)
+        except BlockingIOError:
+            return True
         except OSError:
+            # EIO from a terminal's master once no process holds the job's side of it: its end.
             data = b""
         if not data:
             return False
@@ -247,8 +333,8 @@ class Holder:
             self.started = True
         elif word in ("exit", "signal") and not self.exit_line:
             self.exit_line = line
-        elif word == "pid":
-            return  # init's own report of the command's pid is not needed: init stands for the job
+        elif word in ("pid", "pty"):
+            return  # init stands for the job; a terminal's master came with the "pty" line
         self.report(line)
 
     def _on_end(self, status: int, *, namespaces: bool) -> None:
@@ -288,7 +374,19 @@ class Holder:
         if peer_uid not in (0, os.geteuid()):
             conn.close()
             return
+        conn.settimeout(1.0)
+        try:
+            role = _read_line(conn)
+        except OSError:
+            conn.close()
+            return
         conn.setblocking(False)
+        if role == "input":
+            self._attach_input(conn)
+            return
+        if role != "ctl":
+            conn.close()
+            return
         self._drop_ctl(poller)
         self._ctl = conn
         poller.register(conn.fileno(), _IN)
@@ -327,6 +425,120 @@ class Holder:
                 self._credit = True
             elif line == b"stopping":
                 self.stop_requested = True
+            elif line.startswith(b"winsize ") and self.tty and self._input_fd >= 0:
+                rows, _, cols = line[8:].decode().partition(" ")
+                try:
+                    set_winsize(self._input_fd, int(rows), int(cols))
+                except (OSError, ValueError):
+                    pass
+
+    # The job's input -----------------------------------------------------------------------------------
+
+    def _attach_input(self, conn: "socket.socket") -> None:
+        if not self.stdin:
+            answer = "no-stdin"
+        elif self._input_closed or (self.tty and self._input_fd < 0 and self.exit_line):
+            answer = "closed"
+        elif self._input is not None:
+            answer = "busy"
+        else:
+            answer = "ok"
+        _report_line(conn, answer)
+        if answer != "ok":
+            conn.close()
+            return
+        self._input = conn
+        self._input_buffer = b""
+        self._poller.register(conn.fileno(), _IN)
+
+    def _drop_input(self) -> None:
+        if self._input is not None:
+            self._poller.unregister(self._input.fileno())
+            self._input.close()
+            self._input = None
+
+    def _on_input(self) -> None:
+        """Take input frames, one frame's data at a time: nothing more is read until it reached the job."""
+        assert self._input is not None
+        if self._pending:
+            return
+        try:
+            data = self._input.recv(MAX_INPUT_FRAME + INPUT_FRAME.size - len(self._input_buffer))
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self._input_buffer += data
+        self._next_frame()
+        if not data and self._input is not None:
+            # Gone without the end-of-input frame: a writer that detached; stdin stays open for the next.
+            self._drop_input()
+
+    def _next_frame(self) -> None:
+        """Move the next whole buffered frame to pending (and feed it), or note the end of input."""
+        if self._pending or len(self._input_buffer) < INPUT_FRAME.size:
+            return
+        (length,) = INPUT_FRAME.unpack_from(self._input_buffer)
+        if length > MAX_INPUT_FRAME:
+            self._input_buffer = b""
+            self._drop_input()
+            return
+        if length == 0:
+            self._input_buffer = b""
+            self._input_ended = True
+            self._drop_input()
+        elif len(self._input_buffer) < INPUT_FRAME.size + length:
+            return
+        else:
+            self._pending = self._input_buffer[INPUT_FRAME.size : INPUT_FRAME.size + length]
+            self._input_buffer = self._input_buffer[INPUT_FRAME.size + length :]
+        self._feed()
+
+    def _feed(self) -> None:
+        """Write pending input to the job; at the end of input, close its stdin (or send ^D to a terminal)."""
+        target = self._input_fd
+        if target < 0:
+            self._pending = b""
+        while self._pending:
+            try:
+                written = os.write(target, self._pending)
+            except BlockingIOError:
+                return
+            except OSError:
+                # The job closed its stdin (EPIPE) or its terminal went away: what it does not read is lost.
+                self._pending = b""
+                break
+            self._pending = self._pending[written:]
+        if self._input_buffer:
+            self._next_frame()
+        elif self._input_ended and not self._input_closed:
+            self._input_closed = True
+            if self.tty and target >= 0:
+                try:
+                    os.write(target, _TTY_EOF)
+                except OSError:
+                    pass
+            elif target >= 0:
+                os.close(target)
+                self._input_fd = -1
+
+    def _update_interest(self) -> None:
+        """Before each poll: read input only while nothing waits for the job, wait for room while it does."""
+        pending = bool(self._pending)
+        if self._input is not None:
+            self._poller.modify(self._input.fileno(), 0 if pending else _IN)
+        target = self._input_fd
+        if target < 0:
+            return
+        if target in self._streams:  # a terminal's master: always read, and write when there is input
+            self._poller.modify(target, _IN | _OUT if pending else _IN)
+        elif pending:
+            self._poller.register(target, _OUT)
+        else:
+            try:
+                self._poller.unregister(target)
+            except KeyError:
+                pass
 
     def _out_line(self) -> str:
         w = self.writer
@@ -442,6 +654,17 @@ def _reap(pid: int) -> "int | None":
     except ChildProcessError:
         return 0
     return status if reaped else None
+
+
+def _read_line(conn: "socket.socket") -> str:
+    """One short line from a new connection (its role), read byte by byte so nothing after it is taken."""
+    line = b""
+    while not line.endswith(b"\n") and len(line) < 64:
+        byte = conn.recv(1)
+        if not byte:
+            break
+        line += byte
+    return line.decode(errors="replace").strip()
 
 
 def _read(path: str) -> str:

@@ -53,6 +53,9 @@ MS_NODEV = 4
 MS_NOEXEC = 8
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+TIOCSCTTY = 0x540E
+TIOCSPTLCK = 0x40045431
+TIOCGPTN = 0x80045430
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -156,7 +159,43 @@ def execvpe(argv: list[str], env: dict[str, str]) -> None:
     raise failure or OSError(errno.ENOENT, os.strerror(errno.ENOENT))
 
 
-def exec_command(argv: list[str], cwd: str, plan: "_confine.Plan | None", err_w: int) -> None:
+def take_terminal(slave: str) -> None:
+    """In the command's process: a session of its own whose controlling terminal is the job's pty."""
+    os.setsid()
+    fd = os.open(slave, os.O_RDWR)
+    fcntl.ioctl(fd, TIOCSCTTY, 0)
+    for target in (0, 1, 2):
+        os.dup2(fd, target)
+    if fd > 2:
+        os.close(fd)
+
+
+def open_terminal(status_fd: int, winsize: str, owner: "tuple[int, int] | None") -> str:
+    """Open a pty in this process's view (inside the sandbox: the job's own devpts), hand its master to the
+    holder over the status socket and return the slave's path (the command's stdin, stdout and stderr)."""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+        number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+        slave = f"/dev/pts/{number}"
+        if owner is not None:
+            # The job's own terminal, as a login's is: it may reopen it by name (tty, ssh, sudo -S).
+            os.chown(slave, owner[0], owner[1])
+        rows, cols = _holder.parse_winsize(winsize)
+        _holder.set_winsize(master, rows, cols)
+        sock = _socket.socket(fileno=os.dup(status_fd))
+        try:
+            sock.sendmsg([b"pty\n"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("i", master))])
+        finally:
+            sock.close()
+    finally:
+        os.close(master)
+    return slave
+
+
+def exec_command(
+    argv: list[str], cwd: str, plan: "_confine.Plan | None", err_w: int, terminal: str = ""
+) -> None:
     """In the command's process: confine, restore what Python changed, then exec; on failure report and die.
 
     Everything that depends on the job's view (cwd, the PATH search) happens here, after the sandbox is in
@@ -165,6 +204,8 @@ def exec_command(argv: list[str], cwd: str, plan: "_confine.Plan | None", err_w:
     kind = "setup"
     try:
         os.umask(0o022)
+        if terminal:
+            take_terminal(terminal)
         # Exactly 0, 1 and 2 reach the command; err_w is close-on-exec.
         os.closerange(3, err_w)
         os.closerange(err_w + 1, 1 << 20)
@@ -189,13 +230,15 @@ def exec_command(argv: list[str], cwd: str, plan: "_confine.Plan | None", err_w:
     os._exit(127)
 
 
-def supervise(argv: list[str], cwd: str, plan: "_confine.Plan | None", status_fd: int) -> int:
+def supervise(
+    argv: list[str], cwd: str, plan: "_confine.Plan | None", status_fd: int, terminal: str = ""
+) -> int:
     """As init: fork the command, report its start, reap every child, report its end; returns our code."""
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     child = os.fork()
     if child == 0:
         os.close(err_r)
-        exec_command(argv, cwd, plan, err_w)
+        exec_command(argv, cwd, plan, err_w, terminal)
     os.close(err_w)
     with os.fdopen(err_r, "rb") as f:
         failure = f.read()
@@ -241,7 +284,7 @@ def parse(args: list[str]) -> "tuple[dict[str, str], list[str], _confine.Plan | 
     i = 0
     while i < end:
         flag = args[i]
-        if flag == "--namespaces":
+        if flag in ("--namespaces", "--stdin"):
             flags[flag] = ""
             i += 1
             continue
@@ -280,7 +323,11 @@ def run_init(
             else:
                 _confine.build_root(plan)
         setup_namespace_inside(flags.get("--hostname", "job"), mount_proc=plan is None)
-        return supervise(argv, cwd, plan, status_fd)
+        terminal = ""
+        if "--tty" in flags:
+            owner = (plan.uid, plan.gid) if plan is not None else None
+            terminal = open_terminal(status_fd, flags["--tty"], owner)
+        return supervise(argv, cwd, plan, status_fd, terminal)
     except SetupError as e:
         report(status_fd, f"failed setup {e.errno} {e}")
     except OSError as e:
@@ -294,14 +341,22 @@ def run_command(
     flags: dict[str, str], argv: list[str], cwd: str, plan: "_confine.Plan | None", err_w: int
 ) -> None:
     """Without namespaces: the holder's child joins the cgroup, leads a process group of its own, execs."""
+    terminal = ""
     try:
         join_cgroups(flags["--cgroup-procs"].split("\0") if "--cgroup-procs" in flags else [])
-        # A group of its own: a stop signals the job's group, never the holder.
-        os.setpgid(0, 0)
+        # A group of its own: a stop signals the job's group, never the holder. (With a terminal the
+        # command's own session, made before exec, is that group: setsid refuses a group leader.)
+        if "--tty" in flags:
+            terminal = open_terminal(err_w, flags["--tty"], None)
+        else:
+            os.setpgid(0, 0)
     except SetupError as e:
         os.write(err_w, f"setup {e.errno} {e}".encode())
         os._exit(126)
-    exec_command(argv, cwd, plan, err_w)
+    except OSError as e:
+        os.write(err_w, f"setup {e.errno or 0} opening a terminal: {e.strerror}".encode())
+        os._exit(126)
+    exec_command(argv, cwd, plan, err_w, terminal)
 
 
 def main(args: list[str]) -> int:
@@ -321,7 +376,6 @@ def main(args: list[str]) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     try:
         holder = _holder.Holder(ctl_fd, flags)
-        status_r, status_w = os.pipe2(os.O_CLOEXEC)
         if namespaces:
             # Only the holder's children enter it: the holder stays in the host's PID namespace.
             check(libc().unshare(CLONE_NEWPID), "creating the PID namespace")
@@ -333,12 +387,10 @@ def main(args: list[str]) -> int:
         report(ctl_fd, f"failed setup {e.errno or 0} {e.strerror}")
         return 126
     if child == 0:
-        holder.into_child()
-        os.close(status_r)
+        status_w = holder.into_child()
         if namespaces:
             os._exit(run_init(flags, argv, cwd, plan, status_w))
         run_command(flags, argv, cwd, plan, status_w)
-    os.close(status_w)
     holder.forked(child)
 
     def forward(signum: int, _frame: object) -> None:
@@ -351,7 +403,7 @@ def main(args: list[str]) -> int:
     for sig in FORWARDED:
         signal.signal(sig, forward)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
-    code: int = holder.run(status_r, namespaces=namespaces)
+    code: int = holder.run(namespaces=namespaces)
     return code
 
 
@@ -400,9 +452,10 @@ def launch(ctl_fd: int, cwd: str, env: list[str], args: list[str]) -> int:
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.setsid()
-        # The holder outlives the server: nothing of the server's stdio may reach it.
+        # The holder outlives the server: nothing of the server's stdio may reach it (a pipe the server
+        # logs into would stay open as long as any job runs).
         null = os.open("/dev/null", os.O_RDWR)
-        for fd in (0, 1):
+        for fd in (0, 1, 2):
             os.dup2(null, fd)
         if null > 2:
             os.close(null)

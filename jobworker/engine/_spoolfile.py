@@ -7,9 +7,11 @@ each record is a 13-byte header ``<B stream><I length><q arrival time, ns since 
 stored; its one payload byte names why (``REASON_*``). Version 1 files (the first release) have no magic and
 5-byte headers without a time, and a cap mark without payload; readers still read them.
 
-Beside the spool, the index ``<q time_ns><Q offset>`` (16 bytes per entry) points at a record at least every
-``INDEX_EVERY_BYTES`` and at every new second of arrival, so a reader finds a time or the last lines of a big
-spool without reading it all. Its entries are in offset order, times never decrease.
+Beside the spool, the index starts with ``INDEX_MAGIC``; each 32-byte entry ``<q time_ns><Q offset>
+<Q stdout bytes before><Q stderr bytes before>`` points at a record at least every ``INDEX_EVERY_BYTES`` and
+at every new second of arrival, so a reader finds a time, a byte of a stream, or the last lines of a big
+spool without reading it all (the byte counts give its position in each selected view). Its entries are in
+offset order; times and counts never decrease.
 
 Only whole records count as written: when the disk refuses a write (ENOSPC, EIO) the torn tail is cut off,
 the writer stops storing (later output is counted and dropped) and writes the mark if five bytes still fit.
@@ -22,7 +24,8 @@ import struct
 MAGIC = b"JWSPOOL\x02"
 HEADER = struct.Struct("<BIq")
 HEADER_V1 = struct.Struct("<BI")
-INDEX_ENTRY = struct.Struct("<qQ")
+INDEX_MAGIC = b"JWINDEX\x01"
+INDEX_ENTRY = struct.Struct("<qQQQ")
 STDOUT = 1
 STDERR = 2
 TRUNCATED = 0xFF
@@ -55,6 +58,8 @@ class SpoolWriter:
         self._indexed_second = -1
         if self.committed == 0 and self._write([MAGIC]) is None:
             self.committed = len(MAGIC)
+        if index_fd >= 0 and os.fstat(index_fd).st_size == 0:
+            self._index_write(INDEX_MAGIC)
 
     def append(self, stream: int, data: bytes, now_ns: int) -> None:
         """Store data (up to the cap; the rest is dropped and the mark written once)."""
@@ -68,7 +73,7 @@ class SpoolWriter:
         records = [HEADER.pack(stream, len(kept), now_ns), kept] if kept else []
         if len(kept) < len(data):
             records += [HEADER.pack(TRUNCATED, 1, now_ns), bytes((REASON_CAP,))]
-        start = self.committed
+        start, before = self.committed, (self.stdout_bytes, self.stderr_bytes)
         error = self._write(records)
         if error is not None:
             self.dropped_bytes += len(data)
@@ -82,7 +87,7 @@ class SpoolWriter:
         if len(kept) < len(data):
             self.dropped_bytes += len(data) - len(kept)
             self.truncated = REASON_CAP
-        self._index(start, now_ns)
+        self._index(start, now_ns, before)
 
     def _write(self, records: "list[bytes]") -> "OSError | None":
         """Append records whole, or cut the file back to the last whole record and return the error."""
@@ -110,16 +115,21 @@ class SpoolWriter:
         if self._write([HEADER.pack(TRUNCATED, 1, now_ns), bytes((self.truncated,))]) is None:
             self.committed += HEADER.size + 1
 
-    def _index(self, offset: int, now_ns: int) -> None:
+    def _index(self, offset: int, now_ns: int, before: "tuple[int, int]") -> None:
         second = now_ns // _SECOND
         if self._index_fd < 0 or (
             offset - self._indexed_at < INDEX_EVERY_BYTES and second == self._indexed_second
         ):
             return
+        if self._index_write(INDEX_ENTRY.pack(now_ns, offset, *before)):
+            self._indexed_at, self._indexed_second = offset, second
+
+    def _index_write(self, data: bytes) -> bool:
         try:
-            os.write(self._index_fd, INDEX_ENTRY.pack(now_ns, offset))
+            if os.write(self._index_fd, data) == len(data):
+                return True
         except OSError:
-            # The index only speeds up readers; without further entries they read more of the spool.
-            self._index_fd = -1
-            return
-        self._indexed_at, self._indexed_second = offset, second
+            pass
+        # The index only speeds up readers; without further entries they read more of the spool.
+        self._index_fd = -1
+        return False

@@ -95,6 +95,14 @@ class JobSpec:
     cwd: str | None = None
     limits: Limits = field(default_factory=Limits)
     owner: str = ""
+    # Keep the job's stdin open for input (JobManager.open_input); else it reads /dev/null.
+    stdin: bool = False
+    # A terminal of (rows, columns) for the job: its stdin, stdout and stderr are one pty (output is all
+    # stdout); implies stdin.
+    terminal: tuple[int, int] | None = None
+    # Unique among the owner's stored jobs; "" for none (validation.check_name has the rule).
+    name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -120,15 +128,49 @@ class JobStatus:
     # Set when output_truncated; output_dropped_bytes counts what the job wrote that was not stored.
     truncation_reason: TruncationReason | None = None
     output_dropped_bytes: int = 0
+    # Started with its stdin open / on a terminal.
+    stdin: bool = False
+    tty: bool = False
+    name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class OutputChunk:
-    """Bytes of one stream; offset counts bytes of the follower's selected view before data[0]."""
+    """Bytes of one stream; offset counts bytes of the follower's selected view before data[0].
+
+    time_ns: when the first of these bytes arrived (ns since the epoch); None in spools of the first release.
+    Chunks are equal when they hold the same bytes at the same place, whatever their times.
+    """
 
     stream: Stream
     offset: int
     data: bytes
+    time_ns: int | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class OutputWindow:
+    """Which part of the output a follower reads, besides its streams and start offset.
+
+    Times are record times: all bytes of one pipe read share the time they arrived, so a window may start
+    or end inside a line that the job wrote in two pieces.
+    """
+
+    # Start at the last this many lines of the view (newline-counted, arrival order); None: no tail.
+    tail_lines: int | None = None
+    # Only records that arrived at or after since_ns and at or before until_ns (ns since the epoch).
+    since_ns: int | None = None
+    until_ns: int | None = None
+    # Stop after this many bytes of the view; None: no limit.
+    limit_bytes: int | None = None
+    # Never merge records of different arrival times into one chunk (so each chunk's time is exact).
+    exact_times: bool = False
+
+    @property
+    def timed(self) -> bool:
+        """Whether the window needs arrival times (since or until)."""
+        return self.since_ns is not None or self.until_ns is not None
 
 
 @dataclass(frozen=True)
@@ -139,4 +181,11 @@ class OutputTruncated:
     reason: TruncationReason = TruncationReason.OUTPUT_CAP
 
 
-OutputEvent = OutputChunk | OutputTruncated
+@dataclass(frozen=True)
+class OutputWindowEnd:
+    """The follower's window ended at offset (its until time or byte limit) before the output did."""
+
+    offset: int
+
+
+OutputEvent = OutputChunk | OutputTruncated | OutputWindowEnd

@@ -15,7 +15,7 @@ import shutil
 import signal
 import time
 import uuid
-from collections.abc import AsyncGenerator, Collection
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,18 +24,21 @@ from jobworker.engine.cgroups import CgroupDriver, CgroupError, JobCgroup, detec
 from jobworker.engine.errors import (
     CapacityError,
     EngineClosedError,
+    InputUnavailableError,
     InvalidSpecError,
     JobNotRunningError,
     LimitsUnsupportedError,
     StartError,
     StorageFullError,
 )
+from jobworker.engine.events import EngineEvents
 from jobworker.engine.job import (
     JobSpec,
     JobState,
     JobStatus,
     Limits,
     OutputEvent,
+    OutputWindow,
     OwnerUsage,
     StreamSelection,
     Usage,
@@ -55,6 +58,7 @@ from jobworker.engine.spawn import (
     ForkServerKeeper,
     HolderFiles,
     HolderLink,
+    JobInput,
     LaunchError,
     LaunchSpec,
 )
@@ -149,6 +153,7 @@ class JobManager:
         self._default_limits = Limits()
         self._fork_servers: ForkServerKeeper | None = None
         self._table = JobTable(config)
+        self.events = EngineEvents(self._table)
 
     async def open(self) -> None:
         """Prepare the state directory, cgroups and namespaces, reload past jobs and reattach running ones."""
@@ -326,6 +331,7 @@ class JobManager:
         strict = self._sandbox is not None
         env = validation.job_environment(spec.env, home=JOB_WORKDIR if strict else None)
         cwd = validation.check_cwd(spec.cwd or cfg.default_cwd or (JOB_WORKDIR if strict else "/"))
+        self._table.check_name(spec.owner, spec.name)
         # Last of the checks, so a Start that fails them never makes room by deleting old output.
         self._table.check_quota(spec.owner)
 
@@ -337,7 +343,7 @@ class JobManager:
             _raise_capacity(e)
             raise
         uid: int | None = None
-        with self._table.launching(job_id, spec.owner):
+        with self._table.launching(job_id, spec.owner, spec.name), self.events.starting():
             try:
                 if self._sandbox is not None:
                     uid, gid = self._sandbox.acquire_uid()
@@ -386,6 +392,8 @@ class JobManager:
             sandbox_args=sandbox_args,
             files=_holder_files(directory, self._config.output_cap_bytes),
             stats_files=cgroup.stats_files,
+            stdin=spec.stdin,
+            terminal=spec.terminal,
         )
         try:
             # Whatever was set up is undone, newest first, unless the command runs.
@@ -435,6 +443,7 @@ class JobManager:
             job.spool,
         )
         job.supervisor = None
+        self.events.job_ended(job.status)
         # The job's processes are gone (the supervisor emptied its cgroup) and its files lived in tmpfs
         # mounts of its own mount namespace: nothing of the uid is left to inherit.
         if job.uid is not None and self._sandbox is not None:
@@ -455,19 +464,24 @@ class JobManager:
         """What `owner` holds now: running jobs, stored output bytes, ended jobs kept."""
         return self._table.usage_of(owner)
 
-    def owner(self, job_id: str) -> str:
-        """Who started the job (cheap: no usage is read, unlike status())."""
-        return self._table.get(job_id).status.owner
+    def resolve(self, ref: str, caller: str, may_see: Callable[[str], bool]) -> str:
+        """The id of the job `ref` (id, name or unique id prefix) names among those `may_see` allows."""
+        return self._table.resolve(ref, caller, may_see)
 
     def status(self, job_id: str) -> JobStatus:
         """A snapshot of one job (usage and output counters are live while it runs)."""
         return self._table.snapshot(self._table.get(job_id))
 
     def list(
-        self, *, states: Collection[JobState] | None = None, owner: str | None = None
+        self,
+        *,
+        states: Collection[JobState] | None = None,
+        owner: str | None = None,
+        name: str = "",
+        labels: Mapping[str, str] | None = None,
     ) -> list[JobStatus]:
-        """Jobs in start order, optionally only those in states and of owner."""
-        return self._table.statuses(states=states, owner=owner)
+        """Jobs in start order, optionally only those in states, of owner, called name, with all labels."""
+        return self._table.statuses(states=states, owner=owner, name=name, labels=labels)
 
     async def wait(self, job_id: str) -> JobStatus:
         """Return the final status once the job has ended."""
@@ -497,9 +511,34 @@ class JobManager:
         log.info("job deleted", extra={"job_id": job_id})
         return status
 
-    def prune(self, ended_before: float, owner: str | None = None) -> builtins.list[JobStatus]:
-        """Delete the ended jobs (of `owner`, or every owner's) that ended before `ended_before`."""
-        return [self.delete(job_id) for job_id in self._table.ended_before(ended_before, owner)]
+    def prune(
+        self, ended_before: float, owner: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[JobStatus]:
+        """Delete ended jobs (of `owner` or everyone, with all `labels`) that ended before `ended_before`."""
+        return [self.delete(job_id) for job_id in self._table.ended_before(ended_before, owner, labels)]
+
+    async def open_input(self, job_id: str) -> JobInput:
+        """A writer to a running job's stdin (one at a time); InputUnavailableError when there can be none."""
+        job = self._table.get(job_id)
+        if job.supervisor is None:
+            raise JobNotRunningError(f"job {job_id} has already ended ({job.status.state.value})")
+        if not job.status.stdin:
+            raise InputUnavailableError("the job was not started with its stdin open (start it with -i)")
+        try:
+            return await JobInput.open(job.directory / records.SOCKET)
+        except OSError:
+            # Its holder has just let go of the job's socket: the job is ending.
+            raise JobNotRunningError(f"job {job_id} has ended") from None
+
+    def resize_terminal(self, job_id: str, rows: int, cols: int) -> None:
+        """Set the window size of a running job's terminal (its foreground process gets SIGWINCH)."""
+        validation.check_terminal_size(rows, cols)
+        job = self._table.get(job_id)
+        if not job.status.tty:
+            raise InputUnavailableError("the job has no terminal (start it with -t)")
+        if job.supervisor is None:
+            raise JobNotRunningError(f"job {job_id} has already ended ({job.status.state.value})")
+        job.supervisor.tell(f"winsize {rows} {cols}")
 
     def signal(self, job_id: str, number: int) -> JobStatus:
         """Send one of SIGNALS to a running job's command, without stopping it; returns its status."""
@@ -519,16 +558,19 @@ class JobManager:
         offset: int = 0,
         *,
         follow: bool = True,
+        window: OutputWindow | None = None,
     ) -> AsyncGenerator[OutputEvent, None]:
-        """Output of the selected streams from offset; with follow, live until the job ends.
+        """Output of the selected streams from offset, within window; with follow, live until the job ends.
 
         Close the generator (``aclose()``) when abandoning it early, so its file descriptor is freed at once.
         """
         job = self._table.get(job_id)
         if offset < 0:
             raise InvalidSpecError("offset must not be negative")
+        window = validation.check_window(window or OutputWindow())
         assert job.spool is not None
-        return job.spool.follow(selection, offset, follow=follow)
+        job.spool.check_window(window)
+        return job.spool.follow(selection, offset, follow=follow, window=window)
 
     async def close(self, grace_seconds: float | None = None, *, stop_jobs: bool = True) -> None:
         """Refuse new jobs; stop every running one (SIGTERM, SIGKILL after the grace period), or with
@@ -635,6 +677,10 @@ def _starting_status(job_id: str, spec: JobSpec, cwd: str, limits: Limits) -> Jo
         pid=0,
         started_at=time.time(),
         limits=limits,
+        stdin=spec.stdin or spec.terminal is not None,
+        tty=spec.terminal is not None,
+        name=spec.name,
+        labels=dict(spec.labels),
     )
 
 

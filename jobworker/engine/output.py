@@ -4,6 +4,9 @@ The file format and its writer are in ``_spoolfile`` (the job's holder writes th
 While the job runs, the holder reports how far it got (spawn.SpoolProgress): only what it reported counts
 as committed, so followers never see a torn record. Followers read the file by offset and are woken through
 an asyncio event. A spool whose holder is gone is read as far as its whole records go.
+
+A follower may ask for a window (job.OutputWindow: a tail, a time range, a byte limit): it starts where
+``_spoolread`` finds through the holder's index, and records outside the times are skipped as it reads.
 """
 
 from __future__ import annotations
@@ -13,14 +16,21 @@ import contextlib
 import logging
 import os
 import struct
+import time
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from pathlib import Path
 
 from jobworker.engine import _spoolfile as fmt
+from jobworker.engine import _spoolread
+from jobworker.engine._spoolread import Position, SpoolIndex
+from jobworker.engine.errors import OutputUntimedError
 from jobworker.engine.job import (
     OutputChunk,
     OutputEvent,
     OutputTruncated,
+    OutputWindow,
+    OutputWindowEnd,
     Stream,
     StreamSelection,
     TruncationReason,
@@ -47,6 +57,12 @@ _MAX_CHUNK = 64 * 1024
 MAX_RECORD = fmt.MAX_RECORD
 _READ_BLOCK = MAX_RECORD + 64
 _SCAN_BLOCK = 64 * 1024
+# The holder's index beside the spool (records.INDEX).
+INDEX_NAME = "output.idx"
+# A follower with an until time waits this long past it: output stamped just before until may still be
+# on its way from the holder (stamped, written, reported).
+UNTIL_GRACE_SECONDS = 0.25
+_WHOLE = OutputWindow()
 
 
 def create(path: Path) -> None:
@@ -145,30 +161,88 @@ class OutputSpool:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def check_window(self, window: OutputWindow) -> None:
+        """Raise when this spool cannot serve window (times asked of a spool that has none)."""
+        if window.timed and self._header is fmt.HEADER_V1:
+            raise OutputUntimedError(
+                "this job's output was stored without arrival times (by the first release): "
+                "since and until cannot apply to it"
+            )
+
+    def _seek(self, fd: int, selection: StreamSelection, offset: int, window: OutputWindow) -> Position:
+        """Where a follower of window starts (in a thread: a tail may read a few MiB)."""
+        end = self._committed
+        index = SpoolIndex(self.path.parent / INDEX_NAME, end)
+        try:
+            best = Position(self._start, 0, offset)
+            if offset > 0 and len(index):
+                i = index.last_at_or_before_view(offset, selection)
+                if i >= 0:
+                    best = Position(index.entry(i)[1], index.view_at(i, selection), offset)
+            if window.since_ns is not None and len(index):
+                i = index.last_before_time(window.since_ns)
+                if i >= 0 and index.entry(i)[1] > best.pos:
+                    best = Position(index.entry(i)[1], index.view_at(i, selection), best.deliver)
+            if window.tail_lines is not None:
+                stop = end
+                if window.until_ns is not None:
+                    stop = _spoolread.find_time(
+                        fd, self._header, index, self._start, end, selection, window.until_ns
+                    )[0]
+                t = _spoolread.tail(fd, self._header, index, self._start, stop, selection, window.tail_lines)
+                if t.pos >= best.pos:
+                    best = Position(t.pos, t.view, max(t.deliver, offset))
+                else:
+                    best = Position(best.pos, best.view, max(t.deliver, best.deliver))
+            return best
+        finally:
+            index.close()
+
     async def follow(
-        self, selection: StreamSelection, offset: int = 0, *, follow: bool = True
+        self,
+        selection: StreamSelection,
+        offset: int = 0,
+        *,
+        follow: bool = True,
+        window: OutputWindow = _WHOLE,
     ) -> AsyncGenerator[OutputEvent, None]:
-        """Yield output of the selected view from offset; with follow, until the spool is complete."""
+        """Yield output of the selected view from offset, within window; with follow, until the spool is
+        complete (or the window's until time has passed)."""
+        self.check_window(window)
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         header = self._header
         try:
-            pos = self._start  # file position of the next unread record
-            view = 0  # bytes of the selected view before that record
+            # pos: file position of the next unread record; view: bytes of the selected view before it.
+            if offset > 0 or window.tail_lines is not None or window.since_ns is not None:
+                start = await asyncio.to_thread(self._seek, fd, selection, offset, window)
+            else:
+                start = Position(self._start, 0, 0)
+            pos, view = start.pos, start.view
+            cut = _Cut(
+                deliver=start.deliver,
+                stop_view=None if window.limit_bytes is None else start.deliver + window.limit_bytes,
+                since_ns=window.since_ns,
+                until_ns=window.until_ns,
+                exact_times=window.exact_times,
+            )
             marked = False  # a truncation mark was delivered (from the file, or from memory)
+            if cut.stop_view is not None and cut.stop_view <= cut.deliver:
+                yield OutputWindowEnd(cut.deliver)
+                return
             while True:
                 committed = self._committed
                 changed = self._changed
                 while pos < committed:
                     block = os.pread(fd, min(_READ_BLOCK, committed - pos), pos)
-                    consumed, view, events = _parse_block(block, header, selection, view, offset)
-                    if consumed == 0:
+                    consumed, view, events, ended = _parse_block(block, header, selection, view, cut)
+                    if consumed == 0 and not ended:
                         # A record larger than the block: read exactly it.
                         head = os.pread(fd, header.size, pos)
                         if len(head) == header.size:
                             length = header.unpack(head)[1]
                             block = os.pread(fd, header.size + length, pos)
-                            consumed, view, events = _parse_block(block, header, selection, view, offset)
-                    if consumed == 0:
+                            consumed, view, events, ended = _parse_block(block, header, selection, view, cut)
+                    if consumed == 0 and not ended:
                         # Only whole records are committed, so the file was changed under us: end the
                         # stream rather than read the same bytes again.
                         log.error("output spool is corrupt", extra={"path": str(self.path), "position": pos})
@@ -178,6 +252,9 @@ class OutputSpool:
                         if isinstance(event, OutputTruncated):
                             marked = True
                         yield event
+                    if ended:
+                        yield OutputWindowEnd(min(view, cut.stop_view or view))
+                        return
                     if not events:
                         # Blocks of the other stream only: let the loop run between them.
                         await asyncio.sleep(0)
@@ -185,14 +262,23 @@ class OutputSpool:
                 # A mark the disk refused is known from the holder's report or the job's record only.
                 if reason is not None and not marked and pos >= self._committed:
                     marked = True
-                    if view >= offset:
+                    if view >= cut.deliver:
                         yield OutputTruncated(view, reason)
                 if self._complete and pos >= self._committed:
                     return
                 if not follow:
                     return
                 if pos >= self._committed:
-                    await changed.wait()
+                    if window.until_ns is None:
+                        await changed.wait()
+                        continue
+                    # Output stamped just before until may still be on its way from the holder.
+                    remaining = (window.until_ns - time.time_ns()) / 1e9 + UNTIL_GRACE_SECONDS
+                    if remaining <= 0:
+                        yield OutputWindowEnd(view)
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), remaining)
         finally:
             os.close(fd)
 
@@ -211,48 +297,84 @@ def _mark(block: bytes | memoryview, at: int, length: int) -> TruncationReason:
     return _REASONS.get(block[at] if length else fmt.REASON_CAP, TruncationReason.OUTPUT_CAP)
 
 
+@dataclass(frozen=True)
+class _Cut:
+    """What of the records a follower gets: view bytes from `deliver` to `stop_view`, arrival times
+    within [since_ns, until_ns]."""
+
+    deliver: int
+    stop_view: int | None = None
+    since_ns: int | None = None
+    until_ns: int | None = None
+    exact_times: bool = False
+
+
+_ALL = _Cut(0)
+
+
 def _parse_block(
-    block: bytes, header: struct.Struct, selection: StreamSelection, view: int, offset: int
-) -> tuple[int, int, list[OutputEvent]]:
-    """Turn whole records of block into events; returns (bytes consumed, new view offset, events)."""
+    block: bytes, header: struct.Struct, selection: StreamSelection, view: int, cut: _Cut = _ALL
+) -> tuple[int, int, list[OutputEvent], bool]:
+    """Turn whole records of block into events; returns (bytes consumed, new view offset, events, and
+    whether the cut ended: a record after until_ns, or stop_view reached)."""
     events: list[OutputEvent] = []
     pos = 0
     pending: list[bytes] = []
     pending_stream: Stream | None = None
     pending_offset = 0
     pending_size = 0
+    pending_time: int | None = None
+    offset, stop, since, until = cut.deliver, cut.stop_view, cut.since_ns, cut.until_ns
+    timed = header.size > fmt.HEADER_V1.size
+    ended = False
 
     def flush() -> None:
         nonlocal pending, pending_stream, pending_size
         if pending_stream is not None and pending:
             data = pending[0] if len(pending) == 1 else b"".join(pending)
-            events.append(OutputChunk(pending_stream, pending_offset, data))
+            events.append(OutputChunk(pending_stream, pending_offset, data, pending_time))
         pending, pending_stream, pending_size = [], None, 0
 
     while pos + header.size <= len(block):
-        stream_id, length = header.unpack_from(block, pos)[:2]
+        fields = header.unpack_from(block, pos)
+        stream_id, length = fields[0], fields[1]
+        time_ns: int | None = fields[2] if timed else None
         end = pos + header.size + length
         if end > len(block):
             break
+        if until is not None and time_ns is not None and time_ns > until:
+            ended = True
+            break
+        early = since is not None and time_ns is not None and time_ns < since
         if stream_id == fmt.TRUNCATED:
             flush()
-            if view >= offset:
+            if view >= offset and not early:
                 events.append(OutputTruncated(view, _mark(block, pos + header.size, length)))
         else:
             stream = Stream(stream_id)
             if selection.includes(stream):
-                start = max(0, offset - view)
-                for piece in range(pos + header.size + start, end, _MAX_CHUNK):
-                    data = block[piece : min(end, piece + _MAX_CHUNK)]
-                    if pending_stream is not stream or pending_size + len(data) > _MAX_CHUNK:
-                        flush()
-                        pending_stream, pending_offset = stream, view + (piece - pos - header.size)
-                    pending.append(data)
-                    pending_size += len(data)
+                if not early:
+                    start = max(0, offset - view)
+                    last = end if stop is None else min(end, pos + header.size + max(0, stop - view))
+                    for piece in range(pos + header.size + start, last, _MAX_CHUNK):
+                        data = block[piece : min(last, piece + _MAX_CHUNK)]
+                        if (
+                            pending_stream is not stream
+                            or pending_size + len(data) > _MAX_CHUNK
+                            or (cut.exact_times and pending_time != time_ns)
+                        ):
+                            flush()
+                            pending_stream, pending_offset = stream, view + (piece - pos - header.size)
+                            pending_time = time_ns
+                        pending.append(data)
+                        pending_size += len(data)
                 view += length
         pos = end
+        if stop is not None and view >= stop:
+            ended = True
+            break
     flush()
-    return pos, view, events
+    return pos, view, events, ended
 
 
 def _scan(

@@ -111,6 +111,13 @@ def load(directory: Path) -> JobStatus:
         _expect(data, key, int, optional=key in ("exit_code", "signal", "output_dropped_bytes"))
     if not isinstance(data.get("args"), list) or not all(isinstance(a, str) for a in data["args"]):
         raise ValueError("args is not a list of strings")
+    # Records written before jobs had names and labels have neither.
+    data.setdefault("name", "")
+    data.setdefault("labels", {})
+    _expect(data, "name", str)
+    labels = data["labels"]
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise ValueError("labels is not an object of strings")
     data["state"] = JobState(data["state"])
     reason = data.get("truncation_reason")
     data["truncation_reason"] = TruncationReason(reason) if reason is not None else None

@@ -20,6 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jobworker.engine._holder import INPUT_FRAME, MAX_INPUT_FRAME
+from jobworker.engine.errors import InputUnavailableError
+
 log = logging.getLogger("jobworker.engine")
 
 SHIM = Path(__file__).with_name("_shim.py")
@@ -68,6 +71,9 @@ class LaunchSpec:
     files: HolderFiles | None = None
     # The cgroup files whose contents the holder keeps as the job's final usage.
     stats_files: tuple[str, ...] = ()
+    # Keep the job's stdin open for input (else /dev/null); a terminal of (rows, cols) implies it.
+    stdin: bool = False
+    terminal: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -240,6 +246,10 @@ def _shim_args(spec: LaunchSpec) -> list[str]:
         args += ["--stats-file", path]
     if spec.files is not None:
         args += spec.files.args()
+    if spec.terminal is not None:
+        args += ["--tty", f"{spec.terminal[0]}:{spec.terminal[1]}"]
+    elif spec.stdin:
+        args += ["--stdin"]
     if spec.namespaces:
         args += ["--namespaces", "--hostname", spec.hostname]
     return [*args, *spec.sandbox_args, "--", *spec.argv]
@@ -288,8 +298,10 @@ class HolderLink:
                 command += ["--cwd", spec.cwd, *_setenv_args(spec.env), *shim_args]
                 process = subprocess.Popen(  # noqa: ASYNC220
                     command,
+                    # The holder outlives the server: none of the server's stdio may stay open in it.
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                     pass_fds=(theirs.fileno(),),
                     # The shim runs as root: the caller's variables (LD_PRELOAD, ...) go to the command only.
                     env={},
@@ -314,6 +326,7 @@ class HolderLink:
         try:
             # Through the directory's descriptor: a state dir's path may be longer than a socket address.
             sock.connect(f"/proc/self/fd/{dir_fd}/{path.name}")
+            sock.sendall(b"ctl\n")
         except BaseException:
             sock.close()
             raise
@@ -455,3 +468,64 @@ def _parse_progress(rest: str) -> SpoolProgress:
     return SpoolProgress(
         int(committed), int(out), int(err), int(dropped), None if reason == "-" else int(reason)
     )
+
+
+_INPUT_REFUSALS = {
+    "busy": "another client is writing to the job's stdin",
+    "no-stdin": "the job was not started with its stdin open (start it with -i)",
+    "closed": "the job's stdin is closed",
+}
+
+
+class JobInput:
+    """A connection to a job's holder that writes to the job's stdin (at most one at a time per job).
+
+    Writes wait while the job does not read: the holder buffers one frame, the socket a little more.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    @classmethod
+    async def open(cls, path: Path) -> JobInput:
+        """Connect to the holder listening at path; InputUnavailableError when it refuses input."""
+        loop = asyncio.get_running_loop()
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, f"/proc/self/fd/{dir_fd}/{path.name}")
+            await loop.sock_sendall(sock, b"input\n")
+            answer = b""
+            while not answer.endswith(b"\n") and len(answer) < 64:
+                more = await asyncio.wait_for(loop.sock_recv(sock, 64 - len(answer)), 5)
+                if not more:
+                    break
+                answer += more
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            os.close(dir_fd)
+        word = answer.decode(errors="replace").strip()
+        if word != "ok":
+            sock.close()
+            raise InputUnavailableError(_INPUT_REFUSALS.get(word, "the job's holder refused input"))
+        return cls(sock)
+
+    async def write(self, data: bytes) -> None:
+        """Send data to the job's stdin; returns once the holder took it (it may wait for the job)."""
+        loop = asyncio.get_running_loop()
+        view = memoryview(data)
+        for start in range(0, len(view), MAX_INPUT_FRAME):
+            piece = view[start : start + MAX_INPUT_FRAME]
+            await loop.sock_sendall(self._sock, INPUT_FRAME.pack(len(piece)) + piece)
+
+    async def end(self) -> None:
+        """End of input: the job reads EOF (a terminal gets ^D) once it has read what came before."""
+        await asyncio.get_running_loop().sock_sendall(self._sock, INPUT_FRAME.pack(0))
+        self.close()
+
+    def close(self) -> None:
+        """Stop writing without ending the input: the job's stdin stays open for another writer."""
+        self._sock.close()

@@ -83,6 +83,10 @@ class JobSupervisor:
         straight to it otherwise (the pid is the command's then). The stop signals reach the whole job."""
         self._link.send_signal(sig, group=False)
 
+    def tell(self, line: str) -> None:
+        """Pass one line of the holder's protocol on (a terminal's window size)."""
+        self._link.tell(line)
+
     async def kill(self) -> None:
         """SIGKILL every process of the job, including those that left its process group."""
         self.signal_job(signal.SIGKILL)

@@ -7,14 +7,21 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import re
 import shutil
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jobworker.engine import records
-from jobworker.engine.errors import JobNotFoundError, JobRunningError, QuotaError
+from jobworker.engine import records, validation
+from jobworker.engine.errors import (
+    AmbiguousJobError,
+    JobNotFoundError,
+    JobRunningError,
+    NameInUseError,
+    QuotaError,
+)
 from jobworker.engine.job import JobState, JobStatus, OwnerUsage
 from jobworker.engine.output import OutputSpool
 from jobworker.engine.supervisor import JobSupervisor
@@ -23,6 +30,11 @@ if TYPE_CHECKING:
     from jobworker.engine.manager import EngineConfig
 
 log = logging.getLogger("jobworker.engine")
+
+# What can be the start of a job id (a lower-case UUID); a reference of another shape is only a name.
+_ID_PREFIX = re.compile(r"[0-9a-f][0-9a-f-]{0,35}")
+# Candidates an ambiguity error lists; more are counted, not shown.
+_SHOWN_CANDIDATES = 5
 
 
 @dataclass
@@ -58,6 +70,8 @@ class JobTable:
         self._saves: set[asyncio.Task[None]] = set()
         # Job directories found without a usable record or spool: retention removes them.
         self._unreadable: list[Path] = []
+        # name -> owner -> job id, for stored jobs and those being started (which reserve their name).
+        self._names: dict[str, dict[str, str]] = {}
 
     def __iter__(self) -> Iterator[JobRow]:
         return iter(list(self._jobs.values()))
@@ -65,15 +79,93 @@ class JobTable:
     def add(self, job: JobRow) -> None:
         """A job that has started."""
         self._jobs[job.status.id] = job
+        self._index_name(job.status)
+
+    def check_name(self, owner: str, name: str) -> None:
+        """NameInUseError when `owner` already has a stored (or starting) job called `name`."""
+        holder = self._names.get(name, {}).get(owner) if name else None
+        if holder is not None:
+            raise NameInUseError(
+                f"a job named '{name}' already exists ({holder}): remove it (jw rm) or choose another name"
+            )
 
     @contextlib.contextmanager
-    def launching(self, job_id: str, owner: str) -> Iterator[None]:
-        """Count a job against its owner's quota and the server's maximum while it is being started."""
+    def launching(self, job_id: str, owner: str, name: str = "") -> Iterator[None]:
+        """Count a job against its owner's quota and the server's maximum while it is being started.
+
+        A named job holds its name from here: two concurrent starts with one name cannot both succeed.
+        """
+        self.check_name(owner, name)
         self._launching[job_id] = owner
+        if name:
+            self._names.setdefault(name, {})[owner] = job_id
         try:
             yield
         finally:
             del self._launching[job_id]
+            if name and job_id not in self._jobs:
+                self._unindex_name(name, owner, job_id)
+
+    def _index_name(self, status: JobStatus) -> None:
+        if not status.name:
+            return
+        owners = self._names.setdefault(status.name, {})
+        holder = owners.setdefault(status.owner, status.id)
+        if holder != status.id:
+            # Only records edited by hand get here; the older job keeps the name.
+            log.warning(
+                "job name already taken, the job is reachable by id only",
+                extra={"job_id": status.id, "name": status.name, "holder": holder},
+            )
+
+    def _unindex_name(self, name: str, owner: str, job_id: str) -> None:
+        owners = self._names.get(name)
+        if owners is not None and owners.get(owner) == job_id:
+            del owners[owner]
+            if not owners:
+                del self._names[name]
+
+    def resolve(self, ref: str, caller: str, may_see: Callable[[str], bool]) -> str:
+        """The id of the one job `ref` names among those whose owner `may_see`: exact id, name, id prefix.
+
+        In that order: a full id (any case); then a name, the caller's own job first (names are unique
+        per owner, but a caller who sees every owner may find several); then a unique id prefix of any
+        length. Jobs the caller may not see take no part: they neither match nor make a match ambiguous,
+        so a reference to one is JobNotFoundError exactly like a reference to nothing.
+        """
+        validation.check_job_ref(ref)
+        lowered = ref.lower()
+        job = self._jobs.get(lowered)
+        if job is not None and may_see(job.status.owner):
+            return job.status.id
+        named = {
+            owner: job_id
+            for owner, job_id in self._names.get(ref, {}).items()
+            if job_id in self._jobs and may_see(owner)
+        }
+        if caller in named:
+            return named[caller]
+        if len(named) == 1:
+            return next(iter(named.values()))
+        if named:
+            shown = [f"{job_id} (owner {owner})" for owner, job_id in sorted(named.items())]
+            raise AmbiguousJobError(
+                f"job name '{ref}' is used by {len(named)} owners: {_candidates(shown)}; use the job id"
+            )
+        if _ID_PREFIX.fullmatch(lowered):
+            matches = [
+                job_id
+                for job_id, row in self._jobs.items()
+                if job_id.startswith(lowered) and may_see(row.status.owner)
+            ]
+            if len(matches) == 1:
+                return matches[0]
+            if matches:
+                raise AmbiguousJobError(
+                    f"job id prefix '{ref}' matches {len(matches)} jobs: {_candidates(sorted(matches))}; "
+                    "give more characters of the id"
+                )
+        raise JobNotFoundError(ref)
 
     def get(self, job_id: str) -> JobRow:
         job = self._jobs.get(job_id)
@@ -90,14 +182,27 @@ class JobTable:
         return with_output(live, job.spool)
 
     def statuses(
-        self, *, states: Collection[JobState] | None = None, owner: str | None = None
+        self,
+        *,
+        states: Collection[JobState] | None = None,
+        owner: str | None = None,
+        name: str = "",
+        labels: Mapping[str, str] | None = None,
     ) -> list[JobStatus]:
-        """Jobs in start order, optionally only those in states and of owner."""
+        """Jobs in start order, optionally only those in states, of owner, called name, with all labels."""
+        if name:
+            validation.check_name(name)
+        if labels:
+            validation.check_labels(labels, "label selector")
         out = []
         for job in self._jobs.values():
             if states and job.status.state not in states:
                 continue
             if owner is not None and job.status.owner != owner:
+                continue
+            if name and job.status.name != name:
+                continue
+            if labels and not _has_labels(job.status, labels):
                 continue
             out.append(self.snapshot(job))
         return out
@@ -113,10 +218,12 @@ class JobTable:
         RUNNING are returned (the engine reattaches them, or records how they ended)."""
         jobs, self._unreadable = await asyncio.to_thread(self._scan, self._config.state_dir / "jobs")
         running = [job for job in jobs if job.status.state is JobState.RUNNING]
-        for job in jobs:
+        # In start order, so listings are; the running ones join through add() once reattached.
+        for job in sorted(jobs, key=lambda j: j.status.started_at):
             if job.status.state is not JobState.RUNNING:
                 job.done.set()
                 self._jobs[job.status.id] = job
+                self._index_name(job.status)
         ended = sorted(self._jobs.values(), key=lambda j: (j.status.ended_at or 0, j.status.started_at))
         self._ended_ids.extend(j.status.id for j in ended)
         self.apply_retention()
@@ -265,13 +372,18 @@ class JobTable:
         self._delete([job_id])
         return job.status
 
-    def ended_before(self, cutoff: float, owner: str | None) -> list[str]:
-        """Ended jobs (of `owner`, or all) that ended before `cutoff` (seconds since the epoch)."""
+    def ended_before(
+        self, cutoff: float, owner: str | None, labels: Mapping[str, str] | None = None
+    ) -> list[str]:
+        """Ended jobs (of `owner`, or all; with all `labels`) that ended before `cutoff` (epoch seconds)."""
+        if labels:
+            validation.check_labels(labels, "label selector")
         return [
             job_id
             for job_id in self._ended_ids
             if (owner is None or self._jobs[job_id].status.owner == owner)
             and (self._jobs[job_id].status.ended_at or 0) < cutoff
+            and (not labels or _has_labels(self._jobs[job_id].status, labels))
         ]
 
     def _make_room(self, owner: str, stored: int, quota: int) -> None:
@@ -291,13 +403,26 @@ class JobTable:
 
     def _delete(self, job_ids: list[str]) -> None:
         for job_id in job_ids:
+            job = self._jobs.pop(job_id)
+            # A deleted job frees its name at once, whatever deleted it (rm, prune, retention, quota).
+            self._unindex_name(job.status.name, job.status.owner, job_id)
             # Followers still reading keep their open file; unlinking does not cut them off.
-            self._remove_dir(self._jobs.pop(job_id).directory)
+            self._remove_dir(job.directory)
 
     def _remove_dir(self, directory: Path) -> None:
         deletion = asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, directory, True)
         self._deletions.add(deletion)
         deletion.add_done_callback(self._deletions.discard)
+
+
+def _has_labels(status: JobStatus, selector: Mapping[str, str]) -> bool:
+    return all(status.labels.get(key) == value for key, value in selector.items())
+
+
+def _candidates(shown: list[str]) -> str:
+    """At most _SHOWN_CANDIDATES of the candidates of an ambiguous reference, and how many more."""
+    more = len(shown) - _SHOWN_CANDIDATES
+    return ", ".join(shown[:_SHOWN_CANDIDATES]) + (f" and {more} more" if more > 0 else "")
 
 
 def stored_bytes(job: JobRow) -> int:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,10 +18,14 @@ from jobworker.api import jobworker_pb2_grpc as pb_grpc
 from jobworker.server.calls import AuthInterceptor
 from jobworker.server.config import GRPC_RECEIVE_LIMIT_BYTES, ServerConfig
 from jobworker.server.jsonlog import fields
+from jobworker.server.metrics_http import MetricsAddress, MetricsAddressError, MetricsListener
 from jobworker.server.policy import PeerPolicy
 from jobworker.server.revocation import RevocationError, RevocationList
 from jobworker.server.service import JobWorkerService
 from jobworker.server.tls import CredentialReloader
+
+if TYPE_CHECKING:
+    from jobworker.server.metrics import ServerMetrics
 
 _log = logging.getLogger("jobworker.server")
 
@@ -68,6 +73,7 @@ class JobWorkerServer:
         address: str,
         grace_seconds: float,
         stop_jobs: bool = False,
+        metrics: tuple[ServerMetrics, MetricsListener] | None = None,
     ) -> None:
         self._server = server
         self._service = service
@@ -79,6 +85,7 @@ class JobWorkerServer:
         self._grace = grace_seconds
         # On shutdown: stop every job, or leave them running with their holders (live restore).
         self._stop_jobs = stop_jobs
+        self._metrics = metrics
         self._started = False
         self._closing: asyncio.Future[None] | None = None
 
@@ -91,6 +98,11 @@ class JobWorkerServer:
     def port(self) -> int:
         """The bound TCP port."""
         return int(self._address.rsplit(":", 1)[1])
+
+    @property
+    def metrics_address(self) -> str | None:
+        """host:port of the metrics listener (the real port when 0 was asked for); None when off."""
+        return None if self._metrics is None else self._metrics[1].address
 
     @property
     def service(self) -> JobWorkerService:
@@ -106,6 +118,8 @@ class JobWorkerServer:
         """Start serving and log the bound address with the engine's isolation capabilities."""
         await self._server.start()
         self._started = True
+        if self._metrics is not None:
+            self._metrics[1].start()
         info = self._manager.info
         _log.info(
             "listening",
@@ -120,6 +134,7 @@ class JobWorkerServer:
                 server_certificate=self._reloader.material.subject,
                 client_cas=list(self._reloader.material.client_cas),
                 revoked=None if self._revocation is None else self._revocation.size,
+                metrics=self.metrics_address,
             ),
         )
 
@@ -146,7 +161,15 @@ class JobWorkerServer:
             await self._manager.close(grace, stop_jobs=self._stop_jobs)
         finally:
             await stopping
+            await self._stop_metrics()
         _log.info("stopped")
+
+    async def _stop_metrics(self) -> None:
+        # Last, so a scrape during shutdown still sees the jobs being stopped.
+        if self._metrics is not None:
+            metrics, listener = self._metrics
+            metrics.close()
+            await listener.stop()
 
     async def wait_for_termination(self) -> None:
         """Wait until the grpc server has stopped."""
@@ -170,14 +193,28 @@ async def build_server(config: ServerConfig, *, manager: engine.JobManager | Non
         except RevocationError as exc:
             raise ServerStartError(str(exc)) from exc
     policy = PeerPolicy(reloader.client_cas, revocation)
+    metrics_address = _metrics_address(config)
     if manager is None:
         manager = engine.JobManager(config.engine_config())
         try:
             await manager.open()
         except Exception as exc:
             raise ServerStartError(f"engine: {exc}") from exc
-    server = grpc.aio.server(interceptors=[AuthInterceptor(policy)], options=_grpc_options(config))
     service = JobWorkerService(manager)
+    interceptors: list[grpc.aio.ServerInterceptor] = [AuthInterceptor(policy)]
+    metrics: ServerMetrics | None = None
+    if metrics_address is not None:
+        # Only when metrics are on: importing prometheus_client takes a tenth of a second.
+        from jobworker.server.metrics import ServerMetrics
+
+        metrics = ServerMetrics(
+            manager,
+            followers=lambda: service.active_streams,
+            streamed_bytes=lambda: service.streamed_bytes,
+        )
+        # First, so that calls the auth pipeline refuses are measured too.
+        interceptors.insert(0, metrics.interceptor)
+    server = grpc.aio.server(interceptors=interceptors, options=_grpc_options(config))
     pb_grpc.add_JobWorkerServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -194,6 +231,23 @@ async def build_server(config: ServerConfig, *, manager: engine.JobManager | Non
         # Jobs an earlier server left (reattached by open) keep running for the next attempt.
         await manager.close(0, stop_jobs=False)
         raise ServerStartError(f"cannot listen on {config.listen}: {reason}")
+    served: tuple[ServerMetrics, MetricsListener] | None = None
+    if metrics is not None and metrics_address is not None:
+        try:
+            listener = MetricsListener(metrics_address, metrics.registry)
+        except OSError as exc:
+            metrics.close()
+            # As for the gRPC port: jobs an earlier server left keep running for the next attempt.
+            await manager.close(0, stop_jobs=False)
+            raise ServerStartError(
+                f"cannot listen for metrics on {metrics_address}: {exc.strerror or exc}"
+            ) from None
+        served = (metrics, listener)
+        if not metrics_address.loopback:
+            _log.warning(
+                "metrics listener reachable beyond this host (plain HTTP, no authentication)",
+                extra=fields(address=listener.address),
+            )
     return JobWorkerServer(
         server=server,
         service=service,
@@ -204,7 +258,20 @@ async def build_server(config: ServerConfig, *, manager: engine.JobManager | Non
         address=_bound_address(config.listen, port),
         grace_seconds=config.grace_seconds,
         stop_jobs=config.stop_jobs_on_shutdown,
+        metrics=served,
     )
+
+
+def _metrics_address(config: ServerConfig) -> MetricsAddress | None:
+    """The metrics listener's address, checked before anything is set up; None when metrics are off."""
+    if config.metrics_listen is None:
+        return None
+    try:
+        address = MetricsAddress.parse(config.metrics_listen)
+        address.check_exposure(config.metrics_allow_remote)
+    except MetricsAddressError as exc:
+        raise ServerStartError(str(exc)) from None
+    return address
 
 
 async def run_server(

@@ -60,6 +60,7 @@ ACCESS: Mapping[str, Mapping[pki.Role, Scope]] = {
     "/jobworker.v1.JobWorker/Delete": _WRITE,
     "/jobworker.v1.JobWorker/Prune": _WRITE,
     "/jobworker.v1.JobWorker/Signal": _WRITE,
+    "/jobworker.v1.JobWorker/WriteInput": _WRITE,
 }
 """Method -> the roles allowed to call it and the jobs each one sees. Absent roles are refused."""
 

@@ -151,20 +151,58 @@ def _wrap(
             request_deserializer=_bounded(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
-    # No client-streaming RPCs exist; refusing them keeps the wrapper the only way in.
-    return grpc.stream_unary_rpc_method_handler(
-        _refuse_client_streaming,
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(
+            _wrap_client_stream(method, cast(UnaryBehavior, handler.stream_unary), policy),
+            request_deserializer=_bounded(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+    # No bidirectional RPCs exist; refusing them keeps the wrapper the only way in.
+    return grpc.stream_stream_rpc_method_handler(
+        _refuse_bidi_streaming,
         request_deserializer=_bounded(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
 
 
-async def _refuse_client_streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "client streaming is not supported")
+async def _refuse_bidi_streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "bidirectional streaming is not supported")
+
+
+async def _checked(
+    requests: Any, peer: PeerCertificate, policy: PeerPolicy | None
+) -> AsyncGenerator[Any, None]:
+    """A client stream's messages, each within the size bound; the policy re-applied as in _wrap_stream."""
+    recheck_at = time.monotonic() + STREAM_RECHECK_SECONDS
+    async for request in requests:
+        _check_size(request)
+        if time.monotonic() >= recheck_at:
+            enforce(peer, policy)
+            recheck_at = time.monotonic() + STREAM_RECHECK_SECONDS
+        yield request
+
+
+def _wrap_client_stream(method: str, behavior: UnaryBehavior, policy: PeerPolicy | None) -> UnaryBehavior:
+    async def wrapped(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        # The job is named in the first message: the handler notes it (note_job_id) for the audit line.
+        call = _begin(method, None, context)
+        try:
+            peer = _admit(call, context, policy)
+            async with contextlib.aclosing(_checked(requests, peer, policy)) as checked:
+                return await behavior(checked, context)
+        except BaseException as exc:
+            await _fail(call, context, exc)
+        finally:
+            call.audit()
+
+    return wrapped
 
 
 def _begin(method: str, request: object, context: grpc.aio.ServicerContext[Any, Any]) -> _Call:
     call = _Call(CallRecord(method=method, peer=context.peer(), job_id=_job_id_hint(request)))
+    # The audit line comes when a call ends; at debug level its start shows too (a long Wait, a stream).
+    if _log.isEnabledFor(logging.DEBUG):
+        _log.debug("call started", extra={"method": method, "peer": call.record.peer})
     # Each RPC runs in its own task with its own context copy, so this never leaks between calls.
     _CURRENT.set(call)
     return call

@@ -62,6 +62,10 @@ class ServerConfig:
     # grpc closes connections this old (GOAWAY); calls in flight get the grace to finish.
     max_connection_age_seconds: float = DEFAULT_MAX_CONNECTION_AGE_SECONDS
     connection_age_grace_seconds: float = DEFAULT_CONNECTION_AGE_GRACE_SECONDS
+    # HOST:PORT of the Prometheus metrics listener (plain HTTP); None: no listener.
+    metrics_listen: str | None = None
+    # A non-loopback metrics_listen is refused unless this says anyone who reaches it may read it.
+    metrics_allow_remote: bool = False
 
     @property
     def credential_files(self) -> CredentialFiles:

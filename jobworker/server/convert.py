@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf import timestamp_pb2
 
-from jobworker import engine
+from jobworker import engine, units
 from jobworker.api import jobworker_pb2 as pb
 from jobworker.server.errors import invalid_argument
 
@@ -24,8 +23,6 @@ MAX_OWNER_BYTES = 256
 MAX_GRACE_SECONDS = 3600.0
 MAX_CHUNK_BYTES = 64 * 1024
 """Largest `OutputChunk.data` the server sends; longer engine chunks are split."""
-
-_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 _STATES_TO_PROTO: dict[engine.JobState, pb.JobState.ValueType] = {
     engine.JobState.RUNNING: pb.JOB_STATE_RUNNING,
@@ -47,15 +44,6 @@ _STREAMS: dict[engine.Stream, pb.OutputStream.ValueType] = {
     engine.Stream.STDOUT: pb.OUTPUT_STREAM_STDOUT,
     engine.Stream.STDERR: pb.OUTPUT_STREAM_STDERR,
 }
-
-
-def job_id(value: str) -> str:
-    """Return the canonical (lower-case) job id, or raise INVALID_ARGUMENT unless it is a UUID4."""
-    canonical = value.lower()
-    if not _UUID4.fullmatch(canonical):
-        shown = value if len(value) <= 40 else value[:40] + "..."
-        raise invalid_argument(f"job id {shown!r} is not a UUID4")
-    return canonical
 
 
 def _utf8_len(text: str) -> int:
@@ -97,7 +85,22 @@ def spec_from_request(request: pb.StartRequest, owner: str) -> engine.JobSpec:
         cwd=request.cwd or None,
         limits=limits_from_proto(request.limits),
         owner=owner,
+        stdin=request.stdin,
+        terminal=terminal_size(request.tty_size) if request.tty else None,
+        name=request.name,
+        labels=dict(request.labels),
     )
+
+
+# What a terminal is when the client sends no size (as a terminal emulator starts).
+DEFAULT_TERMINAL = (24, 80)
+
+
+def terminal_size(size: pb.TerminalSize) -> tuple[int, int]:
+    """(rows, cols) of a TerminalSize; unset means the default, the engine checks the range."""
+    if size.rows == 0 and size.cols == 0:
+        return DEFAULT_TERMINAL
+    return size.rows, size.cols
 
 
 def grace_seconds(request: pb.StopRequest) -> float | None:
@@ -134,6 +137,39 @@ def ended_before(request: pb.PruneRequest) -> float:
     if not 0 <= stamp.nanos < 1_000_000_000:
         raise invalid_argument("ended_before has invalid nanos")
     return stamp.seconds + stamp.nanos / 1e9
+
+
+_MAX_TIME_TEXT = 64
+
+
+def _point_in_time(name: str, text: str, now_ns: int) -> int | None:
+    if not text:
+        return None
+    if len(text) > _MAX_TIME_TEXT:
+        raise invalid_argument(f"{name} is longer than {_MAX_TIME_TEXT} characters")
+    try:
+        return units.parse_point_in_time(text, now_ns)
+    except ValueError as exc:
+        raise invalid_argument(f"{name}: {exc}") from None
+
+
+def window_from_request(request: pb.StreamOutputRequest) -> engine.OutputWindow:
+    """The part of the output a StreamOutput call asks for; INVALID_ARGUMENT (one line) when malformed."""
+    now_ns = time.time_ns()
+    tail = request.tail_lines if request.HasField("tail_lines") else None
+    if tail is not None and tail < 0:
+        raise invalid_argument(f"tail_lines must not be negative (got {tail})")
+    since = _point_in_time("since", request.since, now_ns)
+    until = _point_in_time("until", request.until, now_ns)
+    if since is not None and until is not None and since > until:
+        raise invalid_argument(f"since ({request.since}) is after until ({request.until})")
+    return engine.OutputWindow(
+        tail_lines=tail,
+        since_ns=since,
+        until_ns=until,
+        limit_bytes=request.limit_bytes or None,
+        exact_times=request.timestamps,
+    )
 
 
 def states_from_proto(values: Iterable[int]) -> set[engine.JobState] | None:
@@ -218,6 +254,10 @@ def status_to_proto(status: engine.JobStatus) -> pb.JobStatus:
         cwd=status.cwd,
         truncation_reason=status.truncation_reason.value if status.truncation_reason else "",
         output_dropped_bytes=status.output_dropped_bytes,
+        stdin=status.stdin,
+        tty=status.tty,
+        name=status.name,
+        labels=dict(status.labels),
     )
     if status.ended_at is not None:
         message.ended_at.CopyFrom(_timestamp(status.ended_at))
@@ -248,14 +288,22 @@ def event_to_proto(event: engine.OutputEvent) -> list[pb.StreamOutputResponse]:
     if isinstance(event, engine.OutputTruncated):
         truncated = pb.OutputTruncated(offset=event.offset, reason=event.reason.value)
         return [pb.StreamOutputResponse(truncated=truncated)]
+    if isinstance(event, engine.OutputWindowEnd):
+        return []
     stream = _STREAMS[event.stream]
     data = event.data
+    stamp = None
+    if event.time_ns is not None:
+        stamp = timestamp_pb2.Timestamp(
+            seconds=event.time_ns // 1_000_000_000, nanos=event.time_ns % 1_000_000_000
+        )
     return [
         pb.StreamOutputResponse(
             chunk=pb.OutputChunk(
                 stream=stream,
                 offset=event.offset + start,
                 data=data[start : start + MAX_CHUNK_BYTES],
+                time=stamp,
             )
         )
         for start in range(0, len(data), MAX_CHUNK_BYTES)

@@ -12,8 +12,10 @@ from collections.abc import Mapping
 import grpc
 
 from jobworker.engine import (
+    AmbiguousJobError,
     CapacityError,
     EngineClosedError,
+    InputUnavailableError,
     InvalidSpecError,
     JobError,
     JobNotFoundError,
@@ -21,6 +23,8 @@ from jobworker.engine import (
     JobRunningError,
     JobStuckError,
     LimitsUnsupportedError,
+    NameInUseError,
+    OutputUntimedError,
     QuotaError,
     StartError,
     StorageFullError,
@@ -33,13 +37,19 @@ ENGINE_ERROR_CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     # Executable missing or not executable, cwd missing: the request names what is not there.
     StartError: grpc.StatusCode.INVALID_ARGUMENT,
     JobNotFoundError: grpc.StatusCode.NOT_FOUND,
+    # The reference, not the jobs' state, is what the caller must fix (docker: invalid parameter).
+    AmbiguousJobError: grpc.StatusCode.INVALID_ARGUMENT,
+    NameInUseError: grpc.StatusCode.ALREADY_EXISTS,
     JobNotRunningError: grpc.StatusCode.FAILED_PRECONDITION,
     JobRunningError: grpc.StatusCode.FAILED_PRECONDITION,
+    # Not started with stdin, stdin closed, or another writer: the job's state refuses the write.
+    InputUnavailableError: grpc.StatusCode.FAILED_PRECONDITION,
     CapacityError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     QuotaError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     # The state disk has no room for another job: capacity, like the job limit, not a server fault.
     StorageFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     LimitsUnsupportedError: grpc.StatusCode.FAILED_PRECONDITION,
+    OutputUntimedError: grpc.StatusCode.FAILED_PRECONDITION,
     EngineClosedError: grpc.StatusCode.UNAVAILABLE,
     # SIGKILL sent, processes not gone yet: the stop did not complete in time, the server is fine.
     JobStuckError: grpc.StatusCode.DEADLINE_EXCEEDED,

@@ -25,6 +25,7 @@ from jobworker.server.config import (
 )
 from jobworker.server.grpclog import GrpcLogCapture
 from jobworker.server.jsonlog import configure_logging, fields
+from jobworker.server.metrics_http import MetricsAddress, MetricsAddressError
 
 _log = logging.getLogger("jobworker.server")
 
@@ -298,6 +299,23 @@ def _raise_open_file_limit() -> None:
     help="Size of each job's private /tmp and /job (memory, charged to the job's memory limit).",
 )
 @_option(
+    "--metrics-listen",
+    "METRICS_LISTEN",
+    default=None,
+    metavar="HOST:PORT",
+    help="HOST:PORT to serve Prometheus metrics on, at /metrics [default: off]. Plain HTTP without "
+    "authentication: bind loopback (127.0.0.1:9464); other addresses need --metrics-allow-remote.",
+    show_default=False,
+)
+@_option(
+    "--metrics-allow-remote",
+    "METRICS_ALLOW_REMOTE",
+    is_flag=True,
+    default=False,
+    help="Allow a non-loopback --metrics-listen (e.g. 0.0.0.0 in a container whose published port stays on "
+    "the host's loopback): anyone who reaches it reads the metrics.",
+)
+@_option(
     "--log-level",
     "LOG_LEVEL",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -322,6 +340,11 @@ def main(ctx: click.Context, /, **options: Any) -> None:
         mounts = tuple(engine.JobMount.parse(m) for m in options["job_mount"])
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    if options["metrics_listen"] is not None:
+        try:
+            MetricsAddress.parse(options["metrics_listen"]).check_exposure(options["metrics_allow_remote"])
+        except MetricsAddressError as exc:
+            raise click.BadParameter(str(exc), param_hint="--metrics-listen") from None
     config = ServerConfig(
         listen=options["listen"],
         cert=options["cert"],
@@ -349,6 +372,8 @@ def main(ctx: click.Context, /, **options: Any) -> None:
         job_mounts=mounts,
         job_masks=tuple(options["job_mask"]),
         job_scratch_bytes=options["job_scratch_size"],
+        metrics_listen=options["metrics_listen"],
+        metrics_allow_remote=options["metrics_allow_remote"],
     )
     _raise_open_file_limit()
     try:

@@ -59,11 +59,17 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         # One future shared by every open stream, so waiting for shutdown costs no task per stream.
         self._shutdown: asyncio.Future[None] | None = None
         self._streams = 0
+        self._streamed_bytes = 0
 
     @property
     def active_streams(self) -> int:
         """StreamOutput calls currently open."""
         return self._streams
+
+    @property
+    def streamed_bytes(self) -> int:
+        """Output bytes handed to StreamOutput callers since the service started."""
+        return self._streamed_bytes
 
     def begin_shutdown(self) -> None:
         """End every open stream with SERVER_SHUTDOWN; new streams end at once."""
@@ -78,10 +84,15 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
                 self._shutdown.set_result(None)
         return self._shutdown
 
-    def _check_visible(self, caller: Caller, job_id: str) -> None:
-        # Another owner's job answers exactly like a missing one.
-        if not caller.may_see(self._manager.owner(job_id)):
-            raise engine.JobNotFoundError(job_id)
+    def _resolve(self, caller: Caller, ref: str) -> str:
+        """The id of the job `ref` (id, name or unique id prefix) names among those the caller may see.
+
+        Another owner's job answers exactly like a missing one: it neither matches nor makes a match
+        ambiguous.
+        """
+        job_id = self._manager.resolve(ref, caller.identity, caller.may_see)
+        note_job_id(job_id)
+        return job_id
 
     async def Start(self, request: pb.StartRequest, context: Context) -> pb.StartResponse:
         caller = current_caller()
@@ -92,23 +103,20 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
 
     async def Stop(self, request: pb.StopRequest, context: Context) -> pb.StopResponse:
         caller = current_caller()
-        job_id = convert.job_id(request.job_id)
         grace = convert.grace_seconds(request)
-        self._check_visible(caller, job_id)
+        job_id = self._resolve(caller, request.job_id)
         status = await asyncio.shield(_keep_running(self._manager.stop(job_id, grace)))
         return pb.StopResponse(job=convert.status_to_proto(status))
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.GetStatusResponse:
         caller = current_caller()
-        job_id = convert.job_id(request.job_id)
-        self._check_visible(caller, job_id)
+        job_id = self._resolve(caller, request.job_id)
         status = self._manager.status(job_id)
         return pb.GetStatusResponse(job=convert.status_to_proto(status))
 
     async def Wait(self, request: pb.WaitRequest, context: Context) -> pb.WaitResponse:
         caller = current_caller()
-        job_id = convert.job_id(request.job_id)
-        self._check_visible(caller, job_id)
+        job_id = self._resolve(caller, request.job_id)
         ended = asyncio.ensure_future(self._manager.wait(job_id))
         try:
             # A waiter must not hold up shutdown, nor be left hanging by it: it ends with UNAVAILABLE.
@@ -124,30 +132,58 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
 
     async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.DeleteResponse:
         caller = current_caller()
-        job_id = convert.job_id(request.job_id)
-        self._check_visible(caller, job_id)
+        job_id = self._resolve(caller, request.job_id)
         status = self._manager.delete(job_id)
         return pb.DeleteResponse(job=convert.status_to_proto(status))
 
     async def Prune(self, request: pb.PruneRequest, context: Context) -> pb.PruneResponse:
         caller = current_caller()
         cutoff = convert.ended_before(request)
-        deleted = self._manager.prune(cutoff, owner=caller.owner_filter(""))
+        labels = dict(request.labels)
+        deleted = self._manager.prune(cutoff, owner=caller.owner_filter(""), labels=labels)
         return pb.PruneResponse(jobs=[convert.status_to_proto(s) for s in deleted])
 
     async def Signal(self, request: pb.SignalRequest, context: Context) -> pb.SignalResponse:
         caller = current_caller()
-        job_id = convert.job_id(request.job_id)
         number = convert.signal_from_proto(request.signal)
-        self._check_visible(caller, job_id)
+        job_id = self._resolve(caller, request.job_id)
         status = self._manager.signal(job_id, number)
         return pb.SignalResponse(job=convert.status_to_proto(status))
+
+    async def WriteInput(
+        self, requests: AsyncIterator[pb.WriteInputRequest], context: Context
+    ) -> pb.WriteInputResponse:
+        caller = current_caller()
+        first = await anext(requests, None)
+        if first is None:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT, "WriteInput needs a first message naming the job"
+            )
+        job_id = self._resolve(caller, first.job_id)
+        writer = await self._manager.open_input(job_id)
+        written = 0
+        try:
+            message: pb.WriteInputRequest | None = first
+            while message is not None:
+                if message.HasField("resize"):
+                    self._manager.resize_terminal(job_id, message.resize.rows, message.resize.cols)
+                if message.data:
+                    # Returns once the job's holder took it: a job that reads slowly slows this call.
+                    await writer.write(message.data)
+                    written += len(message.data)
+                if message.eof:
+                    await writer.end()
+                    break
+                message = await anext(requests, None)
+        finally:
+            writer.close()
+        return pb.WriteInputResponse(bytes_written=written)
 
     async def List(self, request: pb.ListRequest, context: Context) -> pb.ListResponse:
         caller = current_caller()
         states = convert.states_from_proto(request.states)
         owner = caller.owner_filter(convert.owner_filter(request.owner))
-        jobs = self._manager.list(states=states, owner=owner)
+        jobs = self._manager.list(states=states, owner=owner, name=request.name, labels=dict(request.labels))
         return pb.ListResponse(jobs=[convert.status_to_proto(s) for s in jobs])
 
     async def GetServerInfo(
@@ -177,12 +213,12 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         self, request: pb.StreamOutputRequest, context: Context
     ) -> AsyncIterator[pb.StreamOutputResponse]:
         caller = current_caller()
-        job_id = convert.job_id(request.job_id)
         selection = convert.selection_from_proto(request.streams)
-        self._check_visible(caller, job_id)
+        window = convert.window_from_request(request)
+        job_id = self._resolve(caller, request.job_id)
         self._streams += 1
         try:
-            stream = self._stream(job_id, selection, request.offset, request.follow)
+            stream = self._stream(job_id, selection, request.offset, request.follow, window)
             async with contextlib.aclosing(stream) as messages:
                 async for message in messages:
                     yield message
@@ -190,9 +226,15 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
             self._streams -= 1
 
     async def _stream(
-        self, job_id: str, selection: engine.StreamSelection, offset: int, follow: bool
+        self,
+        job_id: str,
+        selection: engine.StreamSelection,
+        offset: int,
+        follow: bool,
+        window: engine.OutputWindow,
     ) -> AsyncGenerator[pb.StreamOutputResponse, None]:
-        events = self._manager.follow(job_id, selection, offset, follow=follow)
+        events = self._manager.follow(job_id, selection, offset, follow=follow, window=window)
+        cut = False
         # The final status, kept for the end of the stream: retention may delete the job as soon as it ends,
         # and a stream that delivered every byte must still end with it, not with NOT_FOUND.
         final = asyncio.ensure_future(self._manager.wait(job_id))
@@ -214,8 +256,11 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
                     pending = None
                 if isinstance(event, engine.OutputTruncated):
                     truncated = True
+                elif isinstance(event, engine.OutputWindowEnd):
+                    cut = True
                 else:
                     position = max(position, event.offset + len(event.data))
+                    self._streamed_bytes += len(event.data)
                 for message in convert.event_to_proto(event):
                     yield message
         finally:
@@ -230,7 +275,7 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
             await _finish(final)
         yield pb.StreamOutputResponse(
             end=pb.StreamEnd(
-                reason=self._end_reason(status, selection, position, follow),
+                reason=self._end_reason(status, selection, position, follow, cut),
                 truncated=truncated or status.output_truncated,
                 job=convert.status_to_proto(status),
             )
@@ -242,10 +287,13 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         selection: engine.StreamSelection,
         position: int,
         follow: bool,
+        cut: bool = False,
     ) -> pb.StreamEndReason.ValueType:
         delivered_all = position >= convert.stored_bytes(status, selection)
         if status.state.ended and delivered_all:
             return pb.STREAM_END_REASON_JOB_ENDED
+        if cut:
+            return pb.STREAM_END_REASON_LIMIT_REACHED
         if self._shutting_down:
             return pb.STREAM_END_REASON_SERVER_SHUTDOWN
         if follow:

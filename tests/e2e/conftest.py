@@ -456,6 +456,10 @@ class JobworkerServer:
 
     wait_for = staticmethod(wait_for)
 
+    def published_port(self, container_port: int) -> int:
+        """The host port (on 127.0.0.1) that `container_port` is published on (see running_server's ports)."""
+        return _published_port(self.container, container_port)
+
     def jw_server_pid(self) -> int:
         """jw-server's pid inside the container (jobworker.pid1 is PID 1 and runs it)."""
         result = self.exec(["ps", "-o", "pid=", "-C", "jw-server"])
@@ -502,14 +506,14 @@ class JobworkerServer:
         return run_jw(self.address, self.certs, *args, identity=identity, timeout=timeout)
 
 
-def _published_port(container: DockerContainer) -> int:
+def _published_port(container: DockerContainer, container_port: int = CONTAINER_PORT) -> int:
     wrapped = container.get_wrapped_container()
     wrapped.reload()
-    bindings = wrapped.attrs["NetworkSettings"]["Ports"].get(f"{CONTAINER_PORT}/tcp") or []
+    bindings = wrapped.attrs["NetworkSettings"]["Ports"].get(f"{container_port}/tcp") or []
     for binding in bindings:
         if binding.get("HostIp") in ("127.0.0.1", "") and binding.get("HostPort"):
             return int(binding["HostPort"])
-    raise ServerNotReadyError(f"port {CONTAINER_PORT} is not published: {bindings}")
+    raise ServerNotReadyError(f"port {container_port} is not published: {bindings}")
 
 
 def _tls_handshake(server: JobworkerServer) -> None:
@@ -561,12 +565,14 @@ def running_server(
     *,
     env: Mapping[str, str] | None = None,
     volumes: Mapping[str, str] | None = None,
+    ports: Sequence[int] = (),
     timeout: float = READY_TIMEOUT,
 ) -> Iterator[JobworkerServer]:
     """Start a privileged server container with a private cgroup namespace; remove it on exit.
 
     `volumes` maps host directories to read-write mount points in the container. EXCHANGE is always
-    there, writable by jobs.
+    there, writable by jobs. `ports` are container ports published, like the gRPC port, on a random port
+    of the host's loopback (`published_port()`).
     """
     exchange = tempfile.mkdtemp(prefix="jw-e2e-exchange-")
     os.chmod(exchange, 0o777)
@@ -580,7 +586,8 @@ def running_server(
     for host_dir, mount_point in (volumes or {}).items():
         container.with_volume_mapping(host_dir, mount_point, "rw")
     # Loopback only, random port: testcontainers' with_bind_ports cannot name the host address.
-    container.ports[f"{CONTAINER_PORT}/tcp"] = ("127.0.0.1", None)  # type: ignore[assignment]
+    for port in (CONTAINER_PORT, *ports):
+        container.ports[f"{port}/tcp"] = ("127.0.0.1", None)  # type: ignore[assignment]
     for key, value in (env or {}).items():
         container.with_env(key, value)
     try:
@@ -607,9 +614,12 @@ def server_factory(image: str, certs: PkiDir) -> Iterator[Callable[..., Jobworke
     with contextlib.ExitStack() as stack:
 
         def start(
-            *, env: Mapping[str, str] | None = None, volumes: Mapping[str, str] | None = None
+            *,
+            env: Mapping[str, str] | None = None,
+            volumes: Mapping[str, str] | None = None,
+            ports: Sequence[int] = (),
         ) -> JobworkerServer:
-            return stack.enter_context(running_server(image, certs, env=env, volumes=volumes))
+            return stack.enter_context(running_server(image, certs, env=env, volumes=volumes, ports=ports))
 
         yield start
 

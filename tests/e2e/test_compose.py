@@ -1,7 +1,7 @@
 """Compose smoke test: the repository's compose.yaml comes up healthy and runs a job.
 
-The real compose.yaml is used in place; only the published port is overridden (compose.yaml pins
-127.0.0.1:50051, which may be busy, and has no variable for it) to an ephemeral loopback port.
+The real compose.yaml is used in place; only the published ports are overridden (compose.yaml pins
+127.0.0.1:50051 and 127.0.0.1:9464, which may be busy) to ephemeral loopback ports.
 The project directory is a temp dir, so `./certs` is minted there, and the project name is unique.
 Runs of these tests, also from concurrent pytest sessions, take turns through a file lock.
 One test uses the image under test; the other lets compose build its own image, as a plain
@@ -17,6 +17,7 @@ import os
 import subprocess
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,12 +34,14 @@ LOCK_FILE = Path(tempfile.gettempdir()) / "jobworker-e2e-compose.lock"
 LOCK_TIMEOUT = 300.0
 UP_TIMEOUT = 120
 CONTAINER_PORT = 50051
+METRICS_PORT = 9464
 # `!override` replaces the list instead of appending to it (compose >= 2.24).
 PORT_OVERRIDE = f"""\
 services:
   server:
     ports: !override
       - "127.0.0.1::{CONTAINER_PORT}"
+      - "127.0.0.1::{METRICS_PORT}"
 """
 
 
@@ -164,6 +167,13 @@ def test_compose_stack_comes_up_healthy_and_runs_a_job(
             result = jw_cli(address, certs_dir, "run", "--", "echo", "hello", identity="writer")
             assert result.returncode == 0, f"{result.stderr}\n{project.logs()}"
             assert result.stdout == "hello\n"
+
+            metrics = project.run("port", "server", str(METRICS_PORT))
+            assert metrics.returncode == 0, metrics.stderr
+            assert metrics.stdout.strip().startswith("127.0.0.1:"), metrics.stdout
+            url = f"http://{metrics.stdout.strip()}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                assert "\njobworker_jobs_started_total 1.0\n" in response.read().decode()
             figure(f"docker compose {compose_version}: up --wait healthy in {took:.1f}s")
         finally:
             down = project.run("down", "-v", "--timeout", "10", timeout=120)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 import pytest
 
+from jobworker import units
 from jobworker.cli._params import SIZE
 from jobworker.server.main import ByteSize
 from jobworker.units import canonical_cpu_list, parse_cpu_list, parse_size, size_text
@@ -47,3 +48,47 @@ def test_cpu_lists_print_as_the_kernel_does() -> None:
 def test_bad_cpu_lists(text: str) -> None:
     with pytest.raises(ValueError, match="is not a CPU list"):
         parse_cpu_list(text)
+
+
+# Points in time ----------------------------------------------------------------------------------
+
+_NOON = 1_796_126_400 * 1_000_000_000  # 2026-12-01T12:00:00Z
+
+
+@pytest.mark.parametrize(
+    ("text", "ns"),
+    [
+        ("2026-12-01T12:00:00Z", _NOON),
+        ("2026-12-01t12:00:00z", _NOON),
+        ("2026-12-01 12:00:00Z", _NOON),
+        ("2026-12-01T13:30:00+01:30", _NOON),
+        ("2026-12-01T10:00:00-02:00", _NOON),
+        ("2026-12-01T12:00:00.5Z", _NOON + 500_000_000),
+        ("2026-12-01T12:00:00.123456789Z", _NOON + 123_456_789),
+        # Digits past the nanosecond are dropped, not rounded.
+        ("2026-12-01T12:00:00.1234567899Z", _NOON + 123_456_789),
+    ],
+)
+def test_rfc3339_times(text: str, ns: int) -> None:
+    assert units.parse_rfc3339(text) == ns
+    assert units.parse_point_in_time(text, 0) == ns
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2026-12-01", "2026-12-01T12:00:00", "2026-02-30T00:00:00Z", "2026-12-01T24:00:00Z", "12:00:00Z", "now"],
+)
+def test_not_rfc3339_times(text: str) -> None:
+    with pytest.raises(ValueError, match=r"RFC 3339|point in time") as info:
+        units.parse_point_in_time(text, 0)
+    assert "\n" not in str(info.value)
+
+
+def test_a_duration_is_that_long_ago() -> None:
+    assert units.parse_point_in_time("10m", _NOON) == _NOON - 600 * 1_000_000_000
+    assert units.parse_point_in_time("1.5", _NOON) == _NOON - 1_500_000_000
+
+
+def test_rfc3339_text_is_fixed_width_utc_nanoseconds() -> None:
+    assert units.rfc3339_text(_NOON + 5) == "2026-12-01T12:00:00.000000005Z"
+    assert units.parse_rfc3339(units.rfc3339_text(_NOON + 123)) == _NOON + 123

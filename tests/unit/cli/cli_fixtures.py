@@ -47,6 +47,10 @@ JOB_JSON_KEYS = [
     "cwd",
     "truncation_reason",
     "output_dropped_bytes",
+    "name",
+    "labels",
+    "stdin",
+    "tty",
 ]
 
 

@@ -85,9 +85,9 @@ def test_list_table_and_alias(jw: Jw, sleeper: str) -> None:
     table = jw("list")
     assert table.exit_code == 0
     header, *rows = table.stdout.splitlines()
-    assert header.split() == ["ID", "OWNER", "STATE", "EXIT", "STARTED", "DURATION", "COMMAND"]
+    assert header.split() == ["ID", "NAME", "OWNER", "STATE", "EXIT", "STARTED", "DURATION", "COMMAND"]
     row = next(r for r in rows if r.startswith(sleeper))
-    assert row.split()[1:4] == ["alice", "running", "-"]
+    assert row.split()[1:5] == ["-", "alice", "running", "-"]
     assert row.endswith("sleep 300")
     assert jw("ps").stdout.splitlines()[0] == header
 
@@ -184,7 +184,9 @@ def test_reader_may_not_start_or_stop(jw: Jw, sleeper: str) -> None:
 
 
 def test_invalid_job_id_is_a_usage_error(jw: Jw) -> None:
-    assert jw("status", "not-a-job-id").exit_code == 2
+    assert jw("status", "not a job id").exit_code == 2
+    # Shaped like a name (or an id prefix): looked up, and not found.
+    assert jw("status", "not-a-job-id").exit_code == 4
 
 
 @pytest.mark.root

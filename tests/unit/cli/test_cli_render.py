@@ -98,9 +98,9 @@ def test_table_shows_full_ids_newest_first_and_humanised_times() -> None:
         args=(),
     )
     lines = job_table(newest_first([older, killed, running]), NOW).splitlines()
-    assert lines[0].split() == ["ID", "OWNER", "STATE", "EXIT", "STARTED", "DURATION", "COMMAND"]
-    assert lines[1].split()[:6] == [running.id, "alice", "running", "-", "3m", "ago"]
-    assert lines[1].split()[6:] == ["3m00s", "sleep", "100"]
+    assert lines[0].split() == ["ID", "NAME", "OWNER", "STATE", "EXIT", "STARTED", "DURATION", "COMMAND"]
+    assert lines[1].split()[:7] == [running.id, "-", "alice", "running", "-", "3m", "ago"]
+    assert lines[1].split()[7:] == ["3m00s", "sleep", "100"]
     assert "SIGKILL" in lines[2]
     assert lines[2].endswith("...")
     assert older.id in lines[3]

@@ -59,14 +59,24 @@ def test_wait_on_anothers_job_is_not_found(jw: Jw) -> None:
     assert jw("wait", job_id, user="rita").exit_code == 0
 
 
+def _wait_for_call(server: ServerProcess, method: str, timeout: float = 30) -> None:
+    """Until the server (at debug level) logged that a call of `method` started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any('"call started"' in line and f"/{method}" in line for line in list(server.log)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {method} call reached the server within {timeout:g} s")
+
+
 def test_wait_gives_up_with_a_hint_when_the_server_stays_away(jw: Jw, tmp_path: Path) -> None:
-    own: ServerProcess = start_server(jw.credentials, tmp_path / "state")
+    own: ServerProcess = start_server(jw.credentials, tmp_path / "state", "--log-level", "debug")
     try:
         mine = Jw(jw.runner, jw.credentials, own, jw.config_home)
         job_id = mine.start("sleep", "300")
         proc = JwProcess(mine, "--timeout", "2", "wait", job_id)
         try:
-            time.sleep(1)
+            _wait_for_call(own, "Wait")
             assert proc.process.poll() is None
             own.process.send_signal(signal.SIGTERM)
             code, _, err = proc.finish(timeout=30)

@@ -12,6 +12,7 @@ import pytest
 from client_fakes import Credentials, FakeJobWorker, FakeServer, serve
 
 from jobworker.client import (
+    AlreadyExistsError,
     AsyncClient,
     AuthenticationError,
     Client,
@@ -39,7 +40,7 @@ CODE_TO_ERROR = [
     (grpc.StatusCode.UNIMPLEMENTED, ServerError),
     (grpc.StatusCode.DATA_LOSS, ServerError),
     (grpc.StatusCode.ABORTED, ServerError),
-    (grpc.StatusCode.ALREADY_EXISTS, ServerError),
+    (grpc.StatusCode.ALREADY_EXISTS, AlreadyExistsError),
 ]
 
 

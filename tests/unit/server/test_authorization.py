@@ -27,6 +27,7 @@ RPCS = (
     "Delete",
     "Prune",
     "Signal",
+    "WriteInput",
 )
 # An admitted call that does not answer OK on a running job: what it answers instead.
 ADMITTED = {
@@ -34,6 +35,8 @@ ADMITTED = {
     "Wait": grpc.StatusCode.DEADLINE_EXCEEDED,
     # Only ended jobs can be deleted.
     "Delete": grpc.StatusCode.FAILED_PRECONDITION,
+    # The job was started without its stdin open.
+    "WriteInput": grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 # What each caller gets from each RPC aimed at a running job owned by the writer walt.
@@ -49,6 +52,7 @@ MATRIX: dict[str, dict[str, grpc.StatusCode]] = {
         "Delete": DENIED,
         "Prune": DENIED,
         "Signal": DENIED,
+        "WriteInput": DENIED,
     },
     "walt": dict.fromkeys(RPCS, OK),
     "wendy": {
@@ -62,6 +66,7 @@ MATRIX: dict[str, dict[str, grpc.StatusCode]] = {
         "Delete": HIDDEN,
         "Prune": OK,
         "Signal": HIDDEN,
+        "WriteInput": HIDDEN,
     },
     "ada": dict.fromkeys(RPCS, OK),
     "nora": dict.fromkeys(RPCS, DENIED),  # no role extension
@@ -91,6 +96,8 @@ def call(stub: Stub, rpc: str, job_id: str) -> Any:
         return stub.Signal(pb.SignalRequest(job_id=job_id, signal="CONT"))
     if rpc == "Wait":
         return stub.Wait(pb.WaitRequest(job_id=job_id), timeout=0.5)
+    if rpc == "WriteInput":
+        return stub.WriteInput(iter([pb.WriteInputRequest(job_id=job_id, data=b"x", eof=True)]))
     return stub.Stop(pb.StopRequest(job_id=job_id, grace_seconds=0))
 
 

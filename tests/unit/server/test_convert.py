@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 
-import grpc
-import pytest
-
 from jobworker import engine
 from jobworker.api import jobworker_pb2 as pb
-from jobworker.server import ServiceError, convert
+from jobworker.server import convert
 
 JOB_ID = "1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b"
 
 
-def test_job_ids_are_canonical_uuid4() -> None:
-    assert convert.job_id(JOB_ID.upper()) == JOB_ID
-    for bad in ("", "1b4e28ba2fa14d3ba3f5ef19b5a7633b", "{" + JOB_ID + "}", JOB_ID + "\n", "x" * 1000):
-        with pytest.raises(ServiceError) as info:
-            convert.job_id(bad)
-        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
-        assert len(info.value.message) < 100
+def test_name_and_labels_cross_the_wire_both_ways() -> None:
+    request = pb.StartRequest(command="true", name="web-1", labels={"app": "web", "example.com/tier": "x"})
+    spec = convert.spec_from_request(request, owner="alice")
+    assert (spec.name, dict(spec.labels)) == ("web-1", {"app": "web", "example.com/tier": "x"})
+    status = engine.JobStatus(
+        id=JOB_ID, owner="alice", command="true", args=(), cwd="/", state=engine.JobState.RUNNING, pid=1,
+        started_at=1.0, name=spec.name, labels=spec.labels,
+    )  # fmt: skip
+    message = convert.status_to_proto(status)
+    assert (message.name, dict(message.labels)) == ("web-1", {"app": "web", "example.com/tier": "x"})
+    assert convert.status_to_proto(dataclasses.replace(status, name="", labels={})).name == ""
 
 
 def test_chunks_are_split_with_their_offsets() -> None:

@@ -122,7 +122,10 @@ async def test_requests_far_over_the_limit_are_refused_by_grpc_itself(
     assert logs.lines("jobworker.audit") == []
 
 
-MALFORMED_IDS = ["", "abc", "6ba7b810-9dad-11d1-80b4-00c04fd430c8", MISSING_ID + "0", "../etc"]
+# Neither an id, an id prefix nor a name: refused before any job is looked at.
+MALFORMED_IDS = ["", "../etc", "-rf", "a b", "a\nb", "x" * 129, "{" + MISSING_ID + "}", "é"]
+# Well-formed references that fit no job.
+UNKNOWN_REFS = ["abc", "6ba7b810-9dad-11d1-80b4-00c04fd430c8", MISSING_ID + "0", MISSING_ID[:8]]
 
 
 @pytest.mark.parametrize("job_id", MALFORMED_IDS)
@@ -136,7 +139,17 @@ async def test_malformed_job_id_is_invalid_argument(connect: Connect, rpc: str, 
     }
     error = await rpc_error(calls[rpc]())
     assert error.code() == BAD
-    assert "is not a UUID4" in (error.details() or "")
+    details = error.details() or ""
+    assert "job" in details
+    assert "\n" not in details
+    assert len(details) < 200
+
+
+@pytest.mark.parametrize("job_id", UNKNOWN_REFS)
+async def test_a_reference_to_no_job_is_not_found(connect: Connect, job_id: str) -> None:
+    error = await rpc_error(connect("ada").GetStatus(pb.GetStatusRequest(job_id=job_id)))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error.details() == f"job {job_id} not found"
 
 
 async def test_unknown_job_is_not_found_and_ids_are_case_insensitive(connect: Connect) -> None:
