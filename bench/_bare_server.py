@@ -3,6 +3,7 @@
 Run as `python _bare_server.py CERT KEY CA`; prints the bound port on stdout, serves until SIGTERM.
 StreamOutput(job_id="SIZE") answers SIZE bytes in OutputChunk messages of jw-server's chunk size, then a
 StreamEnd: the same messages jw-server sends, with no job, spool, auth or engine behind them.
+job_id="SIZE:CHUNK" sends CHUNK-byte messages instead, to find the message size grpc.aio streams best at.
 """
 
 from __future__ import annotations
@@ -26,17 +27,22 @@ from jobworker.server.convert import MAX_CHUNK_BYTES
 
 # The message size jw-server sends, so that the two streams differ only in what stands behind them.
 CHUNK_BYTES = MAX_CHUNK_BYTES
-_BLOCK = bytes(CHUNK_BYTES)
+# Larger than this and the client's default 4 MiB receive limit would refuse a message.
+MAX_BARE_CHUNK_BYTES = 2 << 20
+_ZEROS = bytes(MAX_BARE_CHUNK_BYTES)
 
 
 async def stream_output(
     request: pb.StreamOutputRequest, context: grpc.aio.ServicerContext[Any, Any]
 ) -> AsyncIterator[pb.StreamOutputResponse]:
-    """StreamOutput straight from memory: job_id is the number of bytes to send."""
-    size = int(request.job_id)
+    """StreamOutput straight from memory: job_id is the number of bytes to send[:message size]."""
+    size_text, _, chunk_text = request.job_id.partition(":")
+    size, chunk = int(size_text), min(int(chunk_text or CHUNK_BYTES), MAX_BARE_CHUNK_BYTES)
+    # One bytes object per message size, made once: the stream copies nothing on our side.
+    block = _ZEROS[:chunk]
     offset = 0
     while offset < size:
-        data = _BLOCK if size - offset >= CHUNK_BYTES else _BLOCK[: size - offset]
+        data = block if size - offset >= chunk else block[: size - offset]
         yield pb.StreamOutputResponse(
             chunk=pb.OutputChunk(stream=pb.OUTPUT_STREAM_STDOUT, offset=offset, data=data)
         )

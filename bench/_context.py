@@ -88,12 +88,7 @@ class BareServer:
 
     def channel(self) -> grpc.aio.Channel:
         """A new grpc.aio channel to it with the bench's client certificate (call inside the loop)."""
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=self.certs.ca.read_bytes(),
-            private_key=self.certs.client_key.read_bytes(),
-            certificate_chain=self.certs.client_cert.read_bytes(),
-        )
-        return grpc.aio.secure_channel(self.address, credentials)
+        return self.certs.channel(self.address)
 
     def stop(self) -> None:
         """SIGTERM and reap."""
@@ -157,3 +152,5 @@ class Context:
     bare: BareServer
     client: AsyncClient
     docker: Docker
+    # The bare stream's fastest message size, once the one-follower case (or fan-out's own sweep) found it.
+    bare_best_chunk: int | None = None

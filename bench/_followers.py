@@ -46,21 +46,41 @@ async def follow_job(client: AsyncClient, job_id: str, t0: float, tally: Tally |
     return Followed(nbytes, time.perf_counter() - t0, final)
 
 
-async def follow_bare(stub: pb_grpc.JobWorkerAsyncStub, size: int, t0: float) -> Followed:
-    """Read `size` bytes from the bare server with the generated stub (no client library)."""
+async def follow_bare(
+    stub: pb_grpc.JobWorkerAsyncStub, size: int, t0: float, chunk: int | None = None
+) -> Followed:
+    """Read `size` bytes from the bare server with the generated stub (no client library).
+
+    `chunk` is the server's message size (default: jw-server's own).
+    """
     nbytes = 0
-    call = stub.StreamOutput(pb.StreamOutputRequest(job_id=str(size), follow=True))
+    request = f"{size}:{chunk}" if chunk else str(size)
+    call = stub.StreamOutput(pb.StreamOutputRequest(job_id=request, follow=True))
     async for message in call:
         if message.HasField("chunk"):
             nbytes += len(message.chunk.data)
     return Followed(nbytes, time.perf_counter() - t0)
 
 
-async def bare_streams(channel: grpc.aio.Channel, size: int, count: int) -> list[Followed]:
-    """`count` concurrent bare streams of `size` bytes each over one channel."""
+async def follow_stub(channel: grpc.aio.Channel, job_id: str, t0: float) -> Followed:
+    """Follow a job of jw-server from byte 0 with the generated stub: the server's side, no client library."""
+    nbytes = 0
+    call = pb_grpc.JobWorkerStub(channel).StreamOutput(
+        pb.StreamOutputRequest(job_id=job_id, streams=pb.STREAM_SELECTION_BOTH, offset=0, follow=True)
+    )
+    async for message in call:
+        if message.HasField("chunk"):
+            nbytes += len(message.chunk.data)
+    return Followed(nbytes, time.perf_counter() - t0)
+
+
+async def bare_streams(
+    channel: grpc.aio.Channel, size: int, count: int, chunk: int | None = None
+) -> list[Followed]:
+    """`count` concurrent bare streams of `size` bytes each over one channel, in `chunk`-byte messages."""
     stub = pb_grpc.JobWorkerStub(channel)
     t0 = time.perf_counter()
-    return list(await asyncio.gather(*(follow_bare(stub, size, t0) for _ in range(count))))
+    return list(await asyncio.gather(*(follow_bare(stub, size, t0, chunk) for _ in range(count))))
 
 
 def pipe_seconds(size: int) -> float:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import grpc
+import grpc.aio
 
 import pki
 from jobworker.client import ClientConfig
@@ -46,6 +50,15 @@ class Certs:
     def client_config(self, address: str) -> ClientConfig:
         """Client settings for a server at `address` with the admin identity."""
         return ClientConfig(server=address, ca=self.ca, cert=self.client_cert, key=self.client_key)
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """A bare grpc.aio channel to `address` with the admin identity (call inside the event loop)."""
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=self.client_key.read_bytes(),
+            certificate_chain=self.client_cert.read_bytes(),
+        )
+        return grpc.aio.secure_channel(address, credentials)
 
 
 def mint_certs(directory: Path) -> Certs:
@@ -93,13 +106,26 @@ def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and of its reaped descendants (servers, jobs, baselines) so far."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
 def reset_peak_rss(pid: int) -> None:
     """Reset VmHWM of `pid` to its current RSS (clear_refs 5, Linux >= 4.0, needs privilege)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (children, grandchildren, ...)."""
+def children_map() -> dict[int, list[int]]:
+    """Every process's children, from /proc (a snapshot)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -111,6 +137,12 @@ def descendants(pid: int) -> list[int]:
         # The command name may contain spaces and parentheses; fields resume after the last ')'.
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """Every process below `pid` (children, grandchildren, ...)."""
+    children = children_map() if children is None else children
     found: list[int] = []
     stack = [pid]
     while stack:

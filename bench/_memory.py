@@ -7,17 +7,27 @@ import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 from _context import Context, RssSampler, Sizes
 from _followers import Followed, Tally, follow_job
-from _harness import BenchError, ServerProcess, cpu_seconds, descendants, pss_bytes, reset_peak_rss
+from _harness import (
+    BenchError,
+    ServerProcess,
+    children_map,
+    cpu_seconds,
+    descendants,
+    pss_bytes,
+    reset_peak_rss,
+)
 from _report import CaseResult, Metric, MiB
 
 from jobworker.client import AsyncClient, JobState
 
 _T = TypeVar("_T")
-PEAK_RSS_LIMIT_MIB = 150
+PEAK_RSS_LIMIT_MIB = 100
+IDLE_JOB_PSS_LIMIT_KIB = 1024
 _START_CONCURRENCY = 4
 _STOP_CONCURRENCY = 50
 
@@ -84,6 +94,30 @@ async def _peak_under_followers(
         )
 
 
+def job_processes(server_pid: int) -> dict[str, list[int]]:
+    """The server's processes by role: fork server, and per job its holder, init and command (with children).
+
+    The tree is jw-server -> fork server -> holder -> init -> command (README, Process model); a holder the
+    server launched directly, without the fork server, is its child.
+    """
+    children = children_map()
+    roles: dict[str, list[int]] = {"fork server": [], "holder": [], "init": [], "command": []}
+    for child in children.get(server_pid, []):
+        try:
+            fork_server = b"--fork-server" in Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        holders = children.get(child, []) if fork_server else [child]
+        if fork_server:
+            roles["fork server"].append(child)
+        roles["holder"] += holders
+        for holder in holders:
+            for init in children.get(holder, []):
+                roles["init"].append(init)
+                roles["command"] += descendants(init, children)
+    return roles
+
+
 async def _idle_jobs(server: ServerProcess, client: AsyncClient, sizes: Sizes, result: CaseResult) -> None:
     count = sizes.idle_jobs
     before = server.sample()
@@ -93,8 +127,9 @@ async def _idle_jobs(server: ServerProcess, client: AsyncClient, sizes: Sizes, r
     start_seconds = time.perf_counter() - t0
     await asyncio.sleep(1)  # let the copy-on-write faults of the fresh forks settle before measuring
     after = server.sample()
-    shims = descendants(server.pid)
-    shim_pss = pss_bytes(shims)
+    roles = job_processes(server.pid)
+    pss_kib = {role: pss_bytes(pids) / count / 1024 for role, pids in roles.items()}
+    job_kib = pss_kib["holder"] + pss_kib["init"] + pss_kib["command"]
     cgroups = server.cgroups.count() - cgroups_before
     stopped = await _bounded(
         _STOP_CONCURRENCY, [functools.partial(client.stop, job.id, grace_seconds=2) for job in jobs]
@@ -111,14 +146,21 @@ async def _idle_jobs(server: ServerProcess, client: AsyncClient, sizes: Sizes, r
         "server_rss_per_job_kib": per_job_kib,
         "server_fds_per_job": (after.fds - before.fds) / count,
         "server_threads_with_jobs": after.threads,
-        "job_processes": len(shims),
-        "job_processes_pss_per_job_kib": shim_pss / count / 1024,
+        "job_processes": {role: len(pids) for role, pids in roles.items()},
+        "pss_per_job_kib": pss_kib,
+        "fork_server_pss_kib": pss_kib["fork server"] * count,
         "job_cgroup_dirs": cgroups,
         "jobs_not_stopped": len(not_stopped),
     }
     result.metrics += [
         Metric(f"server RSS per idle job ({count} sleep jobs)", per_job_kib, "KiB"),
-        Metric("job-side memory per idle job (PSS: launcher + init + sleep)", shim_pss / count / 1024, "KiB"),
+        Metric(
+            "host memory per idle job (PSS: holder + init + sleep)",
+            job_kib,
+            "KiB",
+            limit=IDLE_JOB_PSS_LIMIT_KIB,
+        ),
+        *(Metric(f"  of which {role}", pss_kib[role], "KiB") for role in ("holder", "init", "command")),
         Metric("server fds per idle job", (after.fds - before.fds) / count, "fds"),
     ]
 

@@ -160,6 +160,9 @@ def render_table(results: Sequence[CaseResult]) -> str:
             rows.append(("  failed: " + result.error.splitlines()[0], "", "", "", "", ""))
         rows += [(f"  {m.name}", *_cells(m)) for m in result.metrics]
         notes += [f"{result.name}: {note}" for note in result.notes]
+        notes += [
+            f"{result.name}, {m.name} vs {m.baseline or 'target'}: {m.note}" for m in result.metrics if m.note
+        ]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()

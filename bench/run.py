@@ -1,7 +1,8 @@
 """jobworker benchmarks, side by side with the baselines users compare it to: `make bench` (as root).
 
 Starts its own jw-server (127.0.0.1:0, temp state dir, fresh P-256 certificates, its own cgroup prefix) and a
-bare grpc.aio server, runs the cases, prints a table and writes bench/results/bench-<UTC time>.json and .md.
+bare grpc.aio server, runs the cases, prints a table and writes bench/results/bench-<UTC time>.json, .md and
+.png (the chart needs matplotlib, the `bench` extra; without it the chart is skipped).
 
     .venv/bin/python bench/run.py [--quick] [--profile]
         [--only start|stream|fanout|memory|churn|restart|logs|fleet ...]
@@ -30,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import _chart
 import _churn
 import _fanout
 import _fleet
@@ -49,8 +51,10 @@ from _harness import (
     cpu_seconds,
     find_docker,
     load_average,
+    machine_busy_seconds,
     machine_info,
     mint_certs,
+    own_cpu_seconds,
 )
 from _report import CaseResult, render_markdown, render_table, write_json
 
@@ -68,7 +72,8 @@ CASES: dict[str, Case] = {
     "logs": _logs_seek.run,
     "fleet": _fleet.run,
 }
-_CASE_TIMEOUT = 420.0
+# Fan-out moves 25 GiB three times (jobworker and two bare sizes): minutes on a busy 2-core machine.
+_CASE_TIMEOUT = 600.0
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -162,6 +167,7 @@ async def _run_cases(args: argparse.Namespace, ctx: Context, results_dir: Path) 
                 "server": round(cpu_seconds(ctx.server.pid)[0] - server_cpu, 2),
                 "bench_client": round(time.process_time() - bench_cpu, 2),
             }
+        result.data["load_average_after"] = load_average()
         print(f"[{name}] {'failed' if result.error else 'done'} in {result.seconds:.1f} s", file=sys.stderr)
         results.append(result)
         if ctx.server.process.poll() is not None:
@@ -205,11 +211,14 @@ def _publish(document: dict[str, Any], results: list[CaseResult], out: Path) -> 
     """Print the table with the machine and shutdown lines; write the JSON and Markdown files."""
     ordered = sorted(results, key=lambda r: r.title)
     machine, shutdown, load = document["machine"], document["server"]["shutdown"], document["load_average"]
-    print(
-        f"\njobworker bench, {machine['date']}, {machine['cpu_model']} x{machine['cpus']}, Linux"
+    cpu = document["cpu_seconds"]
+    headline = (
+        f"jobworker bench, {machine['date']}, {machine['cpu_model']} x{machine['cpus']}, Linux"
         f" {machine['kernel']}, commit {machine['commit']}{' (dirty)' if machine['dirty'] else ''},"
-        f" {document['total_seconds']:.0f} s, load average {load['before'][0]:.1f} -> {load['after'][0]:.1f}"
+        f" {document['total_seconds']:.0f} s, load average {load['before'][0]:.1f} -> {load['after'][0]:.1f},"
+        f" other work took {cpu['other_work'] / max(cpu['available'], 1e-9):.0%} of the CPUs"
     )
+    print(f"\n{headline}")
     print(render_table(ordered))
     print(
         f"\nserver: SIGTERM -> exit {shutdown.get('exit_status')} in {shutdown.get('seconds')} s,"
@@ -217,7 +226,15 @@ def _publish(document: dict[str, Any], results: list[CaseResult], out: Path) -> 
     )
     write_json(out, document)
     out.with_suffix(".md").write_text(render_markdown(ordered) + "\n")
-    print(f"results: {out} (+ .md)")
+    chart = out.with_suffix(".png")
+    try:
+        skipped = _chart.write_chart(chart, ordered, headline, _memory.IDLE_JOB_PSS_LIMIT_KIB)
+    except (KeyError, ValueError, OSError) as exc:
+        # The numbers are written already; a chart that cannot be drawn must not lose them.
+        skipped = f"the chart could not be drawn ({type(exc).__name__}: {exc})"
+    print(f"results: {out} (+ .md{'' if skipped else ', .png'})")
+    if skipped:
+        print(f"chart skipped: {skipped}")
 
 
 def main(argv: list[str]) -> int:
@@ -246,6 +263,7 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
     t0 = time.perf_counter()
+    busy0, own0 = machine_busy_seconds(), own_cpu_seconds()
     try:
         certs = mint_certs(workdir / "certs")
         server = ServerProcess(workdir, certs, max_jobs=max(2000, sizes.idle_jobs + 100))
@@ -262,6 +280,9 @@ def main(argv: list[str]) -> int:
             shutdown["processes_left"] = _leftover_processes(server.cgroup_prefix)
         shutil.rmtree(workdir, ignore_errors=True)
     total = time.perf_counter() - t0
+    # What the rest of the machine did meanwhile: the bench's numbers are only as good as the CPUs it had.
+    busy, own = machine_busy_seconds() - busy0, own_cpu_seconds() - own0
+    cpus = os.cpu_count() or 1
     document = {
         "machine": machine_info(docker.version).as_dict(),
         "server": {
@@ -274,6 +295,13 @@ def main(argv: list[str]) -> int:
         "quick": args.quick,
         "total_seconds": round(total, 1),
         "load_average": {"before": load_before, "after": load_average()},
+        "cpu_seconds": {
+            "available": round(total * cpus, 1),
+            "machine_busy": round(busy, 1),
+            "this_bench": round(own, 1),
+            # Includes the Docker daemon's work for the docker baselines (it is no child of ours).
+            "other_work": round(max(busy - own, 0.0), 1),
+        },
         "cases": [r.as_dict() for r in results],
     }
     _publish(document, results, out)
