@@ -17,6 +17,7 @@ from jobworker.client import (
     AsyncClient,
     ClientConfig,
     ClientError,
+    ConnectionFailedError,
     EndOfInput,
     FailedPreconditionError,
     NotFoundError,
@@ -123,6 +124,13 @@ class StdinPump:
         except FailedPreconditionError as exc:
             if "ended" not in exc.message:
                 self._fail(exc)
+        except ConnectionFailedError as exc:
+            # The server went away (a restart): the output side reconnects; the input does not resume.
+            if not self._source.stopped:
+                sys.stderr.write(
+                    f"jw: stdin of job {self._job_id} stopped: {exc.message}; jw attach {self._job_id} "
+                    "writes to it again\n"
+                )
         except ClientError as exc:
             if not self._source.stopped:
                 self._fail(exc)

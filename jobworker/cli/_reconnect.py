@@ -9,16 +9,18 @@ import click
 # The first retry comes quickly (a restart takes about a second), later ones back off up to this.
 _FIRST_DELAY = 0.2
 _MAX_DELAY = 2.0
+# An outage is ridden out for this many times jw's --timeout: a restart's new server must also start up
+# (reattach its jobs, probe the sandbox) before it answers.
+WINDOW_TIMEOUTS = 3
 
 
 class Reconnect:
-    """Decides whether to try again after the server went away, for at most `window` seconds per outage.
-
-    The window is jw's --timeout: how long it waits for a server to connect and answer.
+    """Decides whether to try again after the server went away, for at most WINDOW_TIMEOUTS times jw's
+    --timeout (how long it waits for a server to connect and answer) per outage.
     """
 
-    def __init__(self, window: float) -> None:
-        self._window = window
+    def __init__(self, timeout: float) -> None:
+        self._window = timeout * WINDOW_TIMEOUTS
         self._since: float | None = None
         self._delay = _FIRST_DELAY
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_fixtures import Jw
+from cli_fixtures import Jw, start_server
 from test_cli_process import LAUNCHER, REPO
 
 
@@ -166,3 +166,37 @@ def test_run_it_gives_the_job_a_terminal_of_our_size_in_raw_mode(jw: Jw) -> None
     assert "40 120" in lines, out
     # Raw mode here: only the job's own terminal echoed "hello" (once), then the job printed it.
     assert out.count(b"hello") == 2, out
+
+
+def test_jw_run_i_rides_out_a_server_restart_and_exits_with_the_jobs_code(jw: Jw, tmp_path: Path) -> None:
+    first = start_server(jw.credentials, tmp_path / "state", stop_jobs=False)
+    port = first.address.rsplit(":", 1)[1]
+    second = None
+    mine = Jw(jw.runner, jw.credentials, first, jw.config_home)
+    script = "echo ready; sleep 2; echo after; exit 9"
+    with subprocess.Popen(["sleep", "60"], stdout=subprocess.PIPE) as endless:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", LAUNCHER, "run", "-i", "--", "sh", "-c", script],
+            stdin=endless.stdout,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_env(mine),
+            cwd=REPO,
+        )
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == b"ready\n"
+            first.stop()  # SIGTERM: the job keeps running with its holder
+            second = start_server(jw.credentials, tmp_path / "state", "--listen", f"127.0.0.1:{port}")
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+            endless.kill()
+            if second is not None:
+                second.stop()
+    assert proc.returncode == 9, err
+    assert out == b"after\n"
+    assert b"reconnecting" in err
+    assert b"stdin of job" in err  # the input stopped with the old server, and jw said so

@@ -58,7 +58,7 @@ def test_interrupted_stream_gives_a_resume_command(
     assert result.exit_code == 3
     assert result.stdout_bytes == b"abc"
     # It tried again from where it was, for at most --timeout, then said how to resume.
-    assert f"{message} while streaming job {JOB}; reconnecting for up to 1 s" in result.stderr
+    assert f"{message} while streaming job {JOB}; reconnecting for up to 3 s" in result.stderr
     assert set(offsets[1:]) == {13}
     assert len(offsets) >= 2
     assert f"resume with: jw logs -f --stdout --offset 13 {JOB}" in result.stderr

@@ -84,7 +84,7 @@ def test_wait_gives_up_with_a_hint_when_the_server_stays_away(jw: Jw, tmp_path: 
             proc.kill()
         assert code == 3, err
         assert b"shutting down" in err
-        assert b"reconnecting for up to 2 s" in err
+        assert b"reconnecting for up to 6 s" in err
         assert f"wait again with: jw wait {job_id}".encode() in err
     finally:
         own.stop()
