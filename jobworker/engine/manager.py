@@ -41,7 +41,6 @@ from jobworker.engine.job import (
     OutputWindow,
     OwnerUsage,
     StreamSelection,
-    Usage,
 )
 from jobworker.engine.limits import default_job_limits, default_max_limits
 from jobworker.engine.output import MAX_RECORD, OutputSpool
@@ -62,7 +61,7 @@ from jobworker.engine.spawn import (
     LaunchError,
     LaunchSpec,
 )
-from jobworker.engine.supervisor import JobSupervisor, ending, load_exit
+from jobworker.engine.supervisor import Ending, JobSupervisor, ending, load_exit
 from jobworker.engine.table import JobRow, JobTable, with_output
 
 log = logging.getLogger("jobworker.engine")
@@ -244,19 +243,8 @@ class JobManager:
         else:
             reason = output.reason_of(facts.truncated) if facts.truncated is not None else None
             job.spool.restore(facts.stdout_bytes, facts.stderr_bytes, facts.dropped_bytes, reason)
-        end = ending(facts, cgroup)
         job.spool.finish()
-        job.status = with_output(
-            dataclasses.replace(
-                job.status,
-                state=end.state,
-                exit_code=end.exit_code,
-                signal=end.signal,
-                ended_at=end.ended_at,
-                usage=end.usage,
-            ),
-            job.spool,
-        )
+        job.status = _ended_status(job, ending(facts, cgroup))
         self._table.add(job)
         self._table.save(job, ended=True)
         return False
@@ -431,17 +419,9 @@ class JobManager:
         )
 
     def _ended(self, job: JobRow, sup: JobSupervisor) -> None:
-        job.status = with_output(
-            dataclasses.replace(
-                job.status,
-                state=sup.state,
-                exit_code=sup.exit_code,
-                signal=sup.signal,
-                ended_at=sup.ended_at,
-                usage=sup.final_usage or Usage(),
-            ),
-            job.spool,
-        )
+        assert sup.end is not None
+        end = sup.end
+        job.status = _ended_status(job, end)
         job.supervisor = None
         self.events.job_ended(job.status)
         # The job's processes are gone (the supervisor emptied its cgroup) and its files lived in tmpfs
@@ -454,9 +434,9 @@ class JobManager:
             "job ended",
             extra={
                 "job_id": job.status.id,
-                "state": sup.state.value,
-                "exit_code": sup.exit_code,
-                "signal": sup.signal,
+                "state": end.state.value,
+                "exit_code": end.exit_code,
+                "signal": end.signal,
             },
         )
 
@@ -597,6 +577,19 @@ class JobManager:
             await asyncio.to_thread(self._driver.close)
         except CgroupError as e:
             log.warning("could not remove every job cgroup", extra={"error": str(e)})
+
+
+def _ended_status(job: JobRow, end: Ending) -> JobStatus:
+    """job's final status: how it ended, and what its spool holds."""
+    status = dataclasses.replace(
+        job.status,
+        state=end.state,
+        exit_code=end.exit_code,
+        signal=end.signal,
+        ended_at=end.ended_at,
+        usage=end.usage,
+    )
+    return with_output(status, job.spool)
 
 
 def _launch_error(spec: JobSpec, cwd: str, error: LaunchError) -> StartError | InvalidSpecError:

@@ -321,18 +321,7 @@ class HolderLink:
         """Connect to the holder listening at path and take its state; OSError when none does (it exited).
 
         Returns once the holder told its state (or closed the connection: the job has just ended)."""
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            # Through the directory's descriptor: a state dir's path may be longer than a socket address.
-            sock.connect(f"/proc/self/fd/{dir_fd}/{path.name}")
-            sock.sendall(b"ctl\n")
-        except BaseException:
-            sock.close()
-            raise
-        finally:
-            os.close(dir_fd)
-        link = cls(sock)
+        link = cls(await connect_holder(path, "ctl"))
         told = asyncio.get_running_loop().create_future()
 
         def on_progress(_progress: SpoolProgress) -> None:
@@ -477,6 +466,25 @@ _INPUT_REFUSALS = {
 }
 
 
+async def connect_holder(path: Path, role: str) -> socket.socket:
+    """A non-blocking connection to the holder listening at path, its role (_holder.py) said;
+    OSError when no holder listens (it has exited)."""
+    loop = asyncio.get_running_loop()
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setblocking(False)
+        # Through the directory's descriptor: a state dir's path may be longer than a socket address.
+        await loop.sock_connect(sock, f"/proc/self/fd/{dir_fd}/{path.name}")
+        await loop.sock_sendall(sock, role.encode() + b"\n")
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.close(dir_fd)
+    return sock
+
+
 class JobInput:
     """A connection to a job's holder that writes to the job's stdin (at most one at a time per job).
 
@@ -490,12 +498,8 @@ class JobInput:
     async def open(cls, path: Path) -> JobInput:
         """Connect to the holder listening at path; InputUnavailableError when it refuses input."""
         loop = asyncio.get_running_loop()
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock = await connect_holder(path, "input")
         try:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, f"/proc/self/fd/{dir_fd}/{path.name}")
-            await loop.sock_sendall(sock, b"input\n")
             answer = b""
             while not answer.endswith(b"\n") and len(answer) < 64:
                 more = await asyncio.wait_for(loop.sock_recv(sock, 64 - len(answer)), 5)
@@ -505,8 +509,6 @@ class JobInput:
         except BaseException:
             sock.close()
             raise
-        finally:
-            os.close(dir_fd)
         word = answer.decode(errors="replace").strip()
         if word != "ok":
             sock.close()

@@ -48,11 +48,8 @@ class JobSupervisor:
         self._on_end = on_end
         self._stop_requested = False
         self._detached = False
-        self.state = JobState.RUNNING
-        self.exit_code: int | None = None
-        self.signal: int | None = None
-        self.ended_at: float | None = None
-        self.final_usage: Usage | None = None
+        # How the job ended, once it has (the supervisor's one result).
+        self.end: Ending | None = None
         self.done = asyncio.Event()
         spool.update(link.progress)
         link.on_progress = spool.update
@@ -64,8 +61,8 @@ class JobSupervisor:
 
     def usage(self) -> Usage:
         """Resources used so far (live while running, final afterwards)."""
-        if self.final_usage is not None:
-            return self.final_usage
+        if self.end is not None:
+            return self.end.usage
         return _usage(self._read_stats())
 
     def _read_stats(self) -> CgroupStats | None:
@@ -133,21 +130,17 @@ class JobSupervisor:
             if facts is None:
                 await self._holder_lost()
             st = self._link.status
-            end = ending(
+            self.end = ending(
                 facts,
                 self._cgroup,
                 stop_requested=self._stop_requested,
                 exit_code=st.exit_code,
                 signal_number=st.signal,
             )
-            self.state, self.exit_code, self.signal = end.state, end.exit_code, end.signal
-            self.ended_at, self.final_usage = end.ended_at, end.usage
         finally:
             if not self._detached:
-                if self.ended_at is None:
-                    self.ended_at = time.time()
-                if self.state is JobState.RUNNING:
-                    self.state = JobState.LOST
+                if self.end is None:  # the supervision itself failed: nothing is known of the end
+                    self.end = Ending(JobState.LOST, None, None, time.time(), Usage())
                 self._spool.finish()
                 self._on_end(self)
                 self.done.set()

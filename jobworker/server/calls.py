@@ -173,13 +173,25 @@ async def _checked(
     requests: Any, peer: PeerCertificate, policy: PeerPolicy | None
 ) -> AsyncGenerator[Any, None]:
     """A client stream's messages, each within the size bound; the policy re-applied as in _wrap_stream."""
-    recheck_at = time.monotonic() + STREAM_RECHECK_SECONDS
+    recheck = _Recheck(peer, policy)
     async for request in requests:
         _check_size(request)
-        if time.monotonic() >= recheck_at:
-            enforce(peer, policy)
-            recheck_at = time.monotonic() + STREAM_RECHECK_SECONDS
+        recheck()
         yield request
+
+
+class _Recheck:
+    """A long stream outlives its admission: at most every STREAM_RECHECK_SECONDS, at its next message,
+    the certificate policy is applied again, so expiry and revocation end it too."""
+
+    def __init__(self, peer: PeerCertificate, policy: PeerPolicy | None) -> None:
+        self._peer, self._policy = peer, policy
+        self._at = time.monotonic() + STREAM_RECHECK_SECONDS
+
+    def __call__(self) -> None:
+        if time.monotonic() >= self._at:
+            enforce(self._peer, self._policy)
+            self._at = time.monotonic() + STREAM_RECHECK_SECONDS
 
 
 def _wrap_client_stream(method: str, behavior: UnaryBehavior, policy: PeerPolicy | None) -> UnaryBehavior:
@@ -278,15 +290,12 @@ def _wrap_stream(method: str, behavior: StreamBehavior, policy: PeerPolicy | Non
         try:
             peer = _admit(call, context, policy)
             _check_size(request)
-            recheck_at = time.monotonic() + STREAM_RECHECK_SECONDS
+            recheck = _Recheck(peer, policy)
             # Close the handler now, not at garbage collection, so a vanished client frees everything
             # the stream held.
             async with contextlib.aclosing(behavior(request, context)) as messages:
                 async for message in messages:
-                    # A long stream outlives its admission: expiry and revocation end it too.
-                    if time.monotonic() >= recheck_at:
-                        enforce(peer, policy)
-                        recheck_at = time.monotonic() + STREAM_RECHECK_SECONDS
+                    recheck()
                     yield message
         except BaseException as exc:
             await _fail(call, context, exc)
