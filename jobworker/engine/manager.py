@@ -505,7 +505,7 @@ class JobManager:
         if not job.status.stdin:
             raise InputUnavailableError("the job was not started with its stdin open (start it with -i)")
         try:
-            return await JobInput.open(job.directory / records.SOCKET)
+            return await JobInput.open(job.directory / records.SOCKET, job_id)
         except OSError:
             # Its holder has just let go of the job's socket: the job is ending.
             raise JobNotRunningError(f"job {job_id} has ended") from None

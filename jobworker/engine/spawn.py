@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobworker.engine._holder import INPUT_FRAME, MAX_INPUT_FRAME
-from jobworker.engine.errors import InputUnavailableError
+from jobworker.engine.errors import InputUnavailableError, JobNotRunningError
 
 log = logging.getLogger("jobworker.engine")
 
@@ -491,11 +491,11 @@ class JobInput:
     Writes wait while the job does not read: the holder buffers one frame, the socket a little more.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
+    def __init__(self, sock: socket.socket, job_id: str) -> None:
+        self._sock, self._job_id = sock, job_id
 
     @classmethod
-    async def open(cls, path: Path) -> JobInput:
+    async def open(cls, path: Path, job_id: str) -> JobInput:
         """Connect to the holder listening at path; InputUnavailableError when it refuses input."""
         loop = asyncio.get_running_loop()
         sock = await connect_holder(path, "input")
@@ -513,20 +513,31 @@ class JobInput:
         if word != "ok":
             sock.close()
             raise InputUnavailableError(_INPUT_REFUSALS.get(word, "the job's holder refused input"))
-        return cls(sock)
+        return cls(sock, job_id)
 
     async def write(self, data: bytes) -> None:
-        """Send data to the job's stdin; returns once the holder took it (it may wait for the job)."""
-        loop = asyncio.get_running_loop()
+        """Send data to the job's stdin; returns once the holder took it (it may wait for the job).
+
+        JobNotRunningError when the job ended meanwhile (its holder let go of the connection).
+        """
         view = memoryview(data)
         for start in range(0, len(view), MAX_INPUT_FRAME):
             piece = view[start : start + MAX_INPUT_FRAME]
-            await loop.sock_sendall(self._sock, INPUT_FRAME.pack(len(piece)) + piece)
+            await self._send(INPUT_FRAME.pack(len(piece)) + piece)
 
     async def end(self) -> None:
         """End of input: the job reads EOF (a terminal gets ^D) once it has read what came before."""
-        await asyncio.get_running_loop().sock_sendall(self._sock, INPUT_FRAME.pack(0))
-        self.close()
+        try:
+            await self._send(INPUT_FRAME.pack(0))
+        finally:
+            self.close()
+
+    async def _send(self, frame: bytes) -> None:
+        try:
+            await asyncio.get_running_loop().sock_sendall(self._sock, frame)
+        except (BrokenPipeError, ConnectionResetError):
+            # The job ended before it read this (a closed pipe, as a shell's `echo | cmd` sees it).
+            raise JobNotRunningError(f"job {self._job_id} has ended") from None
 
     def close(self) -> None:
         """Stop writing without ending the input: the job's stdin stays open for another writer."""

@@ -12,6 +12,7 @@ from engine_helpers import collect
 from jobworker.engine import (
     InputUnavailableError,
     InvalidSpecError,
+    JobInput,
     JobManager,
     JobNotRunningError,
     JobSpec,
@@ -106,3 +107,36 @@ async def test_a_terminal_inside_the_job(manager: JobManager) -> None:
 async def test_a_terminal_size_out_of_range_is_refused(manager: JobManager) -> None:
     with pytest.raises(InvalidSpecError, match="terminal size"):
         await manager.start(JobSpec("true", terminal=(0, 80)))
+
+
+async def test_writing_to_a_job_that_ended_is_job_not_running(manager: JobManager) -> None:
+    """A job that ends before it read everything: the writer learns it ended, as a pipe's writer would."""
+    status = await manager.start(JobSpec("sh", ("-c", "read line; echo got:$line"), stdin=True))
+    writer = await manager.open_input(status.id)
+    await writer.write(b"hello\n")
+    await manager.wait(status.id)
+    # The holder lets go of the connection just after it reports the end; until then writes are taken.
+    refusal = await _write_until_refused(writer)
+    assert str(refusal) == f"job {status.id} has ended"
+    writer.close()
+    assert _text(await collect(manager, status.id)) == b"got:hello\n"
+
+
+async def test_end_of_input_after_the_job_ended_is_job_not_running(manager: JobManager) -> None:
+    status = await manager.start(JobSpec("sh", ("-c", "exit 0"), stdin=True))
+    writer = await manager.open_input(status.id)
+    await manager.wait(status.id)
+    await _write_until_refused(writer)
+    with pytest.raises(JobNotRunningError):
+        await writer.end()
+
+
+async def _write_until_refused(writer: JobInput) -> JobNotRunningError:
+    """Write (bounded: 5 s) until the ended job's holder lets go; what the writer was told then."""
+    for _ in range(500):
+        try:
+            await writer.write(b"more\n")
+        except JobNotRunningError as exc:
+            return exc
+        await asyncio.sleep(0.01)
+    raise AssertionError("writes to an ended job were still taken after 5 s")
