@@ -539,8 +539,10 @@ class JobManager:
         *,
         follow: bool = True,
         window: OutputWindow | None = None,
+        stop: asyncio.Future[None] | None = None,
     ) -> AsyncGenerator[OutputEvent, None]:
-        """Output of the selected streams from offset, within window; with follow, live until the job ends.
+        """Output of the selected streams from offset, within window; with follow, live until the job ends
+        (or stop is done while it waits for more).
 
         Close the generator (``aclose()``) when abandoning it early, so its file descriptor is freed at once.
         """
@@ -550,7 +552,7 @@ class JobManager:
         window = validation.check_window(window or OutputWindow())
         assert job.spool is not None
         job.spool.check_window(window)
-        return job.spool.follow(selection, offset, follow=follow, window=window)
+        return job.spool.follow(selection, offset, follow=follow, window=window, stop=stop)
 
     async def close(self, grace_seconds: float | None = None, *, stop_jobs: bool = True) -> None:
         """Refuse new jobs; stop every running one (SIGTERM, SIGKILL after the grace period), or with

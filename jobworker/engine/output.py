@@ -21,8 +21,8 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobworker.engine import _readbudget, _spoolread
 from jobworker.engine import _spoolfile as fmt
-from jobworker.engine import _spoolread
 from jobworker.engine._spoolread import Position, SpoolIndex
 from jobworker.engine.errors import OutputUntimedError
 from jobworker.engine.job import (
@@ -51,11 +51,11 @@ def reason_of(code: int) -> TruncationReason:
     return _REASONS.get(code, TruncationReason.DISK_ERROR)
 
 
-# Followers read the file in blocks of this size and merge adjacent records of one stream into chunks of
-# at most _MAX_CHUNK (the size of one gRPC message). Both bound what each of many followers holds at once.
-_MAX_CHUNK = 64 * 1024
+# Followers read the file in blocks (a large one while behind, if the process-wide budget allows it: see
+# _readbudget) and merge adjacent records of one stream into chunks (one gRPC message each) of at most
+# _MAX_CHUNK; a record larger than the block is read on its own.
+_MAX_CHUNK = _readbudget.LARGE_CHUNK
 MAX_RECORD = fmt.MAX_RECORD
-_READ_BLOCK = MAX_RECORD + 64
 _SCAN_BLOCK = 64 * 1024
 # The holder's index beside the spool (records.INDEX).
 INDEX_NAME = "output.idx"
@@ -205,9 +205,10 @@ class OutputSpool:
         *,
         follow: bool = True,
         window: OutputWindow = _WHOLE,
+        stop: asyncio.Future[None] | None = None,
     ) -> AsyncGenerator[OutputEvent, None]:
         """Yield output of the selected view from offset, within window; with follow, until the spool is
-        complete (or the window's until time has passed)."""
+        complete (or the window's until time has passed), or stop is done while waiting for more."""
         self.check_window(window)
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         header = self._header
@@ -218,6 +219,7 @@ class OutputSpool:
             else:
                 start = Position(self._start, 0, 0)
             pos, view = start.pos, start.view
+            budget = _readbudget.READS
             cut = _Cut(
                 deliver=start.deliver,
                 stop_view=None if window.limit_bytes is None else start.deliver + window.limit_bytes,
@@ -233,29 +235,35 @@ class OutputSpool:
                 committed = self._committed
                 changed = self._changed
                 while pos < committed:
-                    block = os.pread(fd, min(_READ_BLOCK, committed - pos), pos)
-                    consumed, view, events, ended = _parse_block(block, header, selection, view, cut)
-                    if consumed == 0 and not ended:
-                        # A record larger than the block: read exactly it.
-                        head = os.pread(fd, header.size, pos)
-                        if len(head) == header.size:
-                            length = header.unpack(head)[1]
-                            block = os.pread(fd, header.size + length, pos)
-                            consumed, view, events, ended = _parse_block(block, header, selection, view, cut)
-                    if consumed == 0 and not ended:
-                        # Only whole records are committed, so the file was changed under us: end the
-                        # stream rather than read the same bytes again.
-                        log.error("output spool is corrupt", extra={"path": str(self.path), "position": pos})
-                        return
-                    pos += consumed
-                    for event in events:
-                        if isinstance(event, OutputTruncated):
-                            marked = True
-                        yield event
+                    size = budget.take(committed - pos)
+                    try:
+                        consumed, view, events, ended = _read(
+                            fd, header, pos, min(size, committed - pos), selection, view, cut, size
+                        )
+                        if consumed == 0 and not ended:
+                            # Only whole records are committed, so the file was changed under us: end the
+                            # stream rather than read the same bytes again.
+                            log.error(
+                                "output spool is corrupt", extra={"path": str(self.path), "position": pos}
+                            )
+                            return
+                        pos += consumed
+                        produced = bool(events)
+                        events.reverse()
+                        while events:
+                            # Popped, so that a chunk the consumer is done with is freed at once.
+                            event = events.pop()
+                            if isinstance(event, OutputTruncated):
+                                marked = True
+                            yield event
+                            del event
+                    finally:
+                        # Given back when the consumer asks for more: it has sent the last chunk on.
+                        budget.give(size)
                     if ended:
                         yield OutputWindowEnd(min(view, cut.stop_view or view))
                         return
-                    if not events:
+                    if not produced:
                         # Blocks of the other stream only: let the loop run between them.
                         await asyncio.sleep(0)
                 reason = self._truncated
@@ -269,18 +277,56 @@ class OutputSpool:
                 if not follow:
                     return
                 if pos >= self._committed:
-                    if window.until_ns is None:
-                        await changed.wait()
-                        continue
-                    # Output stamped just before until may still be on its way from the holder.
-                    remaining = (window.until_ns - time.time_ns()) / 1e9 + UNTIL_GRACE_SECONDS
-                    if remaining <= 0:
-                        yield OutputWindowEnd(view)
+                    remaining: float | None = None
+                    if window.until_ns is not None:
+                        # Output stamped just before until may still be on its way from the holder.
+                        remaining = (window.until_ns - time.time_ns()) / 1e9 + UNTIL_GRACE_SECONDS
+                        if remaining <= 0:
+                            yield OutputWindowEnd(view)
+                            return
+                    if not await _wait(changed, stop, remaining):
                         return
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(changed.wait(), remaining)
         finally:
             os.close(fd)
+
+
+def _read(
+    fd: int,
+    header: struct.Struct,
+    pos: int,
+    nbytes: int,
+    selection: StreamSelection,
+    view: int,
+    cut: _Cut,
+    block_size: int,
+) -> tuple[int, int, list[OutputEvent], bool]:
+    """_parse_block of the nbytes at pos (chunks as large as block_size allows); a record larger than
+    that is read on its own. Nothing consumed and not ended: the file is not whole records there."""
+    limit = _readbudget.chunk_bytes(block_size)
+    block = os.pread(fd, nbytes, pos)
+    consumed, view_after, events, ended = _parse_block(block, header, selection, view, cut, limit)
+    if consumed == 0 and not ended:
+        head = os.pread(fd, header.size, pos)
+        if len(head) == header.size:
+            length = header.unpack(head)[1]
+            block = os.pread(fd, header.size + length, pos)
+            consumed, view_after, events, ended = _parse_block(block, header, selection, view, cut, limit)
+    return consumed, view_after, events, ended
+
+
+async def _wait(changed: asyncio.Event, stop: asyncio.Future[None] | None, seconds: float | None) -> bool:
+    """Wait until the spool changes or `seconds` pass; False when stop is done (first)."""
+    if stop is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), seconds)
+        return True
+    # Only here, where a follower waits, does it race stop: reading on costs no task per chunk.
+    waiter = asyncio.ensure_future(changed.wait())
+    try:
+        await asyncio.wait((waiter, stop), timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    return not stop.done()
 
 
 def _format_of(path: Path) -> tuple[struct.Struct, int]:
@@ -313,13 +359,21 @@ _ALL = _Cut(0)
 
 
 def _parse_block(
-    block: bytes, header: struct.Struct, selection: StreamSelection, view: int, cut: _Cut = _ALL
+    block: bytes,
+    header: struct.Struct,
+    selection: StreamSelection,
+    view: int,
+    cut: _Cut = _ALL,
+    max_chunk: int = _MAX_CHUNK,
 ) -> tuple[int, int, list[OutputEvent], bool]:
-    """Turn whole records of block into events; returns (bytes consumed, new view offset, events, and
-    whether the cut ended: a record after until_ns, or stop_view reached)."""
+    """Turn whole records of block into events (chunks of at most max_chunk bytes); returns (bytes
+    consumed, new view offset, events, and whether the cut ended: a record after until_ns, or stop_view
+    reached)."""
     events: list[OutputEvent] = []
     pos = 0
-    pending: list[bytes] = []
+    # Views into block: each chunk's bytes are copied out of it once, when the chunk is made.
+    whole = memoryview(block)
+    pending: list[memoryview] = []
     pending_stream: Stream | None = None
     pending_offset = 0
     pending_size = 0
@@ -331,7 +385,7 @@ def _parse_block(
     def flush() -> None:
         nonlocal pending, pending_stream, pending_size
         if pending_stream is not None and pending:
-            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            data = bytes(pending[0]) if len(pending) == 1 else b"".join(pending)
             events.append(OutputChunk(pending_stream, pending_offset, data, pending_time))
         pending, pending_stream, pending_size = [], None, 0
 
@@ -356,11 +410,11 @@ def _parse_block(
                 if not early:
                     start = max(0, offset - view)
                     last = end if stop is None else min(end, pos + header.size + max(0, stop - view))
-                    for piece in range(pos + header.size + start, last, _MAX_CHUNK):
-                        data = block[piece : min(last, piece + _MAX_CHUNK)]
+                    for piece in range(pos + header.size + start, last, max_chunk):
+                        data = whole[piece : min(last, piece + max_chunk)]
                         if (
                             pending_stream is not stream
-                            or pending_size + len(data) > _MAX_CHUNK
+                            or pending_size + len(data) > max_chunk
                             or (cut.exact_times and pending_time != time_ns)
                         ):
                             flush()
