@@ -1027,6 +1027,9 @@ class OutputChunk(_message.Message):
     offset: _builtins.int
     """Offset of data[0] in the selected view; resume with offset + len(data)."""
     data: _builtins.bytes
+    """At most 1 MiB; up to 64 KiB while the stream keeps up with the job, larger when it is behind (and the
+    server has memory to spare for it).
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When data[0] reached the server's spool; unset for output stored by the first release."""

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import jobworker.server
 from jobworker import engine
-from jobworker.api import jobworker_pb2_grpc as pb_grpc
+from jobworker.server import registration
 from jobworker.server.calls import AuthInterceptor
 from jobworker.server.config import GRPC_RECEIVE_LIMIT_BYTES, ServerConfig
 from jobworker.server.jsonlog import fields
@@ -229,7 +229,7 @@ async def build_server(config: ServerConfig, *, manager: engine.JobManager | Non
     server = grpc.aio.server(interceptors=interceptors, options=_grpc_options(config))
     fleet: Fleet | None = None
     if config.fleet is None:
-        pb_grpc.add_JobWorkerServicer_to_server(service, server)
+        server.add_generic_rpc_handlers((registration.rpc_handler(service),))
     else:
         # Imported only for a fleet node, so a single-host server carries none of it.
         from jobworker.server.fleet import Fleet

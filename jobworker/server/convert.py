@@ -21,8 +21,9 @@ MAX_ENV_BYTES = 256 * 1024
 MAX_CWD_BYTES = 4096
 MAX_OWNER_BYTES = 256
 MAX_GRACE_SECONDS = 3600.0
-MAX_CHUNK_BYTES = 64 * 1024
-"""Largest `OutputChunk.data` the server sends; longer engine chunks are split."""
+MAX_CHUNK_BYTES = 1 << 20
+"""Largest `OutputChunk.data` the server sends (64 KiB unless the follower is behind); longer engine chunks
+are split."""
 
 _STATES_TO_PROTO: dict[engine.JobState, pb.JobState.ValueType] = {
     engine.JobState.RUNNING: pb.JOB_STATE_RUNNING,
@@ -283,8 +284,9 @@ def stored_bytes(status: engine.JobStatus, selection: engine.StreamSelection) ->
     return total
 
 
-def event_to_proto(event: engine.OutputEvent) -> list[pb.StreamOutputResponse]:
-    """Stream messages for one engine event, splitting data into chunks of MAX_CHUNK_BYTES."""
+def event_to_proto(event: engine.OutputEvent) -> list[pb.StreamOutputResponse | bytes]:
+    """Stream messages for one engine event, splitting data into chunks of MAX_CHUNK_BYTES; chunks come
+    encoded (see encode_chunk), for a serializer that passes bytes through (registration)."""
     if isinstance(event, engine.OutputTruncated):
         truncated = pb.OutputTruncated(offset=event.offset, reason=event.reason.value)
         return [pb.StreamOutputResponse(truncated=truncated)]
@@ -292,19 +294,48 @@ def event_to_proto(event: engine.OutputEvent) -> list[pb.StreamOutputResponse]:
         return []
     stream = _STREAMS[event.stream]
     data = event.data
-    stamp = None
-    if event.time_ns is not None:
-        stamp = timestamp_pb2.Timestamp(
-            seconds=event.time_ns // 1_000_000_000, nanos=event.time_ns % 1_000_000_000
-        )
+    if len(data) <= MAX_CHUNK_BYTES:
+        return [encode_chunk(stream, event.offset, data, event.time_ns)] if data else []
+    view = memoryview(data)
     return [
-        pb.StreamOutputResponse(
-            chunk=pb.OutputChunk(
-                stream=stream,
-                offset=event.offset + start,
-                data=data[start : start + MAX_CHUNK_BYTES],
-                time=stamp,
-            )
-        )
+        encode_chunk(stream, event.offset + start, view[start : start + MAX_CHUNK_BYTES], event.time_ns)
         for start in range(0, len(data), MAX_CHUNK_BYTES)
     ]
+
+
+def encode_chunk(stream: int, offset: int, data: bytes | memoryview, time_ns: int | None) -> bytes:
+    """A StreamOutputResponse holding this OutputChunk, encoded exactly as SerializeToString would.
+
+    By hand because the message is mostly data: the library would copy the data into the message and
+    again into its encoding; here it is copied once, into the encoding."""
+    # StreamOutputResponse.chunk = 1; OutputChunk: stream = 1, offset = 2, data = 3, time = 4 (a Timestamp:
+    # seconds = 1, nanos = 2); scalars at their default are left out, as proto3 does.
+    head = bytearray()
+    if stream:
+        head += b"\x08" + _varint(stream)
+    if offset:
+        head += b"\x10" + _varint(offset)
+    tail = b""
+    if time_ns is not None:
+        seconds, nanos = divmod(time_ns, 1_000_000_000)
+        stamp = b"\x08" + _varint(seconds) if seconds else b""
+        if nanos:
+            stamp += b"\x10" + _varint(nanos)
+        tail = b"\x22" + _varint(len(stamp)) + stamp
+    if data:
+        head += b"\x1a" + _varint(len(data))
+    size = len(head) + len(data) + len(tail)
+    return b"".join((b"\x0a", _varint(size), head, data, tail))
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 varint of a 64-bit value (a negative one as its two's complement)."""
+    value &= (1 << 64) - 1
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

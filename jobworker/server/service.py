@@ -27,10 +27,6 @@ _T = TypeVar("_T")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-async def _next(iterator: AsyncIterator[_T]) -> _T:
-    return await anext(iterator)
-
-
 # How long a stream whose job was deleted under it waits for that job's final status (already set by then).
 _FINAL_STATUS_WAIT_SECONDS = 5.0
 
@@ -214,9 +210,11 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
             default_grace_seconds=config.default_grace_seconds,
         )
 
-    async def StreamOutput(
+    # The generated base class knows only messages; this server's registration takes bytes too.
+    async def StreamOutput(  # type: ignore[override]
         self, request: pb.StreamOutputRequest, context: Context
-    ) -> AsyncIterator[pb.StreamOutputResponse]:
+    ) -> AsyncIterator[pb.StreamOutputResponse | bytes]:
+        """The job's output as StreamOutput messages; chunks come encoded already (registration)."""
         caller = current_caller()
         selection = convert.selection_from_proto(request.streams)
         window = convert.window_from_request(request)
@@ -237,39 +235,34 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         offset: int,
         follow: bool,
         window: engine.OutputWindow,
-    ) -> AsyncGenerator[pb.StreamOutputResponse, None]:
-        events = self._manager.follow(job_id, selection, offset, follow=follow, window=window)
+    ) -> AsyncGenerator[pb.StreamOutputResponse | bytes, None]:
+        # The engine ends the events itself when shutdown begins while it waits for output; one that is
+        # behind is stopped here, between chunks.
+        events = self._manager.follow(
+            job_id, selection, offset, follow=follow, window=window, stop=self._shutdown_future()
+        )
         cut = False
         # The final status, kept for the end of the stream: retention may delete the job as soon as it ends,
         # and a stream that delivered every byte must still end with it, not with NOT_FOUND.
         final = asyncio.ensure_future(self._manager.wait(job_id))
         position = offset
         truncated = False
-        shutdown = self._shutdown_future()
-        pending: asyncio.Future[engine.OutputEvent] | None = None
         try:
-            while not self._shutting_down:
-                pending = asyncio.ensure_future(_next(events))
-                await asyncio.wait((pending, shutdown), return_when=asyncio.FIRST_COMPLETED)
-                if not pending.done():
-                    break
-                try:
-                    event = pending.result()
-                except StopAsyncIteration:
-                    break
-                finally:
-                    pending = None
-                if isinstance(event, engine.OutputTruncated):
-                    truncated = True
-                elif isinstance(event, engine.OutputWindowEnd):
-                    cut = True
-                else:
-                    position = max(position, event.offset + len(event.data))
-                    self._streamed_bytes += len(event.data)
-                for message in convert.event_to_proto(event):
-                    yield message
+            # A stream opened once shutdown began ends at once.
+            if not self._shutting_down:
+                async for event in events:
+                    if isinstance(event, engine.OutputChunk):
+                        position = max(position, event.offset + len(event.data))
+                        self._streamed_bytes += len(event.data)
+                    elif isinstance(event, engine.OutputTruncated):
+                        truncated = True
+                    else:
+                        cut = True
+                    for message in convert.event_to_proto(event):
+                        yield message
+                    if self._shutting_down:
+                        break
         finally:
-            await _finish(pending)
             await events.aclose()
         try:
             status = self._manager.status(job_id)

@@ -16,7 +16,8 @@ from jobworker.server.config import FleetConfig
 from jobworker.server.fleet.etcd import EtcdClient, EtcdError
 from jobworker.server.fleet.forward import Peers
 from jobworker.server.fleet.membership import Load, Membership
-from jobworker.server.fleet.service import FleetService, rpc_handler
+from jobworker.server.fleet.service import FleetService
+from jobworker.server.registration import rpc_handler
 from jobworker.server.service import JobWorkerService
 from jobworker.server.tls import CredentialFiles
 

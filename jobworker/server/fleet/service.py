@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
-from typing import Any, cast
+from typing import cast
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -219,11 +219,12 @@ class FleetService:
                     yield raw
             return
         local = cast(
-            AsyncGenerator[pb.StreamOutputResponse, None], self._local.StreamOutput(request, context)
+            AsyncGenerator[pb.StreamOutputResponse | bytes, None], self._local.StreamOutput(request, context)
         )
         async with contextlib.aclosing(local) as messages:
             async for message in messages:
-                if message.HasField("end"):
+                # Chunks come encoded (bytes); the end is a message.
+                if not isinstance(message, bytes) and message.HasField("end"):
                     message.end.job.node = self.name
                 yield message
 
@@ -353,40 +354,6 @@ class FleetService:
         return pb.ListNodesResponse(
             nodes=[_node_to_proto(n) for n in self._membership.nodes()], node=self.name
         )
-
-
-def _serialize_output(message: pb.StreamOutputResponse | bytes) -> bytes:
-    # A relayed message is already encoded (Peers.stream_output); a local one is a message.
-    return message if isinstance(message, bytes) else message.SerializeToString()
-
-
-def rpc_handler(servicer: FleetService) -> grpc.GenericRpcHandler:
-    """The JobWorker service of a fleet node, as the generated registration would build it, except that
-    StreamOutput may answer with messages relayed already encoded."""
-    service = pb.DESCRIPTOR.services_by_name["JobWorker"]
-    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-    for method in service.methods:
-        request = getattr(pb, method.input_type.name)
-        response = getattr(pb, method.output_type.name)
-        behavior = getattr(servicer, method.name)
-        if method.client_streaming:
-            handlers[method.name] = grpc.stream_unary_rpc_method_handler(
-                behavior,
-                request_deserializer=request.FromString,
-                response_serializer=response.SerializeToString,
-            )
-        elif method.server_streaming:
-            serialize = _serialize_output if method.name == "StreamOutput" else response.SerializeToString
-            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                behavior, request_deserializer=request.FromString, response_serializer=serialize
-            )
-        else:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                behavior,
-                request_deserializer=request.FromString,
-                response_serializer=response.SerializeToString,
-            )
-    return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
 def _record_of(job: pb.JobStatus) -> JobRecord:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from jobworker import engine
 from jobworker.api import jobworker_pb2 as pb
 from jobworker.server import convert
@@ -24,18 +26,46 @@ def test_name_and_labels_cross_the_wire_both_ways() -> None:
     assert convert.status_to_proto(dataclasses.replace(status, name="", labels={})).name == ""
 
 
+def decoded(messages: list[pb.StreamOutputResponse | bytes]) -> list[pb.StreamOutputResponse]:
+    """The messages as a client receives them (chunks come encoded)."""
+    return [pb.StreamOutputResponse.FromString(m) if isinstance(m, bytes) else m for m in messages]
+
+
 def test_chunks_are_split_with_their_offsets() -> None:
     size = convert.MAX_CHUNK_BYTES
     data = bytes(range(256)) * (size * 2 // 256 + 1)
-    messages = convert.event_to_proto(engine.OutputChunk(engine.Stream.STDERR, 1000, data))
+    messages = decoded(convert.event_to_proto(engine.OutputChunk(engine.Stream.STDERR, 1000, data)))
     assert b"".join(m.chunk.data for m in messages) == data
     assert [m.chunk.offset for m in messages] == [1000 + i * size for i in range(len(messages))]
     assert {m.chunk.stream for m in messages} == {pb.OUTPUT_STREAM_STDERR}
     assert max(len(m.chunk.data) for m in messages) == size
-    (mark,) = convert.event_to_proto(engine.OutputTruncated(77))
+    (mark,) = decoded(convert.event_to_proto(engine.OutputTruncated(77)))
     assert (mark.truncated.offset, mark.truncated.reason) == (77, "output cap reached")
-    (full,) = convert.event_to_proto(engine.OutputTruncated(5, engine.TruncationReason.DISK_FULL))
+    (full,) = decoded(convert.event_to_proto(engine.OutputTruncated(5, engine.TruncationReason.DISK_FULL)))
     assert full.truncated.reason == "state disk full"
+
+
+@pytest.mark.parametrize(
+    "stream", [pb.OUTPUT_STREAM_UNSPECIFIED, pb.OUTPUT_STREAM_STDOUT, pb.OUTPUT_STREAM_STDERR]
+)
+@pytest.mark.parametrize("offset", [0, 1, 127, 128, 300, 2**32, 2**64 - 1])
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 65_536, 1 << 20])
+@pytest.mark.parametrize("time_ns", [None, 0, 999, 1_000_000_000, 1_796_119_200_123_456_789])
+def test_chunks_are_encoded_byte_for_byte_as_the_library_would(
+    stream: int, offset: int, size: int, time_ns: int | None
+) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    expected = pb.StreamOutputResponse()
+    expected.chunk.stream = stream  # type: ignore[assignment]
+    expected.chunk.offset = offset
+    expected.chunk.data = data
+    if time_ns is not None:
+        expected.chunk.time.seconds, expected.chunk.time.nanos = divmod(time_ns, 1_000_000_000)
+    assert convert.encode_chunk(stream, offset, data, time_ns) == expected.SerializeToString()
+
+
+def test_an_empty_chunk_sends_nothing() -> None:
+    assert convert.event_to_proto(engine.OutputChunk(engine.Stream.STDOUT, 5, b"")) == []
 
 
 def test_unset_limits_stay_unset_both_ways() -> None:
