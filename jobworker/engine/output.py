@@ -251,12 +251,10 @@ class OutputSpool:
                         produced = bool(events)
                         events.reverse()
                         while events:
-                            # Popped, so that a chunk the consumer is done with is freed at once.
-                            event = events.pop()
-                            if isinstance(event, OutputTruncated):
+                            if isinstance(events[-1], OutputTruncated):
                                 marked = True
-                            yield event
-                            del event
+                            # Popped as yielded: this frame keeps no reference to a chunk being sent.
+                            yield events.pop()
                     finally:
                         # Given back when the consumer asks for more: it has sent the last chunk on.
                         budget.give(size)

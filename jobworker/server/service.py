@@ -258,8 +258,12 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
                         truncated = True
                     else:
                         cut = True
-                    for message in convert.event_to_proto(event):
-                        yield message
+                    messages = convert.event_to_proto(event)
+                    # Only the encoded message stays referenced while grpc sends it, not the chunk too.
+                    del event
+                    messages.reverse()
+                    while messages:
+                        yield messages.pop()
                     if self._shutting_down:
                         break
         finally:
