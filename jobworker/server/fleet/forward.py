@@ -24,8 +24,9 @@ from jobworker.server.errors import ServiceError
 from jobworker.server.fleet.membership import NodeInfo
 
 STREAM_OUTPUT = "/jobworker.v1.JobWorker/StreamOutput"
-# Messages (64 KiB each at most) a relayed stream may hold between the owner and the client.
-RELAY_DEPTH = 8
+# Bytes of messages (64 KiB to 1 MiB each) a relayed stream may hold between the owner and the client,
+# besides the one it is passing on.
+RELAY_BYTES = 512 * 1024
 # What grpc's own channel says when it could not reach a peer at all (the request was never sent).
 _CONNECT_FAILURES = ("failed to connect to all addresses", "errors resolving", "DNS resolution failed")
 # Calls that answer at once get this long; Wait, Stop and streams have no deadline of their own.
@@ -130,28 +131,40 @@ class Peers:
     ) -> AsyncGenerator[bytes, None]:
         """Relay a StreamOutput from `node`, encoded messages as the owner sent them.
 
-        Reading from the owner and writing to the client overlap, through a queue of at most RELAY_DEPTH
-        messages: a slow client holds this node to that queue plus HTTP/2's flow-control windows, never to
-        the job's output.
+        Reading from the owner and writing to the client overlap, through a queue of about RELAY_BYTES
+        (by bytes: the owner's messages grow to 1 MiB while the follower is behind): a slow client holds
+        this node to that queue plus HTTP/2's flow-control windows, never to the job's output.
         """
         self.stub(node)
         call = self._relays[node.address](request, metadata=_metadata(caller))
-        queue: asyncio.Queue[bytes | ServiceError | None] = asyncio.Queue(RELAY_DEPTH)
+        queue: asyncio.Queue[bytes | ServiceError | None] = asyncio.Queue()
+        room = asyncio.Event()
+        room.set()
+        queued = 0
 
         async def pump() -> None:
+            nonlocal queued
             try:
                 while (message := await call.read()) is not grpc.aio.EOF:
-                    await queue.put(cast(bytes, message))
+                    data = cast(bytes, message)
+                    queued += len(data)
+                    queue.put_nowait(data)
+                    if queued >= RELAY_BYTES:
+                        room.clear()
+                        await room.wait()
             except grpc.aio.AioRpcError as exc:
-                await queue.put(_error(node, exc))
+                queue.put_nowait(_error(node, exc))
                 return
-            await queue.put(None)
+            queue.put_nowait(None)
 
         reader = asyncio.create_task(pump())
         try:
             while (item := await queue.get()) is not None:
                 if isinstance(item, ServiceError):
                     raise item
+                queued -= len(item)
+                if queued < RELAY_BYTES:
+                    room.set()
                 yield item
         finally:
             reader.cancel()
