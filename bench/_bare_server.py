@@ -1,8 +1,8 @@
 """The transport ceiling: a bare grpc.aio mTLS 1.3 server that streams zeros from memory.
 
 Run as `python _bare_server.py CERT KEY CA`; prints the bound port on stdout, serves until SIGTERM.
-StreamOutput(job_id="SIZE") answers SIZE bytes in OutputChunk messages of jw-server's chunk size, then a
-StreamEnd: the same messages jw-server sends, with no job, spool, auth or engine behind them.
+StreamOutput(job_id="SIZE") answers SIZE bytes in OutputChunk messages of jw-server's small chunk size, then
+a StreamEnd: the same messages jw-server sends, with no job, spool, auth or engine behind them.
 job_id="SIZE:CHUNK" sends CHUNK-byte messages instead, to find the message size grpc.aio streams best at.
 """
 
@@ -23,10 +23,9 @@ from typing import Any
 import grpc
 
 from jobworker.api import jobworker_pb2 as pb
-from jobworker.server.convert import MAX_CHUNK_BYTES
 
-# The message size jw-server sends, so that the two streams differ only in what stands behind them.
-CHUNK_BYTES = MAX_CHUNK_BYTES
+# jw-server's message size for a follower that keeps up (one that is behind may get up to 1 MiB).
+CHUNK_BYTES = 64 * 1024
 # Larger than this and the client's default 4 MiB receive limit would refuse a message.
 MAX_BARE_CHUNK_BYTES = 2 << 20
 _ZEROS = bytes(MAX_BARE_CHUNK_BYTES)

@@ -12,8 +12,9 @@ from _followers import bare_streams, docker_logs_seconds, follow_job, follow_stu
 from _harness import BenchError, cpu_seconds
 from _report import CaseResult, GiB, Metric, MiB
 
-# Message sizes of the bare stream: jw-server's own (64 KiB) first, then larger ones, up to the ~1 MiB at
-# which grpc's Python streaming is known to peak on loopback.
+# Message sizes of the bare stream: jw-server's small one (64 KiB, for a follower that keeps up) first,
+# then larger ones, up to the 1 MiB it sends a follower that is behind, near where grpc's Python streaming
+# is known to peak on loopback.
 BARE_CHUNKS = (64 * 1024, 256 * 1024, 1 << 20)
 JW_CHUNK = BARE_CHUNKS[0]
 _SWEEP_BYTES = 256 * MiB
@@ -159,7 +160,8 @@ async def run(ctx: Context) -> CaseResult:
         f"median of {rounds} interleaved rounds; the jobworker time runs from the Start call to the"
         " StreamEnd",
         f"bare grpc.aio message sizes (MiB/s): {sweep}; the best, {size_label(best)}, is the target's"
-        f" baseline; jw-server sends {size_label(JW_CHUNK)} messages",
+        f" baseline; jw-server sends {size_label(JW_CHUNK)} messages to a follower that keeps up, up to"
+        " 1 MiB to one that is behind (while its budget of large reads allows)",
         "the stub row follows the job with the generated stub, as the bare streams are read: the gap"
         " between it and the follower row is the client library's",
         "server CPU is jw-server's own (user + system, all threads); the job's holder writes the spool in a"
