@@ -107,6 +107,10 @@ def test_input_and_names_through_a_node_that_does_not_hold_the_job(fleet: Fleet)
     assert ended.exit_code == 0
     output = b"".join(e.data for e in b.stream(job.id) if isinstance(e, OutputChunk))
     assert output == b"HELLO FLEET"
+    # Refused by the node holding the job while we still write: its answer comes through, never INTERNAL.
+    for _ in range(5):
+        with pytest.raises(FailedPreconditionError, match="has already ended"):
+            b.write_input(job.id, (b"x" * 65536 for _ in range(2000)))
     # The job's name and labels travel with it; a name resolves on the node holding the job.
     assert [j.id for j in b.list(labels={"team": "fleet"})] == [job.id]
     assert fleet.client("c").status("shout").id == job.id
