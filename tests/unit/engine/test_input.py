@@ -46,7 +46,9 @@ async def test_a_job_without_stdin_reads_dev_null_and_refuses_input(manager: Job
 
 
 async def test_one_writer_at_a_time_and_a_detached_one_leaves_stdin_open(manager: JobManager) -> None:
-    status = await manager.start(JobSpec("sh", ("-c", "read a; read b; echo $a-$b"), stdin=True))
+    status = await manager.start(
+        JobSpec("sh", ("-c", "read a; read b; cat >/dev/null; echo $a-$b"), stdin=True)
+    )
     first = await manager.open_input(status.id)
     with pytest.raises(InputUnavailableError, match="another client"):
         await manager.open_input(status.id)
