@@ -82,6 +82,9 @@ class CgroupDriver(Protocol):
 
     name: str
     reason: str
+    # The cgroup.procs of the cgroup the server itself is in, for the attach warm-up (_warm.py); None
+    # where there is none.
+    warm_procs_file: str | None
 
     def supports_limits(self) -> bool:
         """Whether this driver can enforce resource limits at all."""
