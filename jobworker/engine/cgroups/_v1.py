@@ -184,9 +184,10 @@ class V1Driver:
         self._io_paths = io_paths
         self._controllers = frozenset(c for h in hierarchies for c in h.controllers)
         # Every hierarchy's <prefix> directory sits in the server's own cgroup there; any one will do,
-        # the semaphore it warms is the kernel's, shared by all of them.
-        self.warm_procs_file: str | None = (
-            os.path.join(os.path.dirname(hierarchies[0].jobs_dir), "cgroup.procs") if hierarchies else None
+        # the semaphore it warms is the kernel's, shared by all of them. v1's `tasks` moves one thread (the
+        # warm-up's own), a shorter hold of that semaphore than moving every thread of the server.
+        self.warm_attach_file: str | None = (
+            os.path.join(os.path.dirname(hierarchies[0].jobs_dir), "tasks") if hierarchies else None
         )
 
     @property

@@ -167,7 +167,7 @@ class V2Driver:
     ) -> None:
         self.jobs_dir = jobs_dir
         self.controllers = controllers
-        self.warm_procs_file = os.path.join(server_dir, "cgroup.procs") if server_dir else None
+        self.warm_attach_file = os.path.join(server_dir, "cgroup.procs") if server_dir else None
         self.reason = reason
         self._host = host
         self._sys_block = sys_block

@@ -6,11 +6,12 @@ spell waits for an RCU grace period (``percpu_down_write -> rcu_sync_enter -> sy
 this 2-vCPU VM, against 0.1 ms when another write came less than ~20 ms before. A job's init joins its
 cgroup with such a write, so a job started on its own paid the whole grace period.
 
-While jobs are being started (for WINDOW_S after the last Start), a thread of ours writes the server's own
-pid into the cgroup it already is in, every PERIOD_S: a no-op move that keeps the semaphore in its writer
-state, so init's join finds it there. That is ``favordynmods``' own trade, for a few seconds only: forks and
-exits on the host take the semaphore's slower shared path meanwhile. The first Start after a quiet spell
-still waits, but for the rest of a grace period only, started alongside its other set-up work.
+While jobs are being started (for WINDOW_S after the last Start), a thread of ours writes its own thread id
+into the cgroup it already is in, every PERIOD_S: a no-op move that keeps the semaphore in its writer state,
+so init's join finds it there. (Its id, not "0": v1's `tasks` takes the semaphore only for a named task.)
+That is ``favordynmods``' own trade, for a few seconds only: forks and exits on the host take the
+semaphore's slower shared path meanwhile. The first Start after a quiet spell still waits, but only for the
+rest of a grace period, which began alongside its other set-up work.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def own_cgroup_entry(proc_self_cgroup: str = "/proc/self/cgroup") -> str:
 
 
 class AttachWarmer:
-    """Keeps cgroup attach fast for WINDOW_S after each kick() by no-op moves of our process into its own
-    cgroup (`procs_file`, the cgroup.procs of the cgroup we are in).
+    """Keeps cgroup attach fast for WINDOW_S after each kick() by no-op moves of ours into our own cgroup
+    (`attach_file`: v1's tasks or v2's cgroup.procs of the cgroup we are in).
 
     It stops for good, with one log line, when a write fails or our cgroup membership changed under us
     (someone else moved the server: moving it back is not ours to do).
@@ -45,13 +46,13 @@ class AttachWarmer:
 
     def __init__(
         self,
-        procs_file: str,
+        attach_file: str,
         *,
         window: float = WINDOW_S,
         period: float = PERIOD_S,
         proc_self_cgroup: str = "/proc/self/cgroup",
     ) -> None:
-        self._procs_file = procs_file
+        self._attach_file = attach_file
         self._window, self._period = window, period
         self._proc_self_cgroup = proc_self_cgroup
         self._membership = own_cgroup_entry(proc_self_cgroup)
@@ -87,9 +88,10 @@ class AttachWarmer:
                 if own_cgroup_entry(self._proc_self_cgroup) != self._membership:
                     log.warning("cgroup attach warm-up stopped: the server was moved to another cgroup")
                     return
+                me = str(threading.get_native_id())
                 while not self._closed and time.monotonic() < self._until:
-                    with open(self._procs_file, "w") as f:
-                        f.write("0")
+                    with open(self._attach_file, "w") as f:
+                        f.write(me)
                     self.touches += 1
                     # A timer between writes, not a synchronisation: nothing waits for this thread.
                     time.sleep(self._period)
@@ -98,10 +100,10 @@ class AttachWarmer:
                 return
 
 
-def start_warmer(procs_file: str | None) -> AttachWarmer | None:
+def start_warmer(attach_file: str | None) -> AttachWarmer | None:
     """An AttachWarmer for the server's own cgroup, or None where there is none to write to."""
-    if procs_file is None or not os.path.exists(procs_file):
+    if attach_file is None or not os.path.exists(attach_file):
         return None
     with contextlib.suppress(OSError):
-        return AttachWarmer(procs_file)
+        return AttachWarmer(attach_file)
     return None

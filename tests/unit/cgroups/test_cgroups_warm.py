@@ -37,7 +37,9 @@ def test_it_writes_only_after_a_kick_and_stops_when_the_window_ends(tmp_path: Pa
         assert warmer.touches == 0
         warmer.kick()
         assert _until(lambda: warmer.touches >= 5)
-        assert procs.read_text() == "0", "only ever our own pid (0), never another process"
+        written = procs.read_text()
+        assert written.isdigit()
+        assert os.path.isdir(f"/proc/self/task/{written}"), "only ever a thread of ours"
         time.sleep(0.5)  # past the window (no event marks the absence of writes)
         settled = warmer.touches
         time.sleep(0.1)
@@ -86,9 +88,10 @@ def test_no_warmer_without_a_cgroup_to_write_to(tmp_path: Path) -> None:
 
 def test_on_the_real_kernel_the_server_stays_in_its_cgroup(real_v1: V1Driver) -> None:
     before = Path("/proc/self/cgroup").read_text()
-    assert real_v1.warm_procs_file is not None
-    assert os.getpid() in [int(p) for p in Path(real_v1.warm_procs_file).read_text().split()]
-    warmer = start_warmer(real_v1.warm_procs_file)
+    assert real_v1.warm_attach_file is not None
+    assert Path(real_v1.warm_attach_file).name == "tasks"
+    assert os.getpid() in [int(p) for p in Path(real_v1.warm_attach_file).read_text().split()]
+    warmer = start_warmer(real_v1.warm_attach_file)
     assert warmer is not None
     try:
         warmer.kick()
@@ -97,3 +100,5 @@ def test_on_the_real_kernel_the_server_stays_in_its_cgroup(real_v1: V1Driver) ->
     finally:
         warmer.close()
     assert Path("/proc/self/cgroup").read_text() == before
+    for thread in os.listdir("/proc/self/task"):  # every thread of ours too, the warm-up's included
+        assert Path(f"/proc/self/task/{thread}/cgroup").read_text() == before
