@@ -31,10 +31,13 @@ WINDOW_S = 2.0
 PERIOD_S = 0.01
 
 
-def own_cgroup_entry(proc_self_cgroup: str = "/proc/self/cgroup") -> str:
-    """Our process's cgroup membership, as the kernel lists it (compared before every warm-up)."""
-    with open(proc_self_cgroup) as f:
-        return f.read()
+def _read_all(fd: int) -> bytes:
+    """The whole of a (proc) file open at fd, read from its start."""
+    parts, offset = [], 0
+    while chunk := os.pread(fd, 4096, offset):
+        parts.append(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
 
 
 class AttachWarmer:
@@ -53,10 +56,15 @@ class AttachWarmer:
         period: float = PERIOD_S,
         proc_self_cgroup: str = "/proc/self/cgroup",
     ) -> None:
-        self._attach_file = attach_file
+        # Opened once: a file opened per write would come and go among the server's descriptors.
+        self._fd = os.open(attach_file, os.O_WRONLY | os.O_CLOEXEC)
         self._window, self._period = window, period
-        self._proc_self_cgroup = proc_self_cgroup
-        self._membership = own_cgroup_entry(proc_self_cgroup)
+        try:
+            self._membership_fd = os.open(proc_self_cgroup, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(self._fd)
+            raise
+        self._membership = _read_all(self._membership_fd)
         self._until = 0.0
         self._wake = threading.Event()
         self._closed = False
@@ -73,6 +81,9 @@ class AttachWarmer:
         self._closed = True
         self._wake.set()
         self._thread.join(5)
+        if not self._thread.is_alive():
+            os.close(self._fd)
+            os.close(self._membership_fd)
 
     @property
     def active(self) -> bool:
@@ -86,13 +97,12 @@ class AttachWarmer:
             if self._closed:
                 return
             try:
-                if own_cgroup_entry(self._proc_self_cgroup) != self._membership:
+                if _read_all(self._membership_fd) != self._membership:
                     log.warning("cgroup attach warm-up stopped: the server was moved to another cgroup")
                     return
-                me = str(threading.get_native_id())
+                me = str(threading.get_native_id()).encode()
                 while not self._closed and time.monotonic() < self._until:
-                    with open(self._attach_file, "w") as f:
-                        f.write(me)
+                    os.pwrite(self._fd, me, 0)
                     self.touches += 1
                     # A timer between writes, not a synchronisation: nothing waits for this thread.
                     time.sleep(self._period)

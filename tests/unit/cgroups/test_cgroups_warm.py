@@ -69,14 +69,27 @@ def test_it_gives_up_when_the_server_was_moved_elsewhere(
 
 
 def test_it_gives_up_when_a_write_fails(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    warmer = AttachWarmer(
-        str(tmp_path / "gone" / "cgroup.procs"), window=5, proc_self_cgroup=str(_membership(tmp_path))
-    )
+    # Opens for writing, refuses every write (ENOSPC), as a cgroup file of a vanished cgroup would.
+    warmer = AttachWarmer("/dev/full", window=5, proc_self_cgroup=str(_membership(tmp_path)))
     try:
         with caplog.at_level(logging.WARNING, logger="jobworker.engine"):
             warmer.kick()
             assert _until(lambda: not warmer.active)
         assert "cgroup attach warm-up stopped" in caplog.text
+    finally:
+        warmer.close()
+
+
+def test_it_holds_its_descriptors_for_its_whole_life(tmp_path: Path) -> None:
+    """No descriptor comes and goes per write: a server's fd count stays what it was."""
+    procs = tmp_path / "cgroup.procs"
+    procs.write_text("")
+    warmer = AttachWarmer(str(procs), window=0.3, proc_self_cgroup=str(_membership(tmp_path)))
+    try:
+        before = sorted(os.listdir("/proc/self/fd"))
+        warmer.kick()
+        assert _until(lambda: warmer.touches >= 5)
+        assert sorted(os.listdir("/proc/self/fd")) == before
     finally:
         warmer.close()
 
