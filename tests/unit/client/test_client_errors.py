@@ -125,6 +125,25 @@ async def _one() -> AsyncIterator[bytes]:
     yield b"one"
 
 
+async def test_cancelling_async_write_input_ends_the_call(fake: FakeServer, creds: Credentials) -> None:
+    sent = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield b"first"
+        sent.set()
+        await asyncio.Event().wait()  # a source that never yields again (a silent terminal)
+        yield b"never"
+
+    async with AsyncClient(creds.config(fake.address)) as client:
+        call = asyncio.create_task(client.write_input("job-1", slow()))
+        await asyncio.wait_for(sent.wait(), 10)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(call, 10)
+        # The client is still usable, and nothing of the cancelled call holds its loop.
+        assert await client.write_input("job-1", _one()) == 3
+
+
 def test_server_sent_unavailable_is_not_mistaken_for_a_connect_failure(
     fake: FakeServer, client: Client
 ) -> None:
