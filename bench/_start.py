@@ -13,6 +13,7 @@ from _harness import BenchError, ServerProcess
 from _report import CaseResult, Metric, summary_ms
 
 from jobworker.client import AsyncClient, JobState, StreamEnd
+from jobworker.engine.cgroups._warm import WINDOW_S as WARMUP_WINDOW_S
 
 _WARMUP = 5
 UNSHARE = ("unshare", "-p", "-f", "--mount-proc", "-n", "true")
@@ -124,28 +125,36 @@ def _latency_rows(label: str, jw: dict[str, float], base: dict[str, float], note
     ]
 
 
-async def _sandbox_cost(ctx: Context, result: CaseResult) -> None:
-    """What strict isolation (the default) adds: the same starts on a server with --isolation none.
-
-    The two servers take turns in rounds, so load from elsewhere on the machine falls on both alike.
-    """
-    n = max(ctx.sizes.starts // _ROUNDS, 1)
-    server = ServerProcess(
-        ctx.workdir / "isolation-none", ctx.certs, max_jobs=100, extra_args=["--isolation=none"]
-    )
-    strict_starts: list[float] = []
-    none_starts: list[float] = []
+async def _against(
+    ctx: Context, name: str, extra_args: list[str], per_round: int, *, gap: float = 0.0, pause: float = 0.0
+) -> tuple[list[float], list[float]]:
+    """Start round trips of a second server started with extra_args, and of ctx's, taking turns in rounds of
+    per_round starts each (the second server first; gap seconds before each start, pause before each round),
+    so load from elsewhere on the machine falls on both alike."""
+    server = ServerProcess(ctx.workdir / name, ctx.certs, max_jobs=100, extra_args=extra_args)
+    theirs: list[float] = []
+    ours: list[float] = []
     try:
         async with AsyncClient(server.config()) as client:
-            plain = Context(ctx.sizes, ctx.workdir, ctx.certs, server, ctx.bare, client, ctx.docker)
+            other = Context(ctx.sizes, ctx.workdir, ctx.certs, server, ctx.bare, client, ctx.docker)
             for _ in range(_WARMUP):
-                await _jobworker_once(plain)
+                await _jobworker_once(other)
                 await _jobworker_once(ctx)
             for _ in range(_ROUNDS):
-                strict_starts += [(await _jobworker_once(ctx))[0] for _ in range(n)]
-                none_starts += [(await _jobworker_once(plain))[0] for _ in range(n)]
+                await asyncio.sleep(pause)
+                for series, contender in ((theirs, other), (ours, ctx)):
+                    for _ in range(per_round):
+                        await asyncio.sleep(gap)
+                        series.append((await _jobworker_once(contender))[0])
     finally:
         server.stop()
+    return ours, theirs
+
+
+async def _sandbox_cost(ctx: Context, result: CaseResult) -> None:
+    """What strict isolation (the default) adds: the same starts on a server with --isolation none."""
+    n = max(ctx.sizes.starts // _ROUNDS, 1)
+    strict_starts, none_starts = await _against(ctx, "isolation-none", ["--isolation=none"], n)
     strict, none = summary_ms(strict_starts), summary_ms(none_starts)
     result.data.update(jobworker_start_strict_rounds=strict, jobworker_start_isolation_none=none)
     result.metrics.append(
@@ -160,6 +169,31 @@ async def _sandbox_cost(ctx: Context, result: CaseResult) -> None:
     result.notes.append(
         f"the sandbox adds {strict['p50_ms'] - none['p50_ms']:+.2f} ms to the Start RPC p50 "
         f"(budget: +1.5 ms), {_ROUNDS} alternating rounds of {n} starts each"
+    )
+
+
+async def _warmup_gain(ctx: Context, result: CaseResult) -> None:
+    """What the cgroup attach warm-up saves when jobs arrive apart: the same spaced starts on a server with
+    --no-cgroup-attach-warmup.
+
+    The kernel state it keeps warm is the host's, so each round waits out the warm server's window first:
+    the cold server's starts must not ride on it.
+    """
+    per_round, gap = max(ctx.sizes.spaced_starts // _ROUNDS, 1), SPACED_GAP_SECONDS
+    warm, cold = await _against(
+        ctx, "no-warmup", ["--no-cgroup-attach-warmup"], per_round, gap=gap, pause=WARMUP_WINDOW_S + 0.2
+    )
+    on, off = summary_ms(warm), summary_ms(cold)
+    result.data.update(jobworker_start_spaced_warmup=on, jobworker_start_spaced_no_warmup=off)
+    label = f"{gap * 1000:.0f} ms apart, warm-up vs --no-cgroup-attach-warmup (rounds)"
+    result.metrics += [
+        Metric(f"Start RPC p50, {label}", on["p50_ms"], "ms", "no warm-up", off["p50_ms"]),
+        Metric(f"Start RPC p99, {label}", on["p99_ms"], "ms", "no warm-up", off["p99_ms"]),
+    ]
+    result.notes.append(
+        f"the cgroup attach warm-up changes the spaced Start p50 by {on['p50_ms'] - off['p50_ms']:+.2f} ms,"
+        f" {_ROUNDS} rounds of {per_round} starts per server, each round after the warm-up window"
+        f" ({WARMUP_WINDOW_S:g} s) lapsed"
     )
 
 
@@ -236,6 +270,7 @@ async def run(ctx: Context) -> CaseResult:
         f" {max(spaced // _ROUNDS, 1)} ({gap * 1000:.0f} ms before each run) in turn",
     ]
     await _sandbox_cost(ctx, result)
+    await _warmup_gain(ctx, result)
     image = ctx.docker.image
     if image is None:
         result.notes.append(f"docker run baseline skipped: {ctx.docker.skip_reason}")

@@ -75,7 +75,8 @@ class JobWorkerStub:
     """Write to the stdin of a running job started with stdin or tty. The first message names the job; each
     message may carry data, a new terminal size (resize) and, last, eof: the job then reads end of file (a
     terminal gets ^D). A client that goes away without eof leaves the stdin open for the next writer. One
-    writer at a time; FAILED_PRECONDITION when the job has no open stdin or another client writes to it.
+    writer at a time; FAILED_PRECONDITION when the job has no open stdin, another client writes to it, or
+    the job ended (also while the call still writes: like a pipe whose reader went away).
     A job that reads slowly slows the writer down (flow control), never the server's memory.
     Writers their own jobs, admins any.
     """
@@ -127,7 +128,8 @@ class JobWorkerAsyncStub(JobWorkerStub):
     """Write to the stdin of a running job started with stdin or tty. The first message names the job; each
     message may carry data, a new terminal size (resize) and, last, eof: the job then reads end of file (a
     terminal gets ^D). A client that goes away without eof leaves the stdin open for the next writer. One
-    writer at a time; FAILED_PRECONDITION when the job has no open stdin or another client writes to it.
+    writer at a time; FAILED_PRECONDITION when the job has no open stdin, another client writes to it, or
+    the job ended (also while the call still writes: like a pipe whose reader went away).
     A job that reads slowly slows the writer down (flow control), never the server's memory.
     Writers their own jobs, admins any.
     """
@@ -242,7 +244,8 @@ class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
         """Write to the stdin of a running job started with stdin or tty. The first message names the job; each
         message may carry data, a new terminal size (resize) and, last, eof: the job then reads end of file (a
         terminal gets ^D). A client that goes away without eof leaves the stdin open for the next writer. One
-        writer at a time; FAILED_PRECONDITION when the job has no open stdin or another client writes to it.
+        writer at a time; FAILED_PRECONDITION when the job has no open stdin, another client writes to it, or
+        the job ended (also while the call still writes: like a pipe whose reader went away).
         A job that reads slowly slows the writer down (flow control), never the server's memory.
         Writers their own jobs, admins any.
         """

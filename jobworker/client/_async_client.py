@@ -13,6 +13,7 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from jobworker.aio_stream_unary import stream_unary
 from jobworker.api import jobworker_pb2_grpc
 from jobworker.client import _convert
 from jobworker.client._config import ClientConfig
@@ -42,6 +43,8 @@ class AsyncClient:
             config.server, self._conn.credentials, options=self._conn.options
         )
         self._stub = jobworker_pb2_grpc.JobWorkerStub(self._channel)
+        # For write_input only (see jobworker.aio_stream_unary): opened on its first use.
+        self._sync_channel: grpc.Channel | None = None
 
     @property
     def config(self) -> ClientConfig:
@@ -62,6 +65,8 @@ class AsyncClient:
     async def close(self) -> None:
         """Close the channel; streams still open are cancelled."""
         await self._channel.close()
+        if self._sync_channel is not None:
+            self._sync_channel.close()
 
     async def start(
         self,
@@ -172,9 +177,14 @@ class AsyncClient:
     ) -> int:
         """Client.write_input with an async source."""
         await self._conn.check_server_async(self._channel)
+        if self._sync_channel is None:
+            self._sync_channel = grpc.secure_channel(
+                self._conn.target, self._conn.credentials, options=self._conn.options
+            )
+        method = jobworker_pb2_grpc.JobWorkerStub(self._sync_channel).WriteInput
         with self._conn.translating():
-            response = await self._stub.WriteInput(_convert.input_requests_async(job_id, source, eof))
-        return response.bytes_written
+            response = await stream_unary(method, _convert.input_requests_async(job_id, source, eof))
+        return int(response.bytes_written)
 
     async def wait(self, job_id: str, max_wait: float | None = None) -> JobInfo:
         """Block until the job has ended and return its final status.

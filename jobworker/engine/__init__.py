@@ -50,6 +50,7 @@ from jobworker.engine.sandbox import (
     SandboxUnavailableError,
 )
 from jobworker.engine.spawn import JobInput
+from jobworker.engine.table import choose_job, is_id_prefix
 from jobworker.engine.validation import SIGNALS
 
 __all__ = [
@@ -99,6 +100,8 @@ __all__ = [
     "StreamSelection",
     "TruncationReason",
     "Usage",
+    "choose_job",
     "default_job_limits",
     "default_max_limits",
+    "is_id_prefix",
 ]

@@ -143,29 +143,16 @@ class JobTable:
             for owner, job_id in self._names.get(ref, {}).items()
             if job_id in self._jobs and may_see(owner)
         }
-        if caller in named:
-            return named[caller]
-        if len(named) == 1:
-            return next(iter(named.values()))
-        if named:
-            shown = [f"{job_id} (owner {owner})" for owner, job_id in sorted(named.items())]
-            raise AmbiguousJobError(
-                f"job name '{ref}' is used by {len(named)} owners: {_candidates(shown)}; use the job id"
-            )
-        if _ID_PREFIX.fullmatch(lowered):
-            matches = [
+        prefixed = (
+            [
                 job_id
                 for job_id, row in self._jobs.items()
                 if job_id.startswith(lowered) and may_see(row.status.owner)
             ]
-            if len(matches) == 1:
-                return matches[0]
-            if matches:
-                raise AmbiguousJobError(
-                    f"job id prefix '{ref}' matches {len(matches)} jobs: {_candidates(sorted(matches))}; "
-                    "give more characters of the id"
-                )
-        raise JobNotFoundError(ref)
+            if not named and is_id_prefix(ref)
+            else []
+        )
+        return choose_job(ref, caller, named, prefixed)
 
     def get(self, job_id: str) -> JobRow:
         job = self._jobs.get(job_id)
@@ -417,6 +404,36 @@ class JobTable:
 
 def _has_labels(status: JobStatus, selector: Mapping[str, str]) -> bool:
     return all(status.labels.get(key) == value for key, value in selector.items())
+
+
+def choose_job(ref: str, caller: str, named: Mapping[str, str], prefixed: Collection[str]) -> str:
+    """The one job a name or id prefix `ref` means, given the visible jobs of that name (owner -> id) and
+    those whose id starts with it: the caller's own job of that name, else the only one of that name, else
+    the only id with that prefix. AmbiguousJobError or JobNotFoundError otherwise.
+
+    The rule the table and the fleet (over every node's job records) both apply."""
+    if caller in named:
+        return named[caller]
+    if len(named) == 1:
+        return next(iter(named.values()))
+    if named:
+        shown = [f"{job_id} (owner {owner})" for owner, job_id in sorted(named.items())]
+        raise AmbiguousJobError(
+            f"job name '{ref}' is used by {len(named)} owners: {_candidates(shown)}; use the job id"
+        )
+    if len(prefixed) == 1:
+        return next(iter(prefixed))
+    if prefixed:
+        raise AmbiguousJobError(
+            f"job id prefix '{ref}' matches {len(prefixed)} jobs: {_candidates(sorted(prefixed))}; "
+            "give more characters of the id"
+        )
+    raise JobNotFoundError(ref)
+
+
+def is_id_prefix(ref: str) -> bool:
+    """Whether `ref` (any case) could be the beginning of a job id."""
+    return _ID_PREFIX.fullmatch(ref.lower()) is not None
 
 
 def _candidates(shown: list[str]) -> str:

@@ -68,6 +68,8 @@ class ServerConfig:
     cgroups: bool = True
     # Names this server's cgroup subtree; servers sharing a host need distinct prefixes.
     cgroup_prefix: str = _ENGINE["cgroup_prefix"]
+    # Keep the cgroup attach path warm after each Start (engine/cgroups/_warm.py).
+    cgroup_attach_warmup: bool = _ENGINE["cgroup_attach_warmup"]
     isolation: engine.Isolation = _ENGINE["isolation"]
     job_user: str | None = None
     job_uids: range = engine.DEFAULT_UID_RANGE
@@ -130,6 +132,7 @@ class ServerConfig:
             max_limits=_overlay(engine.default_max_limits(), self.max_limits),
             cgroups=self.cgroups,
             cgroup_prefix=self.cgroup_prefix,
+            cgroup_attach_warmup=self.cgroup_attach_warmup,
             isolation=self.isolation,
             sandbox=engine.SandboxConfig(
                 uid_range=self.job_uids,

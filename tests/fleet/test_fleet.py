@@ -107,10 +107,41 @@ def test_input_and_names_through_a_node_that_does_not_hold_the_job(fleet: Fleet)
     assert ended.exit_code == 0
     output = b"".join(e.data for e in b.stream(job.id) if isinstance(e, OutputChunk))
     assert output == b"HELLO FLEET"
-    # The job's name and labels travel with it; a name resolves on the node holding the job.
+    # Refused by the node holding the job while we still write: its answer comes through, never INTERNAL.
+    for _ in range(5):
+        with pytest.raises(FailedPreconditionError, match="has already ended"):
+            b.write_input(job.id, (b"x" * 65536 for _ in range(2000)))
+    # The job's name and labels travel with it; a name or an id prefix resolves on any node.
     assert [j.id for j in b.list(labels={"team": "fleet"})] == [job.id]
     assert fleet.client("c").status("shout").id == job.id
-    b.delete(job.id)
+    assert b.status("shout").id == job.id
+    assert b.status(job.id[:8]).id == job.id
+    assert b.wait("shout").exit_code == 0
+    # Another writer's name is not ours, through any node; nor is a prefix of their id.
+    bob = fleet.client("b", "bob")
+    with pytest.raises(NotFoundError):
+        bob.status("shout")
+    with pytest.raises(NotFoundError):
+        bob.status(job.id[:8])
+    b.delete("shout")
+    with pytest.raises(NotFoundError):
+        b.status("shout")
+
+
+def test_a_name_used_on_two_nodes_is_ambiguous_elsewhere(fleet: Fleet) -> None:
+    a = fleet.client("a")
+    on_b = a.start(*SLEEP, node="b", name="twice")
+    on_c = a.start(*SLEEP, node="c", name="twice")
+    try:
+        # Names are unique per owner on a node; a third node cannot tell which one is meant.
+        with pytest.raises(InvalidArgumentError, match="used on several nodes"):
+            a.status("twice")
+        assert fleet.client("b").status("twice").id == on_b.id
+        assert a.status(on_c.id[:12]).id == on_c.id
+    finally:
+        for job in (on_b, on_c):
+            a.stop(job.id, grace_seconds=0)
+            a.delete(job.id)
 
 
 def test_start_constraints(fleet: Fleet) -> None:

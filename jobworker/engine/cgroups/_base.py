@@ -82,6 +82,9 @@ class CgroupDriver(Protocol):
 
     name: str
     reason: str
+    # The file of the cgroup the server itself is in that the attach warm-up (_warm.py) writes its thread
+    # id to: v1's tasks, v2's cgroup.procs; None where there is none.
+    warm_attach_file: str | None
 
     def supports_limits(self) -> bool:
         """Whether this driver can enforce resource limits at all."""

@@ -57,6 +57,10 @@ class Host:
         """Clock for bounded waits."""
         return time.monotonic()
 
+    def own_pid(self) -> int:
+        """This process's pid, as cgroup.procs lists it."""
+        return os.getpid()
+
 
 def write_or_raise(host: Host, path: str, value: str) -> None:
     """host.write, turning OSError into a one-line CgroupError naming the file and value."""

@@ -48,6 +48,7 @@ class NullDriver:
     """No cgroups: create() refuses any limit rather than run the job unconfined."""
 
     name = "none"
+    warm_attach_file: str | None = None
 
     def __init__(self, reason: str) -> None:
         self.reason = reason

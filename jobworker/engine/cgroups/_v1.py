@@ -183,6 +183,12 @@ class V1Driver:
         self._sys_block = sys_block
         self._io_paths = io_paths
         self._controllers = frozenset(c for h in hierarchies for c in h.controllers)
+        # Every hierarchy's <prefix> directory sits in the server's own cgroup there; any one will do,
+        # the semaphore it warms is the kernel's, shared by all of them. v1's `tasks` moves one thread (the
+        # warm-up's own), a shorter hold of that semaphore than moving every thread of the server.
+        self.warm_attach_file: str | None = (
+            os.path.join(os.path.dirname(hierarchies[0].jobs_dir), "tasks") if hierarchies else None
+        )
 
     @property
     def jobs_dirs(self) -> tuple[str, ...]:

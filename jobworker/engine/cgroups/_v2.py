@@ -163,9 +163,11 @@ class V2Driver:
         sys_block: str,
         io_paths: tuple[str, ...],
         reason: str = "",
+        server_dir: str | None = None,
     ) -> None:
         self.jobs_dir = jobs_dir
         self.controllers = controllers
+        self.warm_attach_file = os.path.join(server_dir, "cgroup.procs") if server_dir else None
         self.reason = reason
         self._host = host
         self._sys_block = sys_block
@@ -273,7 +275,16 @@ def prepare_v2(host: Host, base_dir: str, prefix: str, sys_block: str, io_paths:
         sys_block=sys_block,
         io_paths=io_paths,
         reason=reason,
+        server_dir=_server_dir(host, base_dir, os.path.join(base_dir, f"{prefix}-server")),
     )
+
+
+def _server_dir(host: Host, base_dir: str, leaf_dir: str) -> str | None:
+    """Which of the two holds this process (the server), if either does."""
+    for candidate in (leaf_dir, base_dir):
+        if host.own_pid() in parse_pids(read_text(os.path.join(candidate, "cgroup.procs")) or ""):
+            return candidate
+    return None
 
 
 def move_to_leaf(host: Host, base_dir: str, leaf_dir: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import grpc
 
+from jobworker.aio_stream_unary import stream_unary
 from jobworker.api import jobworker_pb2 as pb
 from jobworker.api import jobworker_pb2_grpc as pb_grpc
 from jobworker.server.auth import ASSERTED_IDENTITY, ASSERTED_ROLE, Caller
@@ -31,6 +32,13 @@ RELAY_BYTES = 512 * 1024
 _CONNECT_FAILURES = ("failed to connect to all addresses", "errors resolving", "DNS resolution failed")
 # Calls that answer at once get this long; Wait, Stop and streams have no deadline of their own.
 UNARY_TIMEOUT_SECONDS = 10.0
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", GRPC_RECEIVE_LIMIT_BYTES),
+    # A restarted peer must be dialled again quickly, not after grpc's default backoff.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.dns_min_time_between_resolutions_ms", 2000),
+]
 
 
 def _metadata(caller: Caller) -> tuple[tuple[str, str], ...]:
@@ -41,7 +49,7 @@ class PeerUnreachableError(ServiceError):
     """The peer could not be connected to: the request never reached it."""
 
 
-def _error(node: NodeInfo, exc: grpc.aio.AioRpcError) -> ServiceError:
+def _error(node: NodeInfo, exc: grpc.aio.AioRpcError | grpc.Call) -> ServiceError:
     detail = (exc.details() or "").splitlines()[0][:200] if exc.details() else exc.code().name
     unreachable = f"node {node.name} ({node.address}) is unreachable"
     # grpc's own connect-failure text would read to the client as its own connection failing.
@@ -63,6 +71,8 @@ class Peers:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, pb_grpc.JobWorkerAsyncStub] = {}
         self._relays: dict[str, grpc.aio.UnaryStreamMultiCallable[pb.StreamOutputRequest, bytes]] = {}
+        # WriteInput goes over a synchronous channel (see jobworker.aio_stream_unary), opened on first use.
+        self._input_channels: dict[str, grpc.Channel] = {}
 
     def _credentials(self) -> grpc.ChannelCredentials:
         # Read per new channel, so a rotated node certificate is used for the next peer dialled.
@@ -73,17 +83,7 @@ class Peers:
         """The stub for a node's current address."""
         stub = self._stubs.get(node.address)
         if stub is None:
-            channel = grpc.aio.secure_channel(
-                node.address,
-                self._credentials(),
-                options=[
-                    ("grpc.max_receive_message_length", GRPC_RECEIVE_LIMIT_BYTES),
-                    # A restarted peer must be dialled again quickly, not after grpc's default backoff.
-                    ("grpc.initial_reconnect_backoff_ms", 200),
-                    ("grpc.max_reconnect_backoff_ms", 1000),
-                    ("grpc.dns_min_time_between_resolutions_ms", 2000),
-                ],
-            )
+            channel = grpc.aio.secure_channel(node.address, self._credentials(), options=_CHANNEL_OPTIONS)
             self._channels[node.address] = channel
             stub = self._stubs[node.address] = pb_grpc.JobWorkerStub(channel)
             # Output messages are relayed as the owner encoded them: no decoding and re-encoding of every
@@ -97,6 +97,9 @@ class Peers:
         """Close every channel."""
         for channel in self._channels.values():
             await channel.close()
+        for input_channel in self._input_channels.values():
+            input_channel.close()
+        self._input_channels.clear()
         self._channels.clear()
         self._stubs.clear()
         self._relays.clear()
@@ -121,10 +124,16 @@ class Peers:
         self, node: NodeInfo, requests: AsyncIterator[pb.WriteInputRequest], caller: Caller
     ) -> Any:
         """Relay a WriteInput to `node`: the caller's messages pass on as they come, under flow control."""
+        channel = self._input_channels.get(node.address)
+        if channel is None:
+            channel = grpc.secure_channel(node.address, self._credentials(), options=_CHANNEL_OPTIONS)
+            self._input_channels[node.address] = channel
         try:
-            return await self.stub(node).WriteInput(requests, metadata=_metadata(caller))
-        except grpc.aio.AioRpcError as exc:
-            raise _error(node, exc) from None
+            return await stream_unary(
+                pb_grpc.JobWorkerStub(channel).WriteInput, requests, metadata=_metadata(caller)
+            )
+        except grpc.RpcError as exc:
+            raise _error(node, cast(grpc.Call, exc)) from None
 
     async def stream_output(
         self, node: NodeInfo, request: pb.StreamOutputRequest, caller: Caller

@@ -63,7 +63,8 @@ class FleetService:
     async def _owner(self, ref: str) -> NodeInfo | None:
         """The other node that holds the job, None to serve the call here (which may be NOT_FOUND).
 
-        Names and id prefixes resolve among this node's jobs; only a full id is looked up fleet-wide.
+        A reference to a job here is served here; otherwise a full id is looked up in etcd, and a name or
+        id prefix is resolved among the other nodes' job records by the same rule as a node's own.
         """
         caller = current_caller()
         if caller.via:
@@ -78,14 +79,15 @@ class FleetService:
         else:
             return None
         job_id = ref.lower()
-        if not _FULL_ID.fullmatch(job_id):
-            return None
         try:
-            record = await self._membership.lookup_job(job_id)
+            if _FULL_ID.fullmatch(job_id):
+                record = await self._membership.lookup_job(job_id)
+            else:
+                job_id, record = await self._elsewhere(ref, caller)
         except EtcdError:
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE,
-                f"job {job_id} is not on node {self.name}, and the fleet's etcd cannot be reached to find it",
+                f"job {ref} is not on node {self.name}, and the fleet's etcd cannot be reached to find it",
             ) from None
         # Another owner's job answers exactly like a missing one, wherever it is.
         if record is None or record.node == self.name or not caller.may_see(record.owner):
@@ -101,6 +103,33 @@ class FleetService:
             )
         note_job_id(job_id)
         return node
+
+    async def _elsewhere(self, ref: str, caller: Caller) -> tuple[str, JobRecord | None]:
+        """The job of another node a name or id prefix means (its id and record), or ("", None)."""
+        visible = {
+            job_id: record
+            for job_id, record in (await self._membership.job_records()).items()
+            if record.node != self.name and caller.may_see(record.owner)
+        }
+        named: dict[str, str] = {}
+        for job_id, record in visible.items():
+            if record.name and record.name == ref:
+                if record.owner in named:
+                    # Names are unique per owner on each node, not across the fleet.
+                    raise engine.AmbiguousJobError(
+                        f"job name '{ref}' of {record.owner} is used on several nodes: "
+                        f"{', '.join(sorted((named[record.owner], job_id)))}; use the job id"
+                    )
+                named[record.owner] = job_id
+        prefix = ref.lower()
+        prefixed = (
+            [j for j in visible if j.startswith(prefix)] if not named and engine.is_id_prefix(ref) else []
+        )
+        try:
+            job_id = engine.choose_job(ref, caller.identity, named, prefixed)
+        except engine.JobNotFoundError:
+            return "", None
+        return job_id, visible[job_id]
 
     # -- Start ---------------------------------------------------------------------------------------
 

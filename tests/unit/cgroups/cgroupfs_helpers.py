@@ -130,6 +130,9 @@ class FakeKernel(Host):
             child.unlink()
         p.rmdir()
 
+    def own_pid(self) -> int:
+        return self.self_pid
+
     def write(self, path: str, value: str) -> None:
         p = Path(path)
         self.writes.append((str(p.relative_to(self.mount)), value))

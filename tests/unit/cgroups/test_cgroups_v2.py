@@ -34,6 +34,8 @@ def test_setup_moves_server_processes_to_a_leaf_then_enables_controllers(
     assert driver.jobs_dir == str(jobs)
     assert driver.supports_limits()
     assert driver.reason == ""
+    # The attach warm-up moves the server into the cgroup it now is in: its leaf.
+    assert driver.warm_attach_file == str(mount / "jobworker-server" / "cgroup.procs")
 
 
 def test_setup_is_idempotent_across_server_restarts(fake_v2: FakeV2Host) -> None:
@@ -45,15 +47,22 @@ def test_setup_is_idempotent_across_server_restarts(fake_v2: FakeV2Host) -> None
 
     assert driver.jobs_dir == str(fake_v2.mount / "jobworker-jobs")
     assert not (fake_v2.mount / "jobworker-server" / "jobworker-jobs").exists()
+    assert driver.warm_attach_file == str(fake_v2.mount / "jobworker-server" / "cgroup.procs")
 
 
 def test_host_root_cgroup_keeps_its_processes(make_fake_v2: MakeFakeV2) -> None:
     host = make_fake_v2(host_root=True)
 
-    v2(host)
+    driver = v2(host)
 
     assert host.kernel.procs(host.mount) == [1, SERVER_PID]
     assert not (host.mount / "jobworker-server").exists()
+    assert driver.warm_attach_file == str(host.mount / "cgroup.procs")
+
+
+def test_no_warm_up_where_the_server_is_in_neither_cgroup(make_fake_v2: MakeFakeV2) -> None:
+    host = make_fake_v2(host_root=True, server_procs=(1,))
+    assert v2(host).warm_attach_file is None
 
 
 def test_delegated_service_cgroup_hosts_the_jobs(make_fake_v2: MakeFakeV2) -> None:

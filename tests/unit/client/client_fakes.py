@@ -160,6 +160,14 @@ class FakeJobWorker(pb_grpc.JobWorkerServicer):
         if self.hold_stream:
             self.stream_cancelled.wait(30)
 
+    def WriteInput(
+        self, request_iterator: Iterator[pb.WriteInputRequest], context: grpc.ServicerContext
+    ) -> pb.WriteInputResponse:
+        # A failure answers before reading anything, as the real server's authorization does.
+        self._enter("WriteInput", None, context)
+        written = sum(len(request.data) for request in request_iterator)
+        return pb.WriteInputResponse(bytes_written=written)
+
 
 @dataclass(frozen=True)
 class FakeServer:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 
 import grpc
@@ -80,6 +81,67 @@ async def test_async_client_translates_errors(fake: FakeServer, creds: Credentia
         with pytest.raises(NotFoundError, match="no job x"):
             async for _ in client.stream("x"):
                 pass
+
+
+async def test_async_write_input_reports_the_servers_refusal_while_it_still_writes(
+    fake: FakeServer, creds: Credentials
+) -> None:
+    """grpc.aio alone turns a refusal that arrives while the client writes into INTERNAL (grpc#36066)."""
+    fake.servicer.failures["WriteInput"] = (grpc.StatusCode.PERMISSION_DENIED, "role reader may not write")
+
+    async def endless() -> AsyncIterator[bytes]:
+        for _ in range(10_000):  # bounded: the refusal ends the call long before
+            yield b"x" * 65536
+            await asyncio.sleep(0)
+
+    async with AsyncClient(creds.config(fake.address)) as client:
+        for _ in range(20):  # the race went wrong about half of the time
+            with pytest.raises(PermissionDeniedError, match="role reader may not write"):
+                await client.write_input("job-1", endless())
+
+
+async def test_async_write_input_writes_everything(fake: FakeServer, creds: Credentials) -> None:
+    async def three() -> AsyncIterator[bytes]:
+        for chunk in (b"a", b"bb", b"ccc"):
+            yield chunk
+
+    async with AsyncClient(creds.config(fake.address)) as client:
+        assert await client.write_input("job-1", three()) == 6
+
+
+async def test_async_write_input_raises_what_its_source_raised(fake: FakeServer, creds: Credentials) -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"some"
+        raise OSError("stdin went away")
+
+    async with AsyncClient(creds.config(fake.address)) as client:
+        with pytest.raises(OSError, match="stdin went away"):
+            await client.write_input("job-1", broken())
+        # The call that followed it still works: nothing of the first one is left behind.
+        assert await client.write_input("job-1", _one()) == 3
+
+
+async def _one() -> AsyncIterator[bytes]:
+    yield b"one"
+
+
+async def test_cancelling_async_write_input_ends_the_call(fake: FakeServer, creds: Credentials) -> None:
+    sent = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield b"first"
+        sent.set()
+        await asyncio.Event().wait()  # a source that never yields again (a silent terminal)
+        yield b"never"
+
+    async with AsyncClient(creds.config(fake.address)) as client:
+        call = asyncio.create_task(client.write_input("job-1", slow()))
+        await asyncio.wait_for(sent.wait(), 10)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(call, 10)
+        # The client is still usable, and nothing of the cancelled call holds its loop.
+        assert await client.write_input("job-1", _one()) == 3
 
 
 def test_server_sent_unavailable_is_not_mistaken_for_a_connect_failure(

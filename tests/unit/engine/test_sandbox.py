@@ -281,9 +281,13 @@ async def test_devices_cgroup_allows_only_the_jobs_nodes(jobs: Jobs) -> None:
     root = DEVICES_V1
     job = await jobs.mgr.start(JobSpec("sleep", ("30",)))
     try:
-        lists = await asyncio.to_thread(lambda: list(root.glob(f"**/{job.id}/devices.list")))
-        assert len(lists) == 1, lists
-        rules = set((await asyncio.to_thread(lists[0].read_text)).split("\n")) - {""}
+        # The job's own devices cgroup, as the kernel names it for the job's first process (a walk of the
+        # whole hierarchy would race other tests removing theirs).
+        lines = (await asyncio.to_thread(Path(f"/proc/{job.pid}/cgroup").read_text)).splitlines()
+        path = next(line.split(":", 2)[2] for line in lines if line.split(":")[1] == "devices")
+        assert path.endswith(f"/{job.id}"), path
+        listed = await asyncio.to_thread((root / path.lstrip("/") / "devices.list").read_text)
+        rules = set(listed.split("\n")) - {""}
         assert rules == {"c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
                          "c 5:2 rwm", "c 136:* rwm"}  # fmt: skip
     finally:
