@@ -468,13 +468,20 @@ async def test_running_out_of_file_descriptors_is_a_capacity_error(plain_manager
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    in_use = len(os.listdir("/proc/self/fd"))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use, hard))
+    # The limit bounds descriptor numbers, not their count: fill every free number below the highest in use
+    # first (a count would leave such holes for the start to use), then allow none above it.
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    fillers = [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)]
+    while fillers[-1] < highest:
+        fillers.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (fillers[-1] + 1, hard))
     try:
         with pytest.raises(CapacityError, match="no file descriptors left"):
             await plain_manager.start(JobSpec("true"))
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for fd in fillers:
+            os.close(fd)
     assert plain_manager.list() == []
     status = await plain_manager.start(JobSpec("true"))
     assert (await plain_manager.wait(status.id)).exit_code == 0
