@@ -197,11 +197,20 @@ class CgroupCounter:
 class ServerProcess:
     """A jw-server subprocess on 127.0.0.1:0 with a temp state dir and its own cgroup prefix."""
 
-    def __init__(self, workdir: Path, certs: Certs, *, max_jobs: int, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        certs: Certs,
+        *,
+        max_jobs: int,
+        extra_args: Sequence[str] = (),
+        cgroup_prefix: str | None = None,
+    ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.certs = certs
-        self.cgroup_prefix = f"jwbench-{uuid.uuid4().hex[:10]}"
+        self.max_jobs, self.extra_args = max_jobs, tuple(extra_args)
+        self.cgroup_prefix = cgroup_prefix or f"jwbench-{uuid.uuid4().hex[:10]}"
         self.log_path = workdir / "server.log"
         self.state_dir = workdir / "state"
         # A prefix of our own: on the default one the server would remove, as stale, the job cgroups of any
@@ -281,6 +290,17 @@ class ServerProcess:
                 raise BenchError(f"jw-server ignored SIGTERM for {_STOP_TIMEOUT:g} s") from None
         self._log.close()
         return self.process.returncode
+
+    def restarted(self) -> ServerProcess:
+        """The next jw-server after this one died: the same state dir, cgroup prefix and options, as a real
+        restart has (a new prefix would leave this one's directories behind for good)."""
+        return ServerProcess(
+            self.workdir,
+            self.certs,
+            max_jobs=self.max_jobs,
+            extra_args=self.extra_args,
+            cgroup_prefix=self.cgroup_prefix,
+        )
 
     def kill(self) -> None:
         """SIGKILL the server (only after a failure) and reap it."""

@@ -57,7 +57,7 @@ async def _reattach(ctx: Context, workdir_name: str, jobs: int) -> tuple[float, 
     finally:
         first.kill()
     t0 = time.perf_counter()
-    second = ServerProcess(workdir, ctx.certs, max_jobs=jobs + 50)
+    second = first.restarted()
     listening = time.perf_counter() - t0
     try:
         line = next(e for e in second.log_entries() if e.get("msg") == "reattached jobs")
@@ -87,7 +87,7 @@ async def _writers(ctx: Context, writers: int) -> tuple[int, float, float]:
         first.kill()
     outage_t0 = time.perf_counter()
     await asyncio.sleep(1.0)  # the outage: nobody reads the jobs' pipes but their holders
-    second = ServerProcess(workdir, ctx.certs, max_jobs=writers + 10)
+    second = first.restarted()
     outage = time.perf_counter() - outage_t0
     lost, stall = 0, 0.0
     expected = _expected(_WRITER_BYTES)
