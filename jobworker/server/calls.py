@@ -30,6 +30,7 @@ from jobworker.server.auth import (
 from jobworker.server.config import MAX_RECEIVE_MESSAGE_BYTES
 from jobworker.server.errors import INTERNAL_MESSAGE, ServiceError, status_for
 from jobworker.server.policy import PeerPolicy
+from jobworker.server.wrapping import WrappingInterceptor
 
 _log = logging.getLogger(__name__)
 
@@ -79,28 +80,15 @@ UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[An
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncGenerator[Any, None]]
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(WrappingInterceptor):
     """Wrap every handler with authentication, the ACCESS table, error mapping and auditing."""
 
     def __init__(self, policy: PeerPolicy | None = None) -> None:
+        super().__init__()
         self._policy = policy
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _wrap(method, handler, self._policy)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        return _wrap(method, handler, self._policy)
 
 
 @dataclass(frozen=True)

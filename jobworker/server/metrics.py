@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 import jobworker
 from jobworker import engine
+from jobworker.server.wrapping import WrappingInterceptor
 
 # The `_created` series prometheus_client adds beside every counter double the series for no use here.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -220,7 +221,7 @@ _UnaryBehavior = Callable[[Any, _Context], Awaitable[Any]]
 _StreamBehavior = Callable[[Any, _Context], AsyncGenerator[Any, None]]
 
 
-class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
+class RpcMetricsInterceptor(WrappingInterceptor):
     """Measures every call of a method the server has (first in the chain, so refusals count too).
 
     Calls of unknown methods are not measured: their names come from the caller and would let anyone
@@ -228,26 +229,10 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, done: RpcDone) -> None:
+        super().__init__()
         self._done = done
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(method, handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         # The stubs type behaviours as synchronous; on a grpc.aio server they are coroutine functions.
         serializers = {
             "request_deserializer": handler.request_deserializer,
