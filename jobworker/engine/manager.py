@@ -201,7 +201,7 @@ class JobManager:
             self._fork_servers = ForkServerKeeper()
             self._fork_servers.get()
         if cfg.cgroup_attach_warmup:
-            self._warmer = start_warmer(getattr(self._driver, "warm_attach_file", None))
+            self._warmer = start_warmer(self._driver.warm_attach_file)
 
     async def _reattach(self, found: builtins.list[JobRow]) -> set[str]:
         """Follow again the jobs an earlier server left running; returns the ids of those still held.

@@ -113,8 +113,8 @@ class AttachWarmer:
 
 def start_warmer(attach_file: str | None) -> AttachWarmer | None:
     """An AttachWarmer for the server's own cgroup, or None where there is none to write to."""
-    if attach_file is None or not os.path.exists(attach_file):
+    if attach_file is None:
         return None
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError):  # no such file, or not ours to write: no warm-up
         return AttachWarmer(attach_file)
     return None
