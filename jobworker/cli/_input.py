@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import stat
 import sys
 import termios
 import threading
@@ -55,18 +56,16 @@ class StdinSource:
         """What to send, as it comes (run in the pump's own event loop)."""
         loop = asyncio.get_running_loop()
         fd = sys.stdin.fileno()
+        waits = _pollable(fd)
         while True:
-            ready: asyncio.Future[int] = loop.create_future()
-            for source in (fd, self._wake_r):
-                loop.add_reader(source, _resolve, ready, source)
-            try:
-                which = await ready
-            finally:
-                for source in (fd, self._wake_r):
-                    loop.remove_reader(source)
-            if which == self._wake_r:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_r, 64)
+            if waits:
+                which = await self._ready(loop, fd)
+            else:
+                # Always readable: a stop or a resize is seen between chunks.
+                await asyncio.sleep(0)
+                which = fd
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 64)
             if self._stopped:
                 return  # without end of file: the job's stdin stays open for the next writer
             if self._resized:
@@ -78,6 +77,17 @@ class StdinSource:
                     yield EndOfInput()
                     return
                 yield data
+
+    async def _ready(self, loop: asyncio.AbstractEventLoop, fd: int) -> int:
+        """Wait until stdin or the wake-up pipe can be read; which one."""
+        ready: asyncio.Future[int] = loop.create_future()
+        for source in (fd, self._wake_r):
+            loop.add_reader(source, _resolve, ready, source)
+        try:
+            return await ready
+        finally:
+            for source in (fd, self._wake_r):
+                loop.remove_reader(source)
 
     @property
     def stopped(self) -> bool:
@@ -94,6 +104,13 @@ class StdinSource:
         self._stopped = True
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, b"s")
+
+
+def _pollable(fd: int) -> bool:
+    """Whether waiting for fd to be readable means anything: a file or /dev/null always is, and epoll
+    refuses them (EPERM); a pipe, socket or terminal may have nothing yet."""
+    mode = os.fstat(fd).st_mode
+    return not (stat.S_ISREG(mode) or (stat.S_ISCHR(mode) and not os.isatty(fd)))
 
 
 def _resolve(future: asyncio.Future[int], value: int) -> None:
@@ -134,6 +151,11 @@ class StdinPump:
         except ClientError as exc:
             if not self._source.stopped:
                 self._fail(exc)
+        except OSError as exc:
+            # Our own stdin failed (not the server): the job's stdin stays open for jw attach.
+            sys.stderr.write(
+                f"jw: cannot read stdin: {exc.strerror or exc}; job {self._job_id} keeps running\n"
+            )
 
     async def _write(self) -> None:
         async with AsyncClient(self._config, timeout=self._timeout) as client:

@@ -59,6 +59,26 @@ def test_run_i_exits_when_the_job_ends_before_our_stdin_does(jw: Jw) -> None:
     assert done.returncode == 4, done.stderr
 
 
+@pytest.mark.parametrize("kind", ["file", "dev-null"])
+def test_run_i_reads_a_file_or_dev_null_as_stdin(jw: Jw, tmp_path: Path, kind: str) -> None:
+    """`< file` and `< /dev/null`: epoll refuses both (EPERM), and they are always readable."""
+    data = os.urandom(300_000) if kind == "file" else b""
+    path = tmp_path / "input" if kind == "file" else Path("/dev/null")
+    if kind == "file":
+        path.write_bytes(data)
+    with path.open("rb") as stdin:
+        done = subprocess.run(
+            [sys.executable, "-c", LAUNCHER, "run", "-i", "--", "sha256sum"],
+            stdin=stdin,
+            capture_output=True,
+            env=_env(jw),
+            cwd=REPO,
+            timeout=60,
+        )
+    assert (done.returncode, done.stderr) == (0, b"")
+    assert done.stdout == f"{hashlib.sha256(data).hexdigest()}  -\n".encode()
+
+
 def test_without_i_the_job_reads_nothing(jw: Jw) -> None:
     done = _jw(jw, "run", "--", "cat", stdin=b"hi\n")
     assert (done.returncode, done.stdout) == (0, b"")
