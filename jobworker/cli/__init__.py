@@ -5,8 +5,9 @@ Exit codes: `_exit.EXIT_CODE_TABLE`, the one table `jw --help` prints and the RE
 
 import os
 
-# grpc logs failed handshakes at INFO on stderr; jw reports them itself, in one line.
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+# grpc logs failed handshakes and refused certificates on stderr (ERROR included); jw reports them
+# itself, in one line.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from jobworker.cli._app import jw, main
 from jobworker.cli._exit import ExitCode

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 from cli_fixtures import Jw
+from test_cli_process import LAUNCHER, REPO
 
 
 def one_line_error(stderr: str) -> str:
@@ -26,6 +30,24 @@ def test_client_certificate_rejected(jw: Jw) -> None:
     result = jw("list", user="mallory")
     assert result.exit_code == 3
     assert "rejected our client certificate" in one_line_error(result.stderr)
+
+
+def test_a_certificate_grpc_refuses_to_load_is_one_line_from_a_real_process(jw: Jw) -> None:
+    """A CA certificate as the client's: grpc's C core refuses it and logs ERROR lines of its own on fd 2,
+    which an in-process runner never sees; jw must keep them off the user's terminal."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JW_", "GRPC_"))}
+    env.update({k: v for k, v in jw.env("alice").items() if v is not None})
+    env.update(JW_CERT=str(jw.credentials.ca), JW_KEY=str(jw.credentials.key("ca")))
+    done = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, "list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert done.returncode == 3
+    assert "cannot connect" in one_line_error(done.stderr)
 
 
 @pytest.fixture
