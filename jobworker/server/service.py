@@ -266,6 +266,9 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
                         yield messages.pop()
                     if self._shutting_down:
                         break
+            # Decided now, before anything awaits: a stop that the shutdown sends its job may end it
+            # meanwhile, and the stream was still cut by the shutdown, not by the job's end.
+            interrupted = self._shutting_down and not self._ended(job_id)
         finally:
             await events.aclose()
         try:
@@ -277,11 +280,22 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
             await _finish(final)
         yield pb.StreamOutputResponse(
             end=pb.StreamEnd(
-                reason=self._end_reason(status, selection, position, follow, cut),
+                reason=(
+                    pb.STREAM_END_REASON_SERVER_SHUTDOWN
+                    if interrupted
+                    else self._end_reason(status, selection, position, follow, cut)
+                ),
                 truncated=truncated or status.output_truncated,
                 job=convert.status_to_proto(status),
             )
         )
+
+    def _ended(self, job_id: str) -> bool:
+        """Whether the job has ended (a deleted one has)."""
+        try:
+            return self._manager.status(job_id).state.ended
+        except engine.JobNotFoundError:
+            return True
 
     def _end_reason(
         self,
